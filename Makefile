@@ -1,0 +1,56 @@
+# Makefile for the idempotency extension (PGXS) and its client library.
+#
+# The server module is built by PGXS; the client library, the idem tool and
+# the test harness have their own targets after the PGXS include.
+
+EXTENSION  = idempotency
+EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" idempotency.control)
+
+MODULE_big = idempotency
+OBJS = \
+	src/idempotency.o \
+	src/idem_funcs.o \
+	src/idem_hash.o \
+	src/idem_lock.o \
+	src/idem_storage.o
+PGFILEDESC = "idempotency - idempotency keys stored beside the data"
+
+DATA = $(wildcard sql/idempotency--*.sql)
+
+# pg_regress: scripts in sql/ (beside the install scripts), expected output
+# in expected/; results go to test/out
+REGRESS = $(sort $(basename $(notdir $(filter-out sql/$(EXTENSION)--%,$(wildcard sql/*.sql)))))
+REGRESS_OPTS = --outputdir=test/out
+
+# pg_isolation_regress: specs and expected output in test/isolation
+ISOLATION = $(basename $(notdir $(wildcard test/isolation/specs/*.spec)))
+ISOLATION_OPTS = --inputdir=test/isolation --outputdir=test/isolation/out
+
+EXTRA_CLEAN = test/out test/isolation/out
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
+
+ifneq ($(wildcard $(PGXS)),)
+include $(PGXS)
+override CFLAGS += -Wall -Wmissing-prototypes
+else
+# Server headers are missing: only the bootstrap targets below work; they
+# install what is needed and start over.
+all install installcheck:
+	@echo "PostgreSQL server headers (PGXS) not found; run 'make test' or 'make demo', which install them" >&2
+	@exit 1
+endif
+
+.PHONY: deps test demo client client-install check-client
+
+deps:
+	@bash test/deps.sh
+
+# The test command of the README: installs what is missing, builds with
+# warnings as errors, installs, starts a throwaway cluster, runs every suite.
+test: deps
+	@bash test/run-all.sh
+
+demo: deps
+	@bash test/demo.sh
