@@ -33,7 +33,10 @@ PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
 
 ifneq ($(wildcard $(PGXS)),)
 include $(PGXS)
-override CFLAGS += -Wall -Wmissing-prototypes
+# no LLVM bitcode: the JIT gains nothing on these functions, and clang need
+# not be installed
+with_llvm = no
+
 else
 # Server headers are missing: only the bootstrap targets below work; they
 # install what is needed and start over.

@@ -1,0 +1,611 @@
+/*-------------------------------------------------------------------------
+ *
+ * idem_storage.c
+ *	  Access to the key table through SPI with plans kept per backend.
+ *
+ * Every query is prepared once per backend (and again only after the table
+ * or the extension is dropped and created anew), fully schema-qualified,
+ * operators included, so that nothing on the caller's search_path can
+ * intervene.  Queries run as the table's owner: PUBLIC has no privilege on
+ * the table, the functions are the way in.
+ *
+ * Reads use the latest snapshot, not the transaction's: a waiter that was
+ * just granted a key's lock must see what the previous holder committed,
+ * whatever its isolation level.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "catalog/namespace.h"
+#include "catalog/indexing.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_extension.h"
+#include "catalog/pg_type.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
+
+#include "idempotency.h"
+
+typedef enum StorageQuery
+{
+	Q_READ,
+	Q_INSERT,
+	Q_RENEW,
+	Q_COMMIT,
+	Q_DELETE,
+	Q_ABANDON,
+	Q_PURGE_SCAN,
+	Q_PURGE_DELETE,
+	NUM_QUERIES
+} StorageQuery;
+
+typedef struct QueryDef
+{
+	const char *sql;			/* %s = qualified table name */
+	int			nargs;
+	Oid			argtypes[10];
+} QueryDef;
+
+#define EQ " OPERATOR(pg_catalog.=) "
+
+static const QueryDef query_defs[NUM_QUERIES] = {
+	[Q_READ] = {
+		"SELECT state, request_hash, status, headers, body, attempt, ttl,"
+		" created_at, expires_at, owner_pid, owner_started"
+		" FROM %s WHERE scope" EQ "$1 AND key" EQ "$2",
+		2, {TEXTOID, TEXTOID}
+	},
+	[Q_INSERT] = {
+		"INSERT INTO %s (scope, key, state, request_hash, attempt, ttl,"
+		" created_at, expires_at, owner_pid, owner_started)"
+		" VALUES ($1, $2, 'in_flight', $3, 1, $4, $5, $6, $7, $8)"
+		" ON CONFLICT (scope, key) DO NOTHING",
+		8, {TEXTOID, TEXTOID, TEXTOID, INTERVALOID, TIMESTAMPTZOID,
+		TIMESTAMPTZOID, INT4OID, TIMESTAMPTZOID}
+	},
+	[Q_RENEW] = {
+		"UPDATE %s SET state = 'in_flight', request_hash = $3, status = NULL,"
+		" headers = NULL, body = NULL, attempt = $4, ttl = $5,"
+		" created_at = $6, expires_at = $7, committed_at = NULL,"
+		" owner_pid = $8, owner_started = $9"
+		" WHERE scope" EQ "$1 AND key" EQ "$2",
+		9, {TEXTOID, TEXTOID, TEXTOID, INT4OID, INTERVALOID, TIMESTAMPTZOID,
+		TIMESTAMPTZOID, INT4OID, TIMESTAMPTZOID}
+	},
+	[Q_COMMIT] = {
+		"UPDATE %s SET state = 'committed',"
+		" request_hash = pg_catalog.coalesce(request_hash, $3),"
+		" status = $4, headers = $5, body = $6, committed_at = $7,"
+		" expires_at = $8, owner_pid = NULL, owner_started = NULL"
+		" WHERE scope" EQ "$1 AND key" EQ "$2 AND state" EQ "'in_flight'",
+		8, {TEXTOID, TEXTOID, TEXTOID, INT4OID, JSONBOID, BYTEAOID,
+		TIMESTAMPTZOID, TIMESTAMPTZOID}
+	},
+	[Q_DELETE] = {
+		"DELETE FROM %s"
+		" WHERE scope" EQ "$1 AND key" EQ "$2 AND state" EQ "'in_flight'",
+		2, {TEXTOID, TEXTOID}
+	},
+	[Q_ABANDON] = {
+		"UPDATE %s SET owner_pid = NULL, owner_started = NULL"
+		" WHERE scope" EQ "$1 AND key" EQ "$2 AND state" EQ "'in_flight'"
+		" AND owner_pid" EQ "$3 AND owner_started" EQ "$4",
+		4, {TEXTOID, TEXTOID, INT4OID, TIMESTAMPTZOID}
+	},
+	[Q_PURGE_SCAN] = {
+		"SELECT ctid, state" EQ "'committed', owner_pid, owner_started"
+		" FROM %s WHERE expires_at OPERATOR(pg_catalog.<=) $1",
+		1, {TIMESTAMPTZOID}
+	},
+	[Q_PURGE_DELETE] = {
+		"DELETE FROM %s WHERE ctid" EQ "ANY ($1)"
+		" AND expires_at OPERATOR(pg_catalog.<=) $2",
+		2, {TIDARRAYOID, TIMESTAMPTZOID}
+	},
+};
+
+/* Per-backend cache: where the table is, who owns it, the kept plans */
+static struct
+{
+	bool		valid;
+	Oid			relid;
+	Oid			owner;
+	char	   *qualname;
+	SPIPlanPtr	plans[NUM_QUERIES];
+} cache;
+
+static bool callback_registered = false;
+
+static void
+invalidate_cache(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == cache.relid)
+		cache.valid = false;
+}
+
+/*
+ * The schema of an extension (PostgreSQL 15 does not export
+ * get_extension_schema).
+ */
+static Oid
+extension_schema(Oid extoid)
+{
+	Relation	rel;
+	SysScanDesc scan;
+	ScanKeyData key;
+	HeapTuple	tuple;
+	Oid			nspid = InvalidOid;
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_oid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(extoid));
+	scan = systable_beginscan(rel, ExtensionOidIndexId, true, NULL, 1, &key);
+	tuple = systable_getnext(scan);
+	if (HeapTupleIsValid(tuple))
+		nspid = ((Form_pg_extension) GETSTRUCT(tuple))->extnamespace;
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return nspid;
+}
+
+/*
+ * Looks up the table (once per backend) and forgets old plans.
+ */
+static void
+refresh_cache(void)
+{
+	Oid			extoid;
+	Oid			nspid;
+	Oid			relid;
+	HeapTuple	tuple;
+	MemoryContext oldcxt;
+
+	for (int i = 0; i < NUM_QUERIES; i++)
+	{
+		if (cache.plans[i] != NULL)
+			SPI_freeplan(cache.plans[i]);
+		cache.plans[i] = NULL;
+	}
+	if (cache.qualname != NULL)
+		pfree(cache.qualname);
+	cache.qualname = NULL;
+
+	extoid = get_extension_oid("idempotency", true);
+	if (!OidIsValid(extoid))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension \"idempotency\" is not installed in this database"),
+				 errhint("Run CREATE EXTENSION idempotency.")));
+	nspid = extension_schema(extoid);
+	relid = get_relname_relid("idem_keys", nspid);
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("key table \"%s.idem_keys\" of extension \"idempotency\" does not exist",
+						get_namespace_name(nspid))));
+
+	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "cache lookup failed for relation %u", relid);
+	cache.owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
+	ReleaseSysCache(tuple);
+
+	oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+	cache.qualname = quote_qualified_identifier(get_namespace_name(nspid),
+												"idem_keys");
+	MemoryContextSwitchTo(oldcxt);
+	cache.relid = relid;
+
+	if (!callback_registered)
+	{
+		CacheRegisterRelcacheCallback(invalidate_cache, (Datum) 0);
+		callback_registered = true;
+	}
+	cache.valid = true;
+}
+
+static SPIPlanPtr
+get_plan(StorageQuery q)
+{
+	if (cache.plans[q] == NULL)
+	{
+		const QueryDef *def = &query_defs[q];
+		char	   *sql = psprintf(def->sql, cache.qualname);
+		SPIPlanPtr	plan;
+
+		plan = SPI_prepare(sql, def->nargs, (Oid *) def->argtypes);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed for \"%s\": %s",
+				 sql, SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(plan) != 0)
+			elog(ERROR, "SPI_keepplan failed");
+		cache.plans[q] = plan;
+		pfree(sql);
+	}
+	return cache.plans[q];
+}
+
+/*
+ * Brackets for every storage call: SPI connected, running as the owner of
+ * the table.  An error in between is cleaned up by the transaction's abort.
+ */
+typedef struct StorageCall
+{
+	Oid			save_userid;
+	int			save_sec_context;
+} StorageCall;
+
+static void
+storage_begin(StorageCall *call)
+{
+	if (!cache.valid)
+		refresh_cache();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	GetUserIdAndSecContext(&call->save_userid, &call->save_sec_context);
+	SetUserIdAndSecContext(cache.owner,
+						   call->save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+}
+
+static void
+storage_end(StorageCall *call)
+{
+	SetUserIdAndSecContext(call->save_userid, call->save_sec_context);
+	if (SPI_finish() != SPI_OK_FINISH)
+		elog(ERROR, "SPI_finish failed");
+}
+
+static int
+run(StorageQuery q, Datum *values, const char *nulls, bool read_only,
+	int expected)
+{
+	int			rc;
+
+	rc = SPI_execute_snapshot(get_plan(q), values, nulls,
+							  read_only ? GetLatestSnapshot() : InvalidSnapshot,
+							  InvalidSnapshot, read_only, false, 0);
+	if (rc != expected)
+		elog(ERROR, "idempotency storage query %d failed: %s",
+			 (int) q, SPI_result_code_string(rc));
+	return rc;
+}
+
+static inline Datum
+text_datum(const char *s, int len)
+{
+	return PointerGetDatum(cstring_to_text_with_len(s, len));
+}
+
+/*
+ * Reads the record of k as the latest committed state (plus the caller's
+ * own uncommitted changes).  Values are copied into the caller's memory
+ * context.
+ */
+void
+idem_storage_read(const IdemKey *k, IdemRecord *rec)
+{
+	StorageCall call;
+	MemoryContext callercxt = CurrentMemoryContext;
+	Datum		values[2];
+
+	memset(rec, 0, sizeof(IdemRecord));
+	values[0] = text_datum(k->scope, k->scope_len);
+	values[1] = text_datum(k->key, k->key_len);
+
+	storage_begin(&call);
+	run(Q_READ, values, NULL, true, SPI_OK_SELECT);
+	if (SPI_processed > 0)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		MemoryContext spicxt;
+		Datum		d;
+		bool		isnull;
+		char	   *state;
+
+		spicxt = MemoryContextSwitchTo(callercxt);
+		rec->found = true;
+
+		state = TextDatumGetCString(SPI_getbinval(tup, desc, 1, &isnull));
+		rec->committed = (strcmp(state, "committed") == 0);
+
+		d = SPI_getbinval(tup, desc, 2, &isnull);
+		rec->request_hash = isnull ? NULL : TextDatumGetCString(d);
+
+		d = SPI_getbinval(tup, desc, 3, &isnull);
+		rec->status_null = isnull;
+		rec->status = isnull ? 0 : DatumGetInt32(d);
+
+		d = SPI_getbinval(tup, desc, 4, &isnull);
+		rec->headers = isnull ? NULL : DatumGetJsonbPCopy(d);
+
+		d = SPI_getbinval(tup, desc, 5, &isnull);
+		rec->body = isnull ? NULL : DatumGetByteaPCopy(d);
+
+		rec->attempt = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
+		rec->ttl = *DatumGetIntervalP(SPI_getbinval(tup, desc, 7, &isnull));
+		rec->created_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 8, &isnull));
+		rec->expires_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 9, &isnull));
+
+		d = SPI_getbinval(tup, desc, 10, &isnull);
+		rec->has_owner = !isnull;
+		rec->owner_pid = isnull ? 0 : DatumGetInt32(d);
+		d = SPI_getbinval(tup, desc, 11, &isnull);
+		rec->owner_started = isnull ? 0 : DatumGetTimestampTz(d);
+		if (isnull)
+			rec->has_owner = false;
+
+		MemoryContextSwitchTo(spicxt);
+	}
+	storage_end(&call);
+}
+
+/*
+ * Inserts a new in-flight record owned by this session.  Returns false when
+ * a record of k exists already.
+ */
+bool
+idem_storage_insert(const IdemKey *k, const char *request_hash,
+					const Interval *ttl, TimestampTz now,
+					TimestampTz expires_at)
+{
+	StorageCall call;
+	Datum		values[8];
+	char		nulls[8] = "        ";
+	bool		done;
+
+	values[0] = text_datum(k->scope, k->scope_len);
+	values[1] = text_datum(k->key, k->key_len);
+	if (request_hash)
+		values[2] = CStringGetTextDatum(request_hash);
+	else
+		nulls[2] = 'n';
+	values[3] = IntervalPGetDatum(ttl);
+	values[4] = TimestampTzGetDatum(now);
+	values[5] = TimestampTzGetDatum(expires_at);
+	values[6] = Int32GetDatum(MyProcPid);
+	values[7] = TimestampTzGetDatum(MyStartTimestamp);
+
+	storage_begin(&call);
+	run(Q_INSERT, values, nulls, false, SPI_OK_INSERT);
+	done = (SPI_processed == 1);
+	storage_end(&call);
+	return done;
+}
+
+/*
+ * Makes an existing record a new in-flight reservation of this session:
+ * an expired record starts over, a dead owner's one is taken over.
+ * Returns false when the record is gone (a concurrent purge deleted it).
+ */
+bool
+idem_storage_renew(const IdemKey *k, const char *request_hash, int32 attempt,
+				   const Interval *ttl, TimestampTz now,
+				   TimestampTz expires_at)
+{
+	StorageCall call;
+	Datum		values[9];
+	char		nulls[9] = "         ";
+	bool		done;
+
+	values[0] = text_datum(k->scope, k->scope_len);
+	values[1] = text_datum(k->key, k->key_len);
+	if (request_hash)
+		values[2] = CStringGetTextDatum(request_hash);
+	else
+		nulls[2] = 'n';
+	values[3] = Int32GetDatum(attempt);
+	values[4] = IntervalPGetDatum(ttl);
+	values[5] = TimestampTzGetDatum(now);
+	values[6] = TimestampTzGetDatum(expires_at);
+	values[7] = Int32GetDatum(MyProcPid);
+	values[8] = TimestampTzGetDatum(MyStartTimestamp);
+
+	storage_begin(&call);
+	run(Q_RENEW, values, nulls, false, SPI_OK_UPDATE);
+	done = (SPI_processed == 1);
+	storage_end(&call);
+	return done;
+}
+
+/*
+ * Stores the response on the in-flight record.  Returns false when there
+ * was no in-flight record to update.
+ */
+bool
+idem_storage_commit(const IdemKey *k, const char *request_hash,
+					bool status_null, int32 status, Jsonb *headers,
+					bytea *body, TimestampTz now, TimestampTz expires_at)
+{
+	StorageCall call;
+	Datum		values[8];
+	char		nulls[8] = "        ";
+	bool		done;
+
+	values[0] = text_datum(k->scope, k->scope_len);
+	values[1] = text_datum(k->key, k->key_len);
+	if (request_hash)
+		values[2] = CStringGetTextDatum(request_hash);
+	else
+		nulls[2] = 'n';
+	values[3] = Int32GetDatum(status);
+	if (status_null)
+		nulls[3] = 'n';
+	values[4] = JsonbPGetDatum(headers);
+	if (headers == NULL)
+		nulls[4] = 'n';
+	values[5] = PointerGetDatum(body);
+	if (body == NULL)
+		nulls[5] = 'n';
+	values[6] = TimestampTzGetDatum(now);
+	values[7] = TimestampTzGetDatum(expires_at);
+
+	storage_begin(&call);
+	run(Q_COMMIT, values, nulls, false, SPI_OK_UPDATE);
+	done = (SPI_processed == 1);
+	storage_end(&call);
+	return done;
+}
+
+/*
+ * Deletes the in-flight record of k.  Returns whether there was one.
+ */
+bool
+idem_storage_delete(const IdemKey *k)
+{
+	StorageCall call;
+	Datum		values[2];
+	bool		done;
+
+	values[0] = text_datum(k->scope, k->scope_len);
+	values[1] = text_datum(k->key, k->key_len);
+
+	storage_begin(&call);
+	run(Q_DELETE, values, NULL, false, SPI_OK_DELETE);
+	done = (SPI_processed == 1);
+	storage_end(&call);
+	return done;
+}
+
+/*
+ * Marks this session's in-flight record of k as having no owner.
+ */
+void
+idem_storage_abandon(const IdemKey *k)
+{
+	StorageCall call;
+	Datum		values[4];
+
+	values[0] = text_datum(k->scope, k->scope_len);
+	values[1] = text_datum(k->key, k->key_len);
+	values[2] = Int32GetDatum(MyProcPid);
+	values[3] = TimestampTzGetDatum(MyStartTimestamp);
+
+	storage_begin(&call);
+	run(Q_ABANDON, values, NULL, false, SPI_OK_UPDATE);
+	storage_end(&call);
+}
+
+#define PURGE_BATCH 1000
+
+/*
+ * Deletes up to limit (< 0: all) expired records: committed ones, and
+ * in-flight ones whose owner is gone.  A record renewed meanwhile has a new
+ * ctid and a new expiry, and is left alone.
+ */
+int64
+idem_storage_purge(int64 limit, TimestampTz now)
+{
+	StorageCall call;
+	Portal		portal;
+	Datum		scan_values[1];
+	int64		deleted = 0;
+	bool		first_check = true;
+	ItemPointer tids;
+
+	scan_values[0] = TimestampTzGetDatum(now);
+
+	storage_begin(&call);
+	tids = palloc(sizeof(ItemPointerData) * PURGE_BATCH);
+	portal = SPI_cursor_open(NULL, get_plan(Q_PURGE_SCAN), scan_values, NULL,
+							 true);
+
+	while (limit < 0 || deleted < limit)
+	{
+		int			ntids = 0;
+		int			want = PURGE_BATCH;
+		uint64		nrows;
+
+		if (limit >= 0 && limit - deleted < want)
+			want = (int) (limit - deleted);
+
+		SPI_cursor_fetch(portal, true, want);
+		nrows = SPI_processed;
+		if (nrows == 0)
+			break;
+
+		for (uint64 i = 0; i < nrows; i++)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[i];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			bool		isnull;
+			bool		committed;
+			Datum		pid;
+			Datum		started;
+			bool		started_null;
+
+			committed = DatumGetBool(SPI_getbinval(tup, desc, 2, &isnull));
+			if (!committed)
+			{
+				pid = SPI_getbinval(tup, desc, 3, &isnull);
+				started = SPI_getbinval(tup, desc, 4, &started_null);
+				if (!isnull && !started_null &&
+					idem_owner_alive(DatumGetInt32(pid),
+									 DatumGetTimestampTz(started),
+									 first_check))
+				{
+					first_check = false;
+					continue;
+				}
+				first_check = false;
+			}
+			tids[ntids++] = *(ItemPointer) DatumGetPointer(SPI_getbinval(tup, desc, 1,
+															   &isnull));
+		}
+		SPI_freetuptable(SPI_tuptable);
+
+		if (ntids > 0)
+		{
+			Datum		del_values[2];
+			Datum	   *elems = palloc(sizeof(Datum) * ntids);
+			ArrayType  *arr;
+
+			for (int i = 0; i < ntids; i++)
+				elems[i] = PointerGetDatum(&tids[i]);
+			arr = construct_array(elems, ntids, TIDOID, sizeof(ItemPointerData),
+								  false, TYPALIGN_SHORT);
+			del_values[0] = PointerGetDatum(arr);
+			del_values[1] = TimestampTzGetDatum(now);
+			run(Q_PURGE_DELETE, del_values, NULL, false, SPI_OK_DELETE);
+			deleted += SPI_processed;
+			pfree(arr);
+			pfree(elems);
+		}
+	}
+
+	SPI_cursor_close(portal);
+	storage_end(&call);
+	return deleted;
+}
+
+/*
+ * ALTER TABLE ... SET LOGGED / UNLOGGED, as the table's owner.
+ */
+void
+idem_storage_set_logged(bool logged)
+{
+	StorageCall call;
+	char	   *sql;
+	int			rc;
+
+	storage_begin(&call);
+	sql = psprintf("ALTER TABLE %s SET %s", cache.qualname,
+				   logged ? "LOGGED" : "UNLOGGED");
+	rc = SPI_execute(sql, false, 0);
+	if (rc != SPI_OK_UTILITY)
+		elog(ERROR, "SPI_execute failed for \"%s\": %s",
+			 sql, SPI_result_code_string(rc));
+	storage_end(&call);
+}

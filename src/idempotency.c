@@ -1,0 +1,90 @@
+/*-------------------------------------------------------------------------
+ *
+ * idempotency.c
+ *	  Module initialization: settings, hooks, transaction callbacks.
+ *
+ * The module needs no shared_preload_libraries: it is loaded by the first
+ * call of one of its functions, and a session that owns a key has called
+ * one, so the DISCARD ALL hook is in place wherever it matters.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "nodes/parsenodes.h"
+#include "tcop/utility.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+
+#include "idempotency.h"
+
+PG_MODULE_MAGIC;
+
+int			idem_default_ttl = 24 * 60 * 60;
+int			idem_wait_timeout = 30 * 1000;
+int			idem_max_body_bytes = 1024 * 1024;
+
+static ProcessUtility_hook_type prev_ProcessUtility = NULL;
+
+void		_PG_init(void);
+
+/*
+ * DISCARD ALL drops every advisory lock of the session, ours included.  A
+ * connection pooler runs it when its client leaves, so the client's
+ * reservations are abandoned first, for waiters to take over.
+ */
+static void
+idem_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
+					bool readOnlyTree, ProcessUtilityContext context,
+					ParamListInfo params, QueryEnvironment *queryEnv,
+					DestReceiver *dest, QueryCompletion *qc)
+{
+	Node	   *parsetree = pstmt->utilityStmt;
+
+	if (IsA(parsetree, DiscardStmt) &&
+		((DiscardStmt *) parsetree)->target == DISCARD_ALL)
+		idem_abandon_all();
+
+	if (prev_ProcessUtility)
+		prev_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+							params, queryEnv, dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+								params, queryEnv, dest, qc);
+}
+
+void
+_PG_init(void)
+{
+	DefineCustomIntVariable("idem.default_ttl",
+							"How long a record is kept when idem_reserve is given no ttl.",
+							"Committed responses are replayed until this long after the commit.",
+							&idem_default_ttl,
+							24 * 60 * 60, 1, INT_MAX,
+							PGC_USERSET, GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("idem.wait_timeout",
+							"How long idem_reserve waits for an in-flight key when given no wait_timeout.",
+							"Zero means do not wait: fail at once with IK409 while a live owner holds the key.",
+							&idem_wait_timeout,
+							30 * 1000, 0, INT_MAX,
+							PGC_USERSET, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("idem.max_body_bytes",
+							"Largest response body idem_commit stores.",
+							NULL,
+							&idem_max_body_bytes,
+							1024 * 1024, 0, MaxAllocSize - VARHDRSZ,
+							PGC_USERSET, GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("idem");
+
+	idem_lock_init();
+
+	prev_ProcessUtility = ProcessUtility_hook;
+	ProcessUtility_hook = idem_ProcessUtility;
+}

@@ -1,0 +1,97 @@
+/*-------------------------------------------------------------------------
+ *
+ * idempotency.h
+ *	  Declarations shared by the files of the idempotency server module.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef IDEMPOTENCY_H
+#define IDEMPOTENCY_H
+
+#include "datatype/timestamp.h"
+#include "storage/lock.h"
+#include "utils/jsonb.h"
+
+/* SQLSTATEs of the contract */
+#define ERRCODE_IDEM_HASH_MISMATCH	MAKE_SQLSTATE('I','K','4','2','2')
+#define ERRCODE_IDEM_IN_FLIGHT		MAKE_SQLSTATE('I','K','4','0','9')
+#define ERRCODE_IDEM_NOT_FOUND		MAKE_SQLSTATE('I','K','4','0','4')
+
+/* Longest key and scope, in bytes */
+#define IDEM_MAX_KEY_BYTES		255
+
+/*
+ * The field4 of our advisory lock tags.  pg_advisory_lock() and friends use
+ * 1 and 2, so the application's advisory locks never collide with ours.
+ */
+#define IDEM_LOCKTAG_CLASS		0x4944	/* 'I' 'D' */
+
+/* settings (idempotency.c) */
+extern int	idem_default_ttl;		/* seconds */
+extern int	idem_wait_timeout;		/* milliseconds, 0 = do not wait */
+extern int	idem_max_body_bytes;	/* bytes */
+
+/* A (scope, key) pair, already validated */
+typedef struct IdemKey
+{
+	const char *scope;
+	const char *key;
+	int			scope_len;
+	int			key_len;
+} IdemKey;
+
+/* One row of the key table, as read by idem_storage_read() */
+typedef struct IdemRecord
+{
+	bool		found;
+	bool		committed;		/* state = 'committed', else in flight */
+	char	   *request_hash;	/* NULL when none */
+	bool		status_null;
+	int32		status;
+	Jsonb	   *headers;		/* NULL when none */
+	bytea	   *body;			/* NULL when none */
+	int32		attempt;
+	Interval	ttl;
+	TimestampTz created_at;
+	TimestampTz expires_at;
+	bool		has_owner;		/* owner_pid / owner_started are set */
+	int32		owner_pid;
+	TimestampTz owner_started;
+} IdemRecord;
+
+/* idem_hash.c */
+extern char *idem_sha256_framed(int nparts, const char *const *parts,
+								const size_t *lens);
+extern uint64 idem_key_hash64(const IdemKey *k);
+
+/* idem_storage.c */
+extern void idem_storage_read(const IdemKey *k, IdemRecord *rec);
+extern bool idem_storage_insert(const IdemKey *k, const char *request_hash,
+								const Interval *ttl, TimestampTz now,
+								TimestampTz expires_at);
+extern bool idem_storage_renew(const IdemKey *k, const char *request_hash,
+							   int32 attempt, const Interval *ttl,
+							   TimestampTz now, TimestampTz expires_at);
+extern bool idem_storage_commit(const IdemKey *k, const char *request_hash,
+								bool status_null, int32 status,
+								Jsonb *headers, bytea *body,
+								TimestampTz now, TimestampTz expires_at);
+extern bool idem_storage_delete(const IdemKey *k);
+extern void idem_storage_abandon(const IdemKey *k);
+extern int64 idem_storage_purge(int64 limit, TimestampTz now);
+extern void idem_storage_set_logged(bool logged);
+
+/* idem_lock.c */
+extern void idem_lock_init(void);
+extern void idem_key_locktag(const IdemKey *k, LOCKTAG *tag);
+extern bool idem_lock_try(const LOCKTAG *tag, LOCKMODE mode);
+extern bool idem_lock_wait(const LOCKTAG *tag, LOCKMODE mode, int timeout_ms);
+extern void idem_lock_release(const LOCKTAG *tag, LOCKMODE mode);
+extern void idem_own_acquired(const IdemKey *k, const LOCKTAG *tag,
+							  bool newly);
+extern void idem_own_finished(const IdemKey *k);
+extern void idem_own_forget(const IdemKey *k);
+extern bool idem_owner_alive(int32 pid, TimestampTz started, bool refresh);
+extern void idem_abandon_all(void);
+
+#endif							/* IDEMPOTENCY_H */

@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+#
+# deps.sh: install what building and testing need, when it is missing.
+#
+# Checks for each need by what it provides (a file, a program, a Perl
+# module), so that a machine that has everything costs no apt call at all.
+# When something is missing: `apt-get update` (skipped when the package
+# lists are less than an hour old; done anyway if the install then fails),
+# then one `apt-get install` of the missing packages, through sudo when not
+# root.  Prints one line saying what it did.
+#
+# Debian 12 packages; PG_MAJOR (default 15) chooses the PostgreSQL version.
+
+set -euo pipefail
+
+PG_MAJOR=${PG_MAJOR:-15}
+PG_BIN_DEFAULT=/usr/lib/postgresql/$PG_MAJOR/bin
+
+missing=()
+
+need()
+{
+	local pkg=$1
+	shift
+	if ! "$@" >/dev/null 2>&1; then
+		missing+=("$pkg")
+	fi
+}
+
+have() { command -v "$1"; }
+
+pg_config_cmd()
+{
+	if [[ -n ${PG_CONFIG:-} ]]; then
+		echo "$PG_CONFIG"
+	elif command -v pg_config >/dev/null 2>&1; then
+		echo pg_config
+	else
+		echo "$PG_BIN_DEFAULT/pg_config"
+	fi
+}
+
+# pg_config --pgxs names the file even when the server headers are not
+# installed: the file itself must exist.
+have_pgxs()
+{
+	local pgxs
+	pgxs=$("$(pg_config_cmd)" --pgxs) && [[ -f $pgxs ]]
+}
+
+have_isolation_regress()
+{
+	local dir
+	dir=$("$(pg_config_cmd)" --pkglibdir) || dir=/usr/lib/postgresql/$PG_MAJOR/lib
+	[[ -x $dir/pgxs/src/test/isolation/pg_isolation_regress &&
+		-x $dir/pgxs/src/test/regress/pg_regress ]]
+}
+
+need "postgresql-server-dev-$PG_MAJOR" have_pgxs
+need "postgresql-client-$PG_MAJOR" have_isolation_regress
+need "postgresql-$PG_MAJOR" test -x "$PG_BIN_DEFAULT/postgres"
+need libpq-dev test -f /usr/include/postgresql/libpq-fe.h
+need libssl-dev test -f /usr/include/openssl/ssl.h
+need gcc have gcc
+need make have make
+need pkg-config have pkg-config
+need valgrind have valgrind
+need curl have curl
+need libmicrohttpd-dev test -f /usr/include/microhttpd.h
+need libipc-run-perl perl -MIPC::Run -e 1
+need perl have prove
+
+if ((${#missing[@]} == 0)); then
+	echo "deps: everything needed is installed"
+	exit 0
+fi
+
+# One package may stand for two needs (the client package carries both
+# pg_regress and pg_isolation_regress): install each once.
+mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+
+sudo=()
+if [[ $(id -u) -ne 0 ]]; then
+	command -v sudo >/dev/null 2>&1 ||
+		{ echo "deps: missing ${missing[*]}, and not root and no sudo to install them" >&2; exit 1; }
+	sudo=(sudo)
+fi
+
+# apt's chatter goes to a log, shown only when a step fails.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
+run_logged()
+{
+	if ! "$@" >>"$log" 2>&1; then
+		cat "$log" >&2
+		return 1
+	fi
+}
+
+apt_update()
+{
+	run_logged "${sudo[@]}" apt-get update
+}
+
+apt_install()
+{
+	run_logged "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y --no-install-recommends "${missing[@]}"
+}
+
+updated=no
+if [[ -z $(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages*' -mmin -60 2>/dev/null | head -n 1) ]]; then
+	apt_update
+	updated=yes
+fi
+if ! apt_install; then
+	[[ $updated == no ]] || { echo "deps: could not install ${missing[*]}" >&2; exit 1; }
+	apt_update
+	updated=yes
+	apt_install || { echo "deps: could not install ${missing[*]}" >&2; exit 1; }
+fi
+
+if [[ $updated == yes ]]; then
+	echo "deps: ran apt-get update and installed ${missing[*]}"
+else
+	echo "deps: installed ${missing[*]} (package lists were fresh)"
+fi

@@ -1,0 +1,102 @@
+# shellcheck shell=bash
+# lib.sh: helpers for the suite scripts in test/suites/.  Source it:
+#
+#   . "$(dirname "$0")/../lib.sh"
+#   check "the extension installs" psql_q -c 'CREATE EXTENSION idempotency'
+#   [[ $(psql_q -c 'select 1') == 1 ]] && ok "select 1" || fail "select 1"
+#   finish
+#
+#   ok DESC            count a pass and print "ok - DESC"
+#   fail DESC [MORE]   count a failure and print "not ok - DESC" (and MORE)
+#   check DESC CMD...  run CMD: ok when it exits 0, else fail with its output
+#   check_eq DESC WANT GOT
+#                      ok when the strings are equal, else fail showing both
+#   psql_q ARGS...     psql -XAtq -v ON_ERROR_STOP=1 on the test cluster
+#   finish             print "N passed, M failed"; returns 1 if M > 0
+#
+# Environment: run-all.sh exports the cluster's PGHOST, PGPORT, PGUSER and
+# PGDATABASE.  Run by hand, the suite finds them in $CLUSTER_DIR/env
+# (default test/tmp/cluster/env, as left by `test/cluster.sh start
+# test/tmp/cluster`).  Also set: IDEM_ROOT (the repository), IDEM_TMP (a
+# scratch directory of the suite's own) and PG_BINDIR first in PATH.
+
+IDEM_ROOT=${IDEM_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
+export IDEM_ROOT
+
+if [[ -z ${PGHOST:-} ]]; then
+	CLUSTER_DIR=${CLUSTER_DIR:-$IDEM_ROOT/test/tmp/cluster}
+	if [[ -r $CLUSTER_DIR/env ]]; then
+		# shellcheck disable=SC1091
+		. "$CLUSTER_DIR/env"
+	else
+		echo "lib.sh: no cluster: run test/cluster.sh start $CLUSTER_DIR" \
+			"(or set PGHOST and friends)" >&2
+	fi
+fi
+
+if [[ -z ${PG_BINDIR:-} ]]; then
+	PG_BINDIR=$(pg_config --bindir 2>/dev/null) || PG_BINDIR=
+	[[ -x $PG_BINDIR/psql ]] || PG_BINDIR=/usr/lib/postgresql/15/bin
+fi
+export PG_BINDIR
+case ":$PATH:" in
+	*":$PG_BINDIR:"*) ;;
+	*) PATH=$PG_BINDIR:$PATH ;;
+esac
+
+if [[ -z ${IDEM_TMP:-} ]]; then
+	IDEM_TMP=$IDEM_ROOT/test/tmp/$(basename "$0" .sh)
+fi
+mkdir -p "$IDEM_TMP"
+export IDEM_TMP
+
+_lib_passed=0
+_lib_failed=0
+
+ok()
+{
+	_lib_passed=$((_lib_passed + 1))
+	printf 'ok - %s\n' "$1"
+}
+
+fail()
+{
+	_lib_failed=$((_lib_failed + 1))
+	printf 'not ok - %s\n' "$1"
+	if [[ $# -gt 1 ]]; then
+		shift
+		printf '%s\n' "$@" | sed 's/^/#   /'
+	fi
+	return 0
+}
+
+check()
+{
+	local desc=$1 out
+	shift
+	if out=$("$@" 2>&1); then
+		ok "$desc"
+	else
+		fail "$desc" "command failed (exit $?): $*" "$(printf '%s\n' "$out" | tail -n 20)"
+	fi
+}
+
+check_eq()
+{
+	if [[ $2 == "$3" ]]; then
+		ok "$1"
+	else
+		fail "$1" "want: $2" "got:  $3"
+	fi
+}
+
+psql_q()
+{
+	psql -XAtq -v ON_ERROR_STOP=1 "$@"
+}
+
+finish()
+{
+	echo "$_lib_passed passed, $_lib_failed failed"
+	[[ $_lib_failed -eq 0 ]]
+}

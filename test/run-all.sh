@@ -1,0 +1,370 @@
+#!/usr/bin/env bash
+#
+# run-all.sh: the test command (`make test` runs it after test/deps.sh).
+#
+# Builds the extension with warnings as errors, installs it, starts a
+# throwaway cluster in test/tmp/cluster (stopped again on any exit), runs
+# every suite there is, going on after a failure, and ends with one line:
+#
+#   N passed, M failed
+#
+# exiting non-zero when M > 0.  A suite that crashes (ends non-zero with no
+# failure counted, or runs out of time) counts as one failure.
+#
+# The suites, in order (SUITES=regress,isolation,suites,tap picks some):
+#   regress     pg_regress on REGRESS (sql/ + expected/), via make installcheck
+#   isolation   pg_isolation_regress on ISOLATION (test/isolation/specs)
+#   suites      each test/suites/*.sh, which prints its own "N passed, M failed"
+#   tap         test/t/*.pl with prove and PostgreSQL::Test::Cluster
+# pg_regress and isolation failures print their regression.diffs.
+#
+# Other knobs: SKIP_BUILD=1 (use what is installed), CLUSTER_OPTS (extra
+# server settings, see test/cluster.sh), TEST_TIME_LIMIT (seconds for the
+# whole run, default 780, 0 = none), SUITE_TIMEOUT (seconds per step,
+# default 600).
+
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT" || exit 1
+
+SUITES=${SUITES:-regress,isolation,suites,tap}
+TEST_TIME_LIMIT=${TEST_TIME_LIMIT:-780}
+SUITE_TIMEOUT=${SUITE_TIMEOUT:-600}
+TMP=$ROOT/test/tmp
+CLUSTER_SH=$ROOT/test/cluster.sh
+
+passed=0
+failed=0
+problems=()
+cluster_dir=
+started=$SECONDS
+
+want() { [[ ,$SUITES, == *,"$1",* ]]; }
+
+banner() { printf '\n==> %s\n' "$*"; }
+
+note_problem()
+{
+	problems+=("$1")
+	echo "!!! $1"
+}
+
+# The one closing line; nothing may be printed after it.
+finish()
+{
+	stop_cluster
+	if ((${#problems[@]} > 0)); then
+		echo
+		echo "Problems:"
+		printf '  %s\n' "${problems[@]}"
+	fi
+	echo
+	echo "$passed passed, $failed failed"
+	if ((failed > 0 || ${#problems[@]} > 0)); then
+		exit 1
+	fi
+	exit 0
+}
+
+stop_cluster()
+{
+	if [[ -n $cluster_dir ]]; then
+		bash "$CLUSTER_SH" stop "$cluster_dir" >/dev/null 2>&1 ||
+			echo "run-all: could not stop the cluster in $cluster_dir" >&2
+		cluster_dir=
+	fi
+}
+
+trap stop_cluster EXIT
+trap 'echo "run-all: interrupted" >&2; stop_cluster; exit 130' INT TERM
+
+sudo=()
+if [[ $(id -u) -ne 0 ]]; then
+	sudo=(sudo)
+fi
+
+PG_CONFIG=${PG_CONFIG:-pg_config}
+PG_BINDIR=$("$PG_CONFIG" --bindir 2>/dev/null) || PG_BINDIR=
+[[ -x $PG_BINDIR/psql ]] || PG_BINDIR=/usr/lib/postgresql/15/bin
+PG_PKGLIBDIR=$("$PG_CONFIG" --pkglibdir 2>/dev/null) || PG_PKGLIBDIR=/usr/lib/postgresql/15/lib
+export PG_CONFIG PG_BINDIR
+export PATH=$PG_BINDIR:$PATH
+export IDEM_ROOT=$ROOT
+
+# Seconds left for a step: the smaller of SUITE_TIMEOUT and what is left
+# of TEST_TIME_LIMIT.  Prints 0 when time is up.
+step_timeout()
+{
+	local left
+	if ((TEST_TIME_LIMIT <= 0)); then
+		echo "$SUITE_TIMEOUT"
+		return
+	fi
+	left=$((TEST_TIME_LIMIT - (SECONDS - started)))
+	((left < 0)) && left=0
+	if ((left < SUITE_TIMEOUT)); then
+		echo "$left"
+	else
+		echo "$SUITE_TIMEOUT"
+	fi
+}
+
+# A variable of the Makefile, as make sees it.
+# shellcheck disable=SC2016 # $(...) is for make
+make_var()
+{
+	make -s --no-print-directory -f Makefile \
+		-f <(printf '_run_all_print:\n\t@echo $(%s)\n' "$1") _run_all_print
+}
+
+# run_as USER CMD...: CMD as the unprivileged user the clusters run as.
+run_as()
+{
+	local user=$1
+	shift
+	if [[ $user == "$(id -un)" ]]; then
+		"$@"
+	else
+		runuser -u "$user" -- "$@"
+	fi
+}
+
+# Count pg_regress's per-test lines ("test x ... ok", "... FAILED") in a log
+# of one step, print the diffs of a failed run.
+tally_pg_regress()
+{
+	local name=$1 log=$2 rc=$3 stamp=$4 ok bad diffs
+	ok=$(grep -cE '\.\.\. +ok( |$)' "$log")
+	bad=$(grep -cE '\.\.\. +(FAILED|failed)' "$log")
+	passed=$((passed + ok))
+	failed=$((failed + bad))
+	echo "--- $name: $ok ok, $bad failed (exit $rc)"
+	if ((rc == 124 || rc == 137)); then
+		failed=$((failed + 1))
+		note_problem "$name: timed out (counted as one failure)"
+	elif ((rc != 0 && bad == 0)); then
+		failed=$((failed + 1))
+		note_problem "$name: exited $rc with no failed test (counted as one failure); see $log"
+	fi
+	if ((rc != 0 || bad > 0)); then
+		diffs=$(find "$ROOT" -path "$TMP" -prune -o -name regression.diffs \
+			-newer "$stamp" -print 2>/dev/null)
+		if [[ -n $diffs ]]; then
+			while IFS= read -r f; do
+				banner "$f"
+				head -n 2000 "$f"
+			done <<<"$diffs"
+		fi
+	fi
+}
+
+# pg_regress or pg_isolation_regress through make installcheck; the other
+# list is emptied on make's command line so each runs alone and both run.
+run_installcheck()
+{
+	local name=$1 list_var=$2 other_var=$3 tests t log stamp rc
+	tests=$(make_var "$list_var") || tests=
+	if [[ -z ${tests// /} ]]; then
+		echo "--- $name: no tests ($list_var is empty)"
+		return
+	fi
+	t=$(step_timeout)
+	if ((t <= 0)); then
+		failed=$((failed + 1))
+		note_problem "$name: not run, out of time (counted as one failure)"
+		return
+	fi
+	log=$TMP/$name.log
+	stamp=$TMP/$name.stamp
+	: >"$stamp"
+	timeout -k 10 "$t" make -s --no-print-directory installcheck \
+		"$other_var=" TAP_TESTS= 2>&1 | tee "$log"
+	rc=${PIPESTATUS[0]}
+	tally_pg_regress "$name" "$log" "$rc" "$stamp"
+}
+
+run_suite_scripts()
+{
+	local s name log t rc line p f
+	local -a scripts=()
+	shopt -s nullglob
+	scripts=("$ROOT"/test/suites/*.sh)
+	shopt -u nullglob
+	if ((${#scripts[@]} == 0)); then
+		echo "--- suites: none in test/suites"
+		return
+	fi
+	mkdir -p "$TMP/suites"
+	for s in "${scripts[@]}"; do
+		name=suites/$(basename "$s")
+		banner "$name"
+		t=$(step_timeout)
+		if ((t <= 0)); then
+			failed=$((failed + 1))
+			note_problem "$name: not run, out of time (counted as one failure)"
+			continue
+		fi
+		log=$TMP/suites/$(basename "$s" .sh).log
+		IDEM_TMP=$TMP/suites/$(basename "$s" .sh) \
+			timeout -k 10 "$t" bash "$s" </dev/null 2>&1 | tee "$log" |
+			sed -u 's/^/    /'
+		rc=${PIPESTATUS[0]}
+		line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$log" | tail -n 1)
+		if [[ -z $line ]]; then
+			failed=$((failed + 1))
+			if ((rc == 124 || rc == 137)); then
+				note_problem "$name: timed out after ${t}s (counted as one failure)"
+			else
+				note_problem "$name: exited $rc without its 'N passed, M failed' line (counted as one failure)"
+			fi
+			continue
+		fi
+		p=${line%% passed*}
+		f=${line#* passed, }
+		f=${f%% failed*}
+		passed=$((passed + p))
+		failed=$((failed + f))
+		echo "--- $name: $p ok, $f failed (exit $rc)"
+		if ((rc != 0 && f == 0)); then
+			failed=$((failed + 1))
+			note_problem "$name: exited $rc with no failed test (counted as one failure)"
+		elif ((rc == 0 && f > 0)); then
+			note_problem "$name: counted $f failures but exited 0"
+		fi
+	done
+}
+
+run_tap()
+{
+	local user tapdir srcdir perl_dir pg_regress log t rc files tests bad
+	local -a tests_found=()
+	shopt -s nullglob
+	tests_found=("$ROOT"/test/t/*.pl)
+	shopt -u nullglob
+	if ((${#tests_found[@]} == 0)); then
+		echo "--- tap: no tests in test/t"
+		return
+	fi
+	if ! command -v prove >/dev/null 2>&1; then
+		failed=$((failed + 1))
+		note_problem "tap: prove not found (counted as one failure)"
+		return
+	fi
+	t=$(step_timeout)
+	if ((t <= 0)); then
+		failed=$((failed + 1))
+		note_problem "tap: not run, out of time (counted as one failure)"
+		return
+	fi
+	user=$(bash "$CLUSTER_SH" user)
+	perl_dir=$PG_PKGLIBDIR/pgxs/src/test/perl
+	pg_regress=$PG_PKGLIBDIR/pgxs/src/test/regress/pg_regress
+	tapdir=$TMP/tap
+	rm -rf "$tapdir"
+	mkdir -p "$tapdir"
+	srcdir=$ROOT
+	# PostgreSQL::Test::Cluster runs initdb, so prove runs as the
+	# unprivileged user, who must be able to read the tests: when the
+	# repository is closed to it, it gets a copy.
+	if ! run_as "$user" test -r "$ROOT/test/t" -a -x "$ROOT/test/t"; then
+		tapdir=$(mktemp -d /tmp/idem-tap.XXXXXX)
+		srcdir=$tapdir/src
+		mkdir -p "$srcdir"
+		tar -C "$ROOT" --exclude=./test/tmp -cf - . | tar -C "$srcdir" -xf -
+	fi
+	chown -R "$user:" "$tapdir"
+	log=$TMP/tap.log
+	local -a as_user=()
+	if [[ $user != "$(id -un)" ]]; then
+		as_user=(runuser -u "$user" --)
+	fi
+	timeout -k 10 "$t" "${as_user[@]}" env -C "$srcdir/test" \
+		PATH="$PATH" \
+		PERL5LIB="$perl_dir${PERL5LIB:+:$PERL5LIB}" \
+		PG_REGRESS="$pg_regress" \
+		TESTDIR="$tapdir" \
+		IDEM_ROOT="$srcdir" \
+		prove -I "$perl_dir" -I "$srcdir/test" "${tests_found[@]#"$ROOT"/test/}" \
+		2>&1 | tee "$log"
+	rc=${PIPESTATUS[0]}
+	files=$(sed -nE 's/^Files=([0-9]+), Tests=([0-9]+).*/\1/p' "$log" | tail -n 1)
+	tests=$(sed -nE 's/^Files=([0-9]+), Tests=([0-9]+).*/\2/p' "$log" | tail -n 1)
+	bad=$(sed -nE 's/.*\(Wstat: .* Tests: [0-9]+ Failed: ([0-9]+)\).*/\1/p' "$log" |
+		awk '{ n += $1 } END { print n + 0 }')
+	if [[ -z $tests ]]; then
+		failed=$((failed + 1))
+		note_problem "tap: prove exited $rc without its summary (counted as one failure); see $log"
+		return
+	fi
+	passed=$((passed + tests - bad))
+	failed=$((failed + bad))
+	echo "--- tap: $files files, $((tests - bad)) ok, $bad failed (exit $rc)"
+	if ((rc != 0 && bad == 0)); then
+		failed=$((failed + 1))
+		note_problem "tap: prove exited $rc with no failed test (a script died or planned more; counted as one failure)"
+	fi
+}
+
+# A throwaway cluster needs a directory its unprivileged owner can reach;
+# when the repository's path is closed to it, use one under /tmp.
+pick_cluster_dir()
+{
+	local user
+	user=$(bash "$CLUSTER_SH" user) || return 1
+	if run_as "$user" test -x "$TMP"; then
+		echo "$TMP/cluster"
+	else
+		mktemp -d /tmp/idem-cluster.XXXXXX
+	fi
+}
+
+mkdir -p "$TMP"
+chmod 0755 "$TMP"
+
+if [[ ${SKIP_BUILD:-} != 1 ]]; then
+	banner "build (warnings are errors)"
+	if ! make -s --no-print-directory clean all COPT=-Werror; then
+		failed=$((failed + 1))
+		note_problem "build: make all failed (counted as one failure)"
+		finish
+	fi
+	banner "install"
+	if ! "${sudo[@]}" make -s --no-print-directory install; then
+		failed=$((failed + 1))
+		note_problem "install: make install failed (counted as one failure)"
+		finish
+	fi
+fi
+
+banner "cluster"
+dir=$(pick_cluster_dir) && cluster_dir=$dir
+if [[ -z $cluster_dir ]] || ! bash "$CLUSTER_SH" start "$cluster_dir"; then
+	failed=$((failed + 1))
+	note_problem "cluster: could not start a server (counted as one failure)"
+	finish
+fi
+# shellcheck disable=SC1091
+. "$cluster_dir/env"
+export CLUSTER_DIR=$cluster_dir
+IDEM_TEST_USER=$(bash "$CLUSTER_SH" user)
+export IDEM_TEST_USER
+
+if want regress; then
+	banner "pg_regress"
+	run_installcheck regress REGRESS ISOLATION
+fi
+if want isolation; then
+	banner "isolation"
+	run_installcheck isolation ISOLATION REGRESS
+fi
+if want suites; then
+	banner "suites"
+	run_suite_scripts
+fi
+if want tap; then
+	banner "tap"
+	run_tap
+fi
+
+finish
