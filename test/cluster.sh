@@ -12,6 +12,9 @@
 #
 #   export PGHOST=DIR/sock PGPORT=... PGUSER=postgres PGDATABASE=postgres
 #
+# (When DIR is too long for a unix socket path, DIR/sock is a symlink to a
+# short directory under /tmp and PGHOST names that directory.)
+#
 # The server listens on the socket and on 127.0.0.1, on the first free port
 # from 54320 up (CLUSTER_PORT sets where to start), with trust
 # authentication and a superuser named postgres.  initdb refuses to run as

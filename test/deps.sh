@@ -92,10 +92,14 @@ trap 'rm -f "$log"' EXIT
 
 run_logged()
 {
-	if ! "$@" >>"$log" 2>&1; then
-		cat "$log" >&2
-		return 1
-	fi
+	"$@" >>"$log" 2>&1
+}
+
+give_up()
+{
+	cat "$log" >&2
+	echo "deps: could not install ${missing[*]}" >&2
+	exit 1
 }
 
 apt_update()
@@ -111,14 +115,14 @@ apt_install()
 
 updated=no
 if [[ -z $(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages*' -mmin -60 2>/dev/null | head -n 1) ]]; then
-	apt_update
+	apt_update || give_up
 	updated=yes
 fi
 if ! apt_install; then
-	[[ $updated == no ]] || { echo "deps: could not install ${missing[*]}" >&2; exit 1; }
-	apt_update
+	[[ $updated == no ]] || give_up
+	apt_update || give_up
 	updated=yes
-	apt_install || { echo "deps: could not install ${missing[*]}" >&2; exit 1; }
+	apt_install || give_up
 fi
 
 if [[ $updated == yes ]]; then

@@ -18,10 +18,10 @@
 #   tap         test/t/*.pl with prove and PostgreSQL::Test::Cluster
 # pg_regress and isolation failures print their regression.diffs.
 #
-# Other knobs: SKIP_BUILD=1 (use what is installed), CLUSTER_OPTS (extra
-# server settings, see test/cluster.sh), TEST_TIME_LIMIT (seconds for the
-# whole run, default 780, 0 = none), SUITE_TIMEOUT (seconds per step,
-# default 600).
+# Other knobs: SKIP_BUILD=1 (use what is installed), KEEP_CLUSTER=1 (leave
+# the cluster running afterwards), CLUSTER_OPTS (extra server settings, see
+# test/cluster.sh), TEST_TIME_LIMIT (seconds for the whole run, default 780,
+# 0 = none), SUITE_TIMEOUT (seconds per step, default 600).
 
 set -uo pipefail
 
@@ -38,6 +38,7 @@ passed=0
 failed=0
 problems=()
 cluster_dir=
+scratch=()
 started=$SECONDS
 
 want() { [[ ,$SUITES, == *,"$1",* ]]; }
@@ -59,17 +60,28 @@ finish()
 		echo "Problems:"
 		printf '  %s\n' "${problems[@]}"
 	fi
-	echo
-	echo "$passed passed, $failed failed"
 	if ((failed > 0 || ${#problems[@]} > 0)); then
+		echo
+		echo "$passed passed, $failed failed"
 		exit 1
 	fi
+	# Scratch directories outside the repository are kept for a look only
+	# when something failed.
+	if ((${#scratch[@]} > 0)); then
+		rm -rf "${scratch[@]}"
+	fi
+	echo
+	echo "$passed passed, $failed failed"
 	exit 0
 }
 
 stop_cluster()
 {
-	if [[ -n $cluster_dir ]]; then
+	if [[ -n $cluster_dir && ${KEEP_CLUSTER:-} == 1 ]]; then
+		echo "run-all: the cluster still runs (KEEP_CLUSTER=1): . $cluster_dir/env;" \
+			"test/cluster.sh stop $cluster_dir" >&2
+		cluster_dir=
+	elif [[ -n $cluster_dir ]]; then
 		bash "$CLUSTER_SH" stop "$cluster_dir" >/dev/null 2>&1 ||
 			echo "run-all: could not stop the cluster in $cluster_dir" >&2
 		cluster_dir=
@@ -148,7 +160,7 @@ tally_pg_regress()
 		note_problem "$name: exited $rc with no failed test (counted as one failure); see $log"
 	fi
 	if ((rc != 0 || bad > 0)); then
-		diffs=$(find "$ROOT" -path "$TMP" -prune -o -name regression.diffs \
+		diffs=$(find "$ROOT" -path "$TMP" -prune -o -name regression.diffs -size +0 \
 			-newer "$stamp" -print 2>/dev/null)
 		if [[ -n $diffs ]]; then
 			while IFS= read -r f; do
@@ -237,7 +249,7 @@ run_suite_scripts()
 
 run_tap()
 {
-	local user tapdir srcdir perl_dir pg_regress log t rc files tests bad
+	local user tapdir srcdir perl_dir pg_regress log t rc files tests bad ok
 	local -a tests_found=()
 	shopt -s nullglob
 	tests_found=("$ROOT"/test/t/*.pl)
@@ -269,6 +281,7 @@ run_tap()
 	# repository is closed to it, it gets a copy.
 	if ! run_as "$user" test -r "$ROOT/test/t" -a -x "$ROOT/test/t"; then
 		tapdir=$(mktemp -d /tmp/idem-tap.XXXXXX)
+		scratch+=("$tapdir")
 		srcdir=$tapdir/src
 		mkdir -p "$srcdir"
 		tar -C "$ROOT" --exclude=./test/tmp -cf - . | tar -C "$srcdir" -xf -
@@ -290,16 +303,20 @@ run_tap()
 	rc=${PIPESTATUS[0]}
 	files=$(sed -nE 's/^Files=([0-9]+), Tests=([0-9]+).*/\1/p' "$log" | tail -n 1)
 	tests=$(sed -nE 's/^Files=([0-9]+), Tests=([0-9]+).*/\2/p' "$log" | tail -n 1)
-	bad=$(sed -nE 's/.*\(Wstat: .* Tests: [0-9]+ Failed: ([0-9]+)\).*/\1/p' "$log" |
-		awk '{ n += $1 } END { print n + 0 }')
+	# Each script in prove's "Test Summary Report" failed: by its count of
+	# failed tests, or as one failure when it died or broke its plan.
+	bad=$(sed -nE 's/^[^ ].* \(Wstat: [0-9]+.* Tests: [0-9]+ Failed: ([0-9]+)\)$/\1/p' "$log" |
+		awk '{ n += ($1 > 0 ? $1 : 1) } END { print n + 0 }')
 	if [[ -z $tests ]]; then
 		failed=$((failed + 1))
 		note_problem "tap: prove exited $rc without its summary (counted as one failure); see $log"
 		return
 	fi
-	passed=$((passed + tests - bad))
+	ok=$((tests - bad))
+	((ok < 0)) && ok=0
+	passed=$((passed + ok))
 	failed=$((failed + bad))
-	echo "--- tap: $files files, $((tests - bad)) ok, $bad failed (exit $rc)"
+	echo "--- tap: $files files, $ok ok, $bad failed (exit $rc)"
 	if ((rc != 0 && bad == 0)); then
 		failed=$((failed + 1))
 		note_problem "tap: prove exited $rc with no failed test (a script died or planned more; counted as one failure)"
@@ -339,6 +356,9 @@ fi
 
 banner "cluster"
 dir=$(pick_cluster_dir) && cluster_dir=$dir
+if [[ -n $cluster_dir && $cluster_dir != "$TMP"/* && ${KEEP_CLUSTER:-} != 1 ]]; then
+	scratch+=("$cluster_dir")
+fi
 if [[ -z $cluster_dir ]] || ! bash "$CLUSTER_SH" start "$cluster_dir"; then
 	failed=$((failed + 1))
 	note_problem "cluster: could not start a server (counted as one failure)"
