@@ -65,11 +65,16 @@ get_key_args(FunctionCallInfo fcinfo, int keyarg, int scopearg, IdemKey *k)
 	if (PG_ARGISNULL(keyarg))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("idempotency key must not be null")));
+				 errmsg("idempotency key must not be null"),
+				 PG_ARGISNULL(scopearg) ? 0 :
+				 errdetail("The key given in scope \"%s\" is null.",
+						   text_to_cstring(PG_GETARG_TEXT_PP(scopearg)))));
 	if (PG_ARGISNULL(scopearg))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("idempotency scope must not be null"),
+				 errdetail("The scope given for key \"%s\" is null.",
+						   text_to_cstring(PG_GETARG_TEXT_PP(keyarg))),
 				 errhint("Use the empty string for the default scope.")));
 
 	t = PG_GETARG_TEXT_PP(scopearg);

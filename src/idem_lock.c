@@ -182,6 +182,8 @@ idem_own_acquired(const IdemKey *k, const LOCKTAG *tag, bool newly)
 		entry->acquired = InvalidSubTransactionId;
 		entry->finished = InvalidSubTransactionId;
 	}
+	/* a new reservation supersedes a commit or release made earlier */
+	entry->finished = InvalidSubTransactionId;
 	if (newly && entry->acquired == InvalidSubTransactionId)
 	{
 		entry->acquired = GetCurrentSubTransactionId();

@@ -86,7 +86,7 @@ static const QueryDef query_defs[NUM_QUERIES] = {
 	},
 	[Q_COMMIT] = {
 		"UPDATE %s SET state = 'committed',"
-		" request_hash = pg_catalog.coalesce(request_hash, $3),"
+		" request_hash = COALESCE(request_hash, $3),"
 		" status = $4, headers = $5, body = $6, committed_at = $7,"
 		" expires_at = $8, owner_pid = NULL, owner_started = NULL"
 		" WHERE scope" EQ "$1 AND key" EQ "$2 AND state" EQ "'in_flight'",

@@ -1,0 +1,37 @@
+--
+-- Settings: idem.default_ttl, idem.wait_timeout, idem.max_body_bytes
+--
+
+-- unit syntax as for any PostgreSQL setting
+SET idem.default_ttl = '1h';
+SHOW idem.default_ttl;
+SELECT expires_at - created_at AS ttl FROM idem_reserve('set-1');
+SELECT idem_release('set-1');
+SET idem.default_ttl = 30;
+SHOW idem.default_ttl;
+SELECT expires_at - created_at AS ttl FROM idem_reserve('set-2');
+SELECT idem_release('set-2');
+RESET idem.default_ttl;
+
+-- an explicit ttl overrides the setting; months and days work
+SELECT expires_at - created_at AS ttl FROM idem_reserve('set-3', ttl => '1 day');
+SELECT idem_release('set-3');
+
+SET idem.wait_timeout = '5s';
+SHOW idem.wait_timeout;
+SET idem.wait_timeout = 0;
+SHOW idem.wait_timeout;
+-- with nobody holding the key, a zero wait still reserves it
+SELECT fresh FROM idem_reserve('set-4');
+SELECT idem_release('set-4');
+RESET idem.wait_timeout;
+
+-- settings can be set per role or database, and SET LOCAL
+BEGIN;
+SET LOCAL idem.max_body_bytes = '1kB';
+SHOW idem.max_body_bytes;
+COMMIT;
+SHOW idem.max_body_bytes;
+
+-- the prefix is reserved: a typo is an error, not a silent placeholder
+SET idem.default_tll = '1h';
