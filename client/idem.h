@@ -549,8 +549,9 @@ IDEM_API int idem_http_set_wait(idem_http *http, const char *wait);
 /*
  * Excludes a route: "METHOD /path".  METHOD is a method or "*" (any);
  * /path matches the request path (without its query string) exactly, or,
- * when it ends in "*", every path that starts with what comes before the
- * "*" ("POST /v1/auth/*" matches /v1/auth/login, not /v1/auth).  Returns 0,
+ * when it ends in '*', every path that starts with what comes before the
+ * '*': "POST /v1/auth/" followed by '*' matches /v1/auth/login, not
+ * /v1/auth.  Returns 0,
  * or -1 when the rule is malformed or out of memory.
  */
 IDEM_API int idem_http_exclude(idem_http *http, const char *rule);

@@ -11,43 +11,52 @@
  *
  *-------------------------------------------------------------------------
  */
-#include <stdlib.h>
 #include <string.h>
 
 #include <openssl/evp.h>
 
 #include "idem_int.h"
 
+/* SHA-256 over framed parts: begin, one add per part, finish */
+static EVP_MD_CTX *
+frame_begin(void)
+{
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+
+	if (ctx && !EVP_DigestInit_ex(ctx, EVP_sha256(), NULL))
+	{
+		EVP_MD_CTX_free(ctx);
+		return NULL;
+	}
+	return ctx;
+}
+
 static int
-hash_parts(char out[IDEM_HASH_SIZE], size_t nparts,
-		   const void *const *parts, const size_t *lens)
+frame_add(EVP_MD_CTX *ctx, const void *part, size_t len)
+{
+	unsigned char len_be[8];
+	uint64_t	v = (uint64_t) len;
+	int			b;
+
+	for (b = 7; b >= 0; b--)
+	{
+		len_be[b] = (unsigned char) (v & 0xff);
+		v >>= 8;
+	}
+	if (!EVP_DigestUpdate(ctx, len_be, sizeof(len_be)))
+		return 0;
+	return len == 0 || EVP_DigestUpdate(ctx, part, len);
+}
+
+/* writes the lowercase hex digest and frees ctx; 0 or -1 */
+static int
+frame_finish(EVP_MD_CTX *ctx, int ok, char out[IDEM_HASH_SIZE])
 {
 	static const char hex[] = "0123456789abcdef";
-	EVP_MD_CTX *ctx;
 	unsigned char digest[EVP_MAX_MD_SIZE];
 	unsigned int dlen = 0;
-	int			ok;
-	size_t		i;
+	int			i;
 
-	ctx = EVP_MD_CTX_new();
-	if (ctx == NULL)
-		return -1;
-	ok = EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
-	for (i = 0; ok && i < nparts; i++)
-	{
-		unsigned char len_be[8];
-		uint64_t	len = (uint64_t) lens[i];
-		int			b;
-
-		for (b = 7; b >= 0; b--)
-		{
-			len_be[b] = (unsigned char) (len & 0xff);
-			len >>= 8;
-		}
-		ok = EVP_DigestUpdate(ctx, len_be, sizeof(len_be));
-		if (ok && lens[i] > 0)
-			ok = EVP_DigestUpdate(ctx, parts[i], lens[i]);
-	}
 	if (ok)
 		ok = EVP_DigestFinal_ex(ctx, digest, &dlen);
 	EVP_MD_CTX_free(ctx);
@@ -66,56 +75,37 @@ int
 idem_derive_key(char out[IDEM_HASH_SIZE], size_t nparts,
 				const char *const *parts)
 {
-	const void *small_parts[8];
-	size_t		small_lens[8];
-	const void **p = (const void **) small_parts;
-	size_t	   *lens = small_lens;
+	EVP_MD_CTX *ctx;
+	int			ok = 1;
 	size_t		i;
-	int			rc = -1;
 
 	if (nparts > 0 && parts == NULL)
 		return -1;
 	for (i = 0; i < nparts; i++)
 		if (parts[i] == NULL)
 			return -1;
-	if (nparts > 8)
-	{
-		p = malloc(nparts * sizeof(*p));
-		lens = malloc(nparts * sizeof(*lens));
-		if (p == NULL || lens == NULL)
-			goto done;
-	}
-	for (i = 0; i < nparts; i++)
-	{
-		p[i] = parts[i];
-		lens[i] = strlen(parts[i]);
-	}
-	rc = hash_parts(out, nparts, p, lens);
-done:
-	if (nparts > 8)
-	{
-		free(p);
-		free(lens);
-	}
-	return rc;
+	if ((ctx = frame_begin()) == NULL)
+		return -1;
+	for (i = 0; ok && i < nparts; i++)
+		ok = frame_add(ctx, parts[i], strlen(parts[i]));
+	return frame_finish(ctx, ok, out);
 }
 
 int
 idem_request_hash(char out[IDEM_HASH_SIZE], const char *method,
 				  const char *path, const void *body, size_t body_len)
 {
-	const void *parts[3];
-	size_t		lens[3];
+	EVP_MD_CTX *ctx;
+	int			ok;
 
 	if (method == NULL || path == NULL)
 		return -1;
-	parts[0] = method;
-	lens[0] = strlen(method);
-	parts[1] = path;
-	lens[1] = strlen(path);
-	parts[2] = body ? body : "";
-	lens[2] = body ? body_len : 0;
-	return hash_parts(out, 3, parts, lens);
+	if ((ctx = frame_begin()) == NULL)
+		return -1;
+	ok = frame_add(ctx, method, strlen(method)) &&
+		frame_add(ctx, path, strlen(path)) &&
+		frame_add(ctx, body, body ? body_len : 0);
+	return frame_finish(ctx, ok, out);
 }
 
 int

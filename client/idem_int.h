@@ -72,6 +72,7 @@ struct idem_response
 	int			has_body;
 	idem_hdr   *hdrs;
 	size_t		nhdrs;
+	size_t		hdr_cap;
 	char	   *json;			/* cache of idem_response_headers_json */
 	/* set by the runners */
 	int			attempt;

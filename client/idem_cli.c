@@ -1,0 +1,728 @@
+/*-------------------------------------------------------------------------
+ *
+ * idem_cli.c
+ *	  The idem command-line tool: run a command at most once per key, from
+ *	  any number of hosts or cron jobs at once.
+ *
+ *	  idem exec --key K [--scope S] [--ttl 24h] [--wait 30s]
+ *	            [--cache-failures] -- CMD [ARG...]
+ *	  idem get --key K [--scope S] [--body]
+ *	  idem purge [--limit N]
+ *	  idem stats
+ *
+ * Built on libidem's public API only (idem_run does the work of exec).
+ * Connects like psql: libpq's environment, or --dsn.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <libpq-fe.h>
+
+#include "idem.h"
+
+/* exit codes of our own (sysexits.h) */
+#define EXIT_NOT_FOUND	1		/* idem get: no live record */
+#define EXIT_USAGE		64		/* bad usage or bad input */
+#define EXIT_MISMATCH	65		/* the key was used with another command */
+#define EXIT_UNAVAILABLE 69		/* database unreachable, extension missing */
+#define EXIT_SOFTWARE	70		/* any other failure */
+#define EXIT_TEMPFAIL	75		/* timed out waiting for an in-flight key */
+
+static const char usage_text[] =
+"idem runs a command at most once per idempotency key, with the keys kept in\n"
+"PostgreSQL by the idempotency extension.\n"
+"\n"
+"Usage:\n"
+"  idem [--dsn DSN] exec --key K [--scope S] [--ttl 24h] [--wait 30s]\n"
+"                        [--cache-failures] -- CMD [ARG...]\n"
+"  idem [--dsn DSN] get --key K [--scope S] [--body]\n"
+"  idem [--dsn DSN] purge [--limit N]\n"
+"  idem [--dsn DSN] stats\n"
+"  idem --help | --version\n"
+"\n"
+"exec   Runs CMD unless the key is already done.  CMD's stdout is passed\n"
+"       through and captured; on exit 0 the stdout and exit code are stored,\n"
+"       on a non-zero exit the key is released so that a retry runs CMD\n"
+"       again (--cache-failures stores failures too).  A later call with the\n"
+"       same key prints the stored stdout and exits with the stored code.\n"
+"       Concurrent calls wait for the one running, up to --wait (default:\n"
+"       the server's idem.wait_timeout, 30s; \"0\" = do not wait).  The\n"
+"       request hash is the command line: the same key with another command\n"
+"       is a mismatch.  --ttl: how long the result is kept (default 24h).\n"
+"get    Shows the record of a key; --body prints only the stored stdout.\n"
+"purge  Deletes expired records (at most N with --limit).\n"
+"stats  Shows the extension's version, settings and record counts.\n"
+"\n"
+"Connection: libpq's environment (PGHOST, PGPORT, PGDATABASE, PGUSER,\n"
+"PGSERVICE ...) or --dsn with a connection string or URI.\n"
+"\n"
+"Exit codes: exec exits with CMD's (or the stored) exit code, 128+N when CMD\n"
+"was killed by signal N, 127 when CMD could not be run; and:\n"
+"  1   get: no live record for the key\n"
+"  64  bad usage or bad input (empty or too long key, bad interval)\n"
+"  65  the key was used with another command line (hash mismatch)\n"
+"  69  database unreachable, or the idempotency extension is not installed\n"
+"  70  any other failure (e.g. stdout larger than idem.max_body_bytes)\n"
+"  75  timed out waiting for another run of the same key\n";
+
+static void usage_error(const char *fmt, const char *arg)
+			__attribute__((format(printf, 1, 0), noreturn));
+
+static void
+usage_error(const char *fmt, const char *arg)
+{
+	fprintf(stderr, "idem: ");
+	fprintf(stderr, fmt, arg);
+	fprintf(stderr, "\nTry \"idem --help\" for more information.\n");
+	exit(EXIT_USAGE);
+}
+
+/*
+ * Matches argv[*i] against --name VALUE or --name=VALUE; advances *i past
+ * the value.  Returns 1 and sets *value on a match.
+ */
+static int
+take_value(int argc, char **argv, int *i, const char *name, const char **value)
+{
+	const char *a = argv[*i];
+	size_t		n = strlen(name);
+
+	if (strncmp(a, name, n) != 0)
+		return 0;
+	if (a[n] == '=')
+	{
+		*value = a + n + 1;
+		return 1;
+	}
+	if (a[n] != '\0')
+		return 0;
+	if (*i + 1 >= argc)
+		usage_error("option %s needs a value", name);
+	*value = argv[++*i];
+	return 1;
+}
+
+/* ---- errors ------------------------------------------------------------ */
+
+static void
+print_error(const idem_conn *conn)
+{
+	fprintf(stderr, "idem: %s\n", idem_errmsg(conn));
+	if (*idem_errdetail(conn))
+		fprintf(stderr, "idem: DETAIL: %s\n", idem_errdetail(conn));
+}
+
+/* the exit code for an outcome that is not a success */
+static int
+exit_code_for(const idem_conn *conn, idem_outcome outcome)
+{
+	switch (outcome)
+	{
+		case IDEM_MISMATCH:
+			return EXIT_MISMATCH;
+		case IDEM_IN_FLIGHT:
+			return EXIT_TEMPFAIL;
+		default:
+			break;
+	}
+	switch (idem_errcode(conn))
+	{
+		case IDEM_ERR_CONNECTION:
+		case IDEM_ERR_NO_EXTENSION:
+		case IDEM_ERR_READ_ONLY:
+			return EXIT_UNAVAILABLE;
+		case IDEM_ERR_BAD_INPUT:
+			return EXIT_USAGE;
+		default:
+			return EXIT_SOFTWARE;
+	}
+}
+
+static idem_conn *
+connect_or_exit(const char *dsn)
+{
+	idem_conn  *conn = idem_connect(dsn);
+
+	if (conn == NULL)
+	{
+		fprintf(stderr, "idem: out of memory\n");
+		exit(EXIT_SOFTWARE);
+	}
+	if (!idem_connected(conn))
+	{
+		print_error(conn);
+		idem_free(conn);
+		exit(EXIT_UNAVAILABLE);
+	}
+	return conn;
+}
+
+static int
+write_all(int fd, const void *data, size_t len)
+{
+	const char *p = data;
+
+	while (len > 0)
+	{
+		ssize_t		n = write(fd, p, len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return -1;
+		p += n;
+		len -= (size_t) n;
+	}
+	return 0;
+}
+
+/* ---- exec -------------------------------------------------------------- */
+
+typedef struct exec_ctx
+{
+	char	  **argv;			/* CMD ARG... NULL */
+	int			cache_failures;
+	int			ran;
+	int			exit_code;
+} exec_ctx;
+
+static volatile sig_atomic_t child_pid;
+
+static void
+forward_signal(int sig)
+{
+	if (child_pid > 0)
+		kill((pid_t) child_pid, sig);
+}
+
+/*
+ * The handler: runs CMD with its stdout on a pipe, passes the output
+ * through as it comes and keeps it in the response.  Stored when CMD exits
+ * 0 (or always with --cache-failures).
+ */
+static int
+run_command(idem_response *resp, void *arg)
+{
+	exec_ctx   *ctx = arg;
+	int			fds[2];
+	pid_t		pid;
+	char		buf[65536];
+	int			status;
+	int			stdout_ok = 1;
+	struct sigaction sa,
+				old_int,
+				old_term,
+				old_hup,
+				old_pipe;
+	int			forwarded[] = {SIGINT, SIGTERM, SIGHUP};
+	struct sigaction *olds[] = {&old_int, &old_term, &old_hup};
+	size_t		i;
+
+	ctx->ran = 1;
+	if (pipe(fds) < 0)
+	{
+		fprintf(stderr, "idem: pipe: %s\n", strerror(errno));
+		ctx->exit_code = EXIT_SOFTWARE;
+		return 1;
+	}
+	fflush(NULL);
+	pid = fork();
+	if (pid < 0)
+	{
+		fprintf(stderr, "idem: fork: %s\n", strerror(errno));
+		close(fds[0]);
+		close(fds[1]);
+		ctx->exit_code = EXIT_SOFTWARE;
+		return 1;
+	}
+	if (pid == 0)
+	{
+		close(fds[0]);
+		if (fds[1] != STDOUT_FILENO)
+		{
+			dup2(fds[1], STDOUT_FILENO);
+			close(fds[1]);
+		}
+		execvp(ctx->argv[0], ctx->argv);
+		fprintf(stderr, "idem: cannot run %s: %s\n", ctx->argv[0],
+				strerror(errno));
+		_exit(errno == ENOENT ? 127 : 126);
+	}
+	close(fds[1]);
+
+	/* pass signals meant for us on to CMD; keep reading if stdout closes */
+	child_pid = pid;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = forward_signal;
+	sigemptyset(&sa.sa_mask);
+	sa.sa_flags = SA_RESTART;
+	for (i = 0; i < sizeof(forwarded) / sizeof(forwarded[0]); i++)
+		sigaction(forwarded[i], &sa, olds[i]);
+	sa.sa_handler = SIG_IGN;
+	sigaction(SIGPIPE, &sa, &old_pipe);
+
+	for (;;)
+	{
+		ssize_t		n = read(fds[0], buf, sizeof(buf));
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		if (idem_response_append_body(resp, buf, (size_t) n) < 0)
+		{
+			fprintf(stderr, "idem: out of memory capturing stdout\n");
+			kill(pid, SIGTERM);
+			break;
+		}
+		if (stdout_ok && write_all(STDOUT_FILENO, buf, (size_t) n) < 0)
+			stdout_ok = 0;
+	}
+	close(fds[0]);
+	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+		;
+	child_pid = 0;
+	for (i = 0; i < sizeof(forwarded) / sizeof(forwarded[0]); i++)
+		sigaction(forwarded[i], olds[i], NULL);
+	sigaction(SIGPIPE, &old_pipe, NULL);
+
+	if (WIFEXITED(status))
+		ctx->exit_code = WEXITSTATUS(status);
+	else if (WIFSIGNALED(status))
+		ctx->exit_code = 128 + WTERMSIG(status);
+	else
+		ctx->exit_code = EXIT_SOFTWARE;
+	/* stdout of an empty run is stored as empty, not as NULL */
+	idem_response_append_body(resp, "", 0);
+	idem_response_set_status(resp, ctx->exit_code);
+	return (ctx->exit_code == 0 || ctx->cache_failures) ? 0 : 1;
+}
+
+static int
+cmd_exec(const char *dsn, int argc, char **argv)
+{
+	const char *key = NULL;
+	idem_opts	opts = {NULL, NULL, NULL, NULL};
+	exec_ctx	ctx = {NULL, 0, 0, 0};
+	char		hash[IDEM_HASH_SIZE];
+	idem_conn  *conn;
+	idem_record *rec = NULL;
+	idem_outcome o;
+	int			i;
+	int			rc;
+
+	for (i = 0; i < argc; i++)
+	{
+		const char *a = argv[i];
+
+		if (strcmp(a, "--") == 0)
+		{
+			i++;
+			break;
+		}
+		if (a[0] != '-')
+			break;
+		if (take_value(argc, argv, &i, "--key", &key) ||
+			take_value(argc, argv, &i, "--scope", &opts.scope) ||
+			take_value(argc, argv, &i, "--ttl", &opts.ttl) ||
+			take_value(argc, argv, &i, "--wait", &opts.wait) ||
+			take_value(argc, argv, &i, "--dsn", &dsn))
+			continue;
+		if (strcmp(a, "--cache-failures") == 0)
+			ctx.cache_failures = 1;
+		else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0)
+		{
+			fputs(usage_text, stdout);
+			return 0;
+		}
+		else
+			usage_error("exec: unknown option %s", a);
+	}
+	if (key == NULL)
+		usage_error("exec: %s is required", "--key");
+	if (i >= argc)
+		usage_error("exec: no command given after %s", "--");
+	ctx.argv = argv + i;
+
+	/* the request hash is the command line, framed part by part */
+	if (idem_derive_key(hash, (size_t) (argc - i),
+						(const char *const *) ctx.argv) < 0)
+	{
+		fprintf(stderr, "idem: could not hash the command line\n");
+		return EXIT_SOFTWARE;
+	}
+	opts.request_hash = hash;
+
+	conn = connect_or_exit(dsn);
+	o = idem_run(conn, key, &opts, run_command, &ctx, &rec);
+	switch (o)
+	{
+		case IDEM_FRESH:
+			rc = ctx.exit_code;
+			break;
+		case IDEM_REPLAY:
+			{
+				size_t		len;
+				const void *body = idem_record_body(rec, &len);
+				int			status = idem_record_status(rec);
+
+				if (body && len && write_all(STDOUT_FILENO, body, len) < 0 &&
+					errno != EPIPE)
+					fprintf(stderr, "idem: writing stdout: %s\n",
+							strerror(errno));
+				if (status < 0 || status > 255)
+				{
+					fprintf(stderr, "idem: the stored status %d of key %s is "
+							"not an exit code\n", status, key);
+					rc = EXIT_SOFTWARE;
+				}
+				else
+					rc = status;
+				break;
+			}
+		default:
+			if (o == IDEM_ERROR && idem_errcode(conn) == IDEM_ERR_HANDLER)
+			{
+				/* CMD failed; the key was released for a retry */
+				rc = ctx.exit_code;
+				break;
+			}
+			print_error(conn);
+			if (o == IDEM_MISMATCH)
+				fprintf(stderr, "idem: key %s was used with another command "
+						"line\n", key);
+			else if (o == IDEM_IN_FLIGHT)
+				fprintf(stderr, "idem: key %s is still running elsewhere "
+						"(see --wait)\n", key);
+			else if (ctx.ran)
+				fprintf(stderr, "idem: the command ran (exit code %d) but "
+						"its result could not be stored\n", ctx.exit_code);
+			rc = exit_code_for(conn, o);
+			break;
+	}
+	idem_record_free(rec);
+	idem_free(conn);
+	return rc;
+}
+
+/* ---- get --------------------------------------------------------------- */
+
+static void
+format_time(char *buf, size_t size, int64_t usec)
+{
+	time_t		secs;
+	struct tm	tm;
+	char		base[32];
+
+	if (usec == 0)
+	{
+		snprintf(buf, size, "-");
+		return;
+	}
+	secs = (time_t) (usec >= 0 ? usec / 1000000 : (usec - 999999) / 1000000);
+	gmtime_r(&secs, &tm);
+	strftime(base, sizeof(base), "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(buf, size, "%s.%06dZ", base,
+			 (int) (usec - (int64_t) secs * 1000000));
+}
+
+static int
+cmd_get(const char *dsn, int argc, char **argv)
+{
+	const char *key = NULL;
+	idem_opts	opts = {NULL, NULL, NULL, NULL};
+	int			body_only = 0;
+	idem_conn  *conn;
+	idem_record *rec = NULL;
+	idem_outcome o;
+	int			i;
+	int			rc = 0;
+
+	for (i = 0; i < argc; i++)
+	{
+		if (take_value(argc, argv, &i, "--key", &key) ||
+			take_value(argc, argv, &i, "--scope", &opts.scope) ||
+			take_value(argc, argv, &i, "--dsn", &dsn))
+			continue;
+		if (strcmp(argv[i], "--body") == 0)
+			body_only = 1;
+		else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
+		{
+			fputs(usage_text, stdout);
+			return 0;
+		}
+		else
+			usage_error("get: unknown argument %s", argv[i]);
+	}
+	if (key == NULL)
+		usage_error("get: %s is required", "--key");
+
+	conn = connect_or_exit(dsn);
+	o = idem_get(conn, key, &opts, &rec);
+	if (o == IDEM_REPLAY || o == IDEM_IN_FLIGHT)
+	{
+		size_t		len;
+		const void *body = idem_record_body(rec, &len);
+
+		if (body_only)
+		{
+			if (body && len)
+				write_all(STDOUT_FILENO, body, len);
+		}
+		else
+		{
+			char		created[48],
+						expires[48];
+
+			format_time(created, sizeof(created), idem_record_created_at(rec));
+			format_time(expires, sizeof(expires), idem_record_expires_at(rec));
+			printf("key:        %s\n", key);
+			printf("scope:      %s\n", opts.scope ? opts.scope : "");
+			printf("state:      %s\n", idem_record_state(rec));
+			if (idem_record_status(rec) >= 0)
+				printf("status:     %d\n", idem_record_status(rec));
+			printf("attempt:    %d\n", idem_record_attempt(rec));
+			printf("created_at: %s\n", created);
+			printf("expires_at: %s\n", expires);
+			if (idem_record_headers_json(rec))
+				printf("headers:    %s\n", idem_record_headers_json(rec));
+			if (body)
+				printf("body:       %zu bytes (idem get --body prints it)\n", len);
+		}
+	}
+	else if (o == IDEM_NOT_FOUND)
+	{
+		fprintf(stderr, "idem: no live record for key %s\n", key);
+		rc = EXIT_NOT_FOUND;
+	}
+	else
+	{
+		print_error(conn);
+		rc = exit_code_for(conn, o);
+	}
+	idem_record_free(rec);
+	idem_free(conn);
+	return rc;
+}
+
+/* ---- purge ------------------------------------------------------------- */
+
+static int
+cmd_purge(const char *dsn, int argc, char **argv)
+{
+	const char *limit_text = NULL;
+	long		limit = 0;
+	idem_conn  *conn;
+	int64_t		n;
+	int			i;
+	int			rc = 0;
+
+	for (i = 0; i < argc; i++)
+	{
+		if (take_value(argc, argv, &i, "--limit", &limit_text) ||
+			take_value(argc, argv, &i, "--dsn", &dsn))
+			continue;
+		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
+		{
+			fputs(usage_text, stdout);
+			return 0;
+		}
+		usage_error("purge: unknown argument %s", argv[i]);
+	}
+	if (limit_text)
+	{
+		char	   *end;
+
+		errno = 0;
+		limit = strtol(limit_text, &end, 10);
+		if (errno || *end || end == limit_text || limit <= 0 || limit > 2147483647L)
+			usage_error("purge: --limit needs a positive integer, not \"%s\"",
+						limit_text);
+	}
+	conn = connect_or_exit(dsn);
+	n = idem_purge(conn, (int) limit);
+	if (n < 0)
+	{
+		print_error(conn);
+		rc = exit_code_for(conn, IDEM_ERROR);
+	}
+	else
+		printf("purged %lld expired record%s\n", (long long) n, n == 1 ? "" : "s");
+	idem_free(conn);
+	return rc;
+}
+
+/* ---- stats ------------------------------------------------------------- */
+
+/* prints every row of res as "column: value" lines */
+static void
+print_rows(const PGresult *res)
+{
+	int			r,
+				c;
+
+	for (r = 0; r < PQntuples(res); r++)
+	{
+		if (r > 0)
+			printf("\n");
+		for (c = 0; c < PQnfields(res); c++)
+			printf("%-16s %s\n", PQfname(res, c),
+				   PQgetisnull(res, r, c) ? "" : PQgetvalue(res, r, c));
+	}
+}
+
+static int
+query_failed(PGresult *res, ExecStatusType want)
+{
+	if (PQresultStatus(res) == want)
+		return 0;
+	fprintf(stderr, "idem: %s", PQresultErrorMessage(res));
+	return 1;
+}
+
+/*
+ * The extension's version and settings, and its counts when it offers an
+ * idem_stats() function.  The key table itself is not readable by PUBLIC,
+ * and this tool does not try.
+ */
+static int
+cmd_stats(const char *dsn, int argc, char **argv)
+{
+	idem_conn  *conn;
+	PGconn	   *pg;
+	PGresult   *res;
+	int			i;
+	int			has_stats;
+	int			rc = 0;
+
+	for (i = 0; i < argc; i++)
+	{
+		if (take_value(argc, argv, &i, "--dsn", &dsn))
+			continue;
+		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
+		{
+			fputs(usage_text, stdout);
+			return 0;
+		}
+		usage_error("stats: unknown argument %s", argv[i]);
+	}
+	conn = connect_or_exit(dsn);
+	pg = idem_pgconn(conn);
+
+	res = PQexec(pg,
+				 "SELECT e.extversion, n.nspname, "
+				 "  EXISTS (SELECT 1 FROM pg_catalog.pg_proc p "
+				 "          WHERE p.proname = 'idem_stats' "
+				 "            AND p.pronamespace = e.extnamespace "
+				 "            AND p.pronargs = 0) "
+				 "FROM pg_catalog.pg_extension e "
+				 "JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace "
+				 "WHERE e.extname = 'idempotency'");
+	if (query_failed(res, PGRES_TUPLES_OK))
+	{
+		PQclear(res);
+		idem_free(conn);
+		return EXIT_UNAVAILABLE;
+	}
+	if (PQntuples(res) == 0)
+	{
+		fprintf(stderr, "idem: the idempotency extension is not installed in "
+				"database \"%s\"\nidem: DETAIL: Run CREATE EXTENSION "
+				"idempotency.\n", PQdb(pg));
+		PQclear(res);
+		idem_free(conn);
+		return EXIT_UNAVAILABLE;
+	}
+	printf("%-16s %s\n", "database", PQdb(pg));
+	printf("%-16s %s\n", "extension", PQgetvalue(res, 0, 0));
+	printf("%-16s %s\n", "schema", PQgetvalue(res, 0, 1));
+	has_stats = PQgetvalue(res, 0, 2)[0] == 't';
+	PQclear(res);
+
+	/* the module's settings exist once its library is loaded */
+	res = PQexec(pg,
+				 "SELECT idem_derive_key('idem stats'), "
+				 "  current_setting('idem.default_ttl', true) AS default_ttl, "
+				 "  current_setting('idem.wait_timeout', true) AS wait_timeout, "
+				 "  current_setting('idem.max_body_bytes', true) AS max_body_bytes");
+	if (PQresultStatus(res) == PGRES_TUPLES_OK)
+	{
+		int			c;
+
+		for (c = 1; c < PQnfields(res); c++)
+			if (!PQgetisnull(res, 0, c))
+				printf("%-16s %s\n", PQfname(res, c), PQgetvalue(res, 0, c));
+	}
+	PQclear(res);
+
+	if (has_stats)
+	{
+		res = PQexec(pg, "SELECT * FROM idem_stats()");
+		if (query_failed(res, PGRES_TUPLES_OK))
+			rc = EXIT_SOFTWARE;
+		else
+		{
+			printf("\n");
+			print_rows(res);
+		}
+		PQclear(res);
+	}
+	else
+		printf("\nrecord counts: not available (this version of the extension "
+			   "has no idem_stats() function)\n");
+	idem_free(conn);
+	return rc;
+}
+
+/* ---- main -------------------------------------------------------------- */
+
+int
+main(int argc, char **argv)
+{
+	const char *dsn = NULL;
+	int			i;
+
+	for (i = 1; i < argc; i++)
+	{
+		const char *a = argv[i];
+
+		if (take_value(argc, argv, &i, "--dsn", &dsn))
+			continue;
+		if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0 ||
+			strcmp(a, "help") == 0)
+		{
+			fputs(usage_text, stdout);
+			return 0;
+		}
+		if (strcmp(a, "--version") == 0)
+		{
+			printf("idem (libidem) %d.%d.%d\n", IDEM_VERSION_MAJOR,
+				   IDEM_VERSION_MINOR, IDEM_VERSION_PATCH);
+			return 0;
+		}
+		if (a[0] == '-')
+			usage_error("unknown option %s", a);
+		break;
+	}
+	if (i >= argc)
+		usage_error("%s", "no command given (exec, get, purge or stats)");
+	if (strcmp(argv[i], "exec") == 0)
+		return cmd_exec(dsn, argc - i - 1, argv + i + 1);
+	if (strcmp(argv[i], "get") == 0)
+		return cmd_get(dsn, argc - i - 1, argv + i + 1);
+	if (strcmp(argv[i], "purge") == 0)
+		return cmd_purge(dsn, argc - i - 1, argv + i + 1);
+	if (strcmp(argv[i], "stats") == 0)
+		return cmd_stats(dsn, argc - i - 1, argv + i + 1);
+	usage_error("unknown command \"%s\"", argv[i]);
+	return EXIT_USAGE;
+}

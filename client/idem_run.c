@@ -1,0 +1,566 @@
+/*-------------------------------------------------------------------------
+ *
+ * idem_run.c
+ *	  The runners: a handler under a key (idem_run), durable steps
+ *	  (idem_step), and the HTTP policy and middleware (idem_http_*).
+ *
+ * All of them are built on the public calls: reserve, run the callback
+ * only when the reservation is fresh, then commit or release on the same
+ * handle.  Concurrent callers wait inside the server's idem_reserve, so a
+ * callback runs once per key however many callers race for it.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "idem_int.h"
+
+typedef struct idem_exclusion
+{
+	char	   *method;			/* "*" = any */
+	char	   *path;			/* without the trailing '*' when prefix */
+	int			prefix;
+} idem_exclusion;
+
+struct idem_http
+{
+	char	   *header_name;
+	int			required;
+	int			cache_failures;
+	char	   *ttl;
+	char	   *wait;
+	idem_exclusion *excl;
+	size_t		nexcl;
+};
+
+/* Saves and restores a handle's error around a cleanup call. */
+typedef struct saved_error
+{
+	idem_error	err;
+	char		errmsg[sizeof(((idem_conn *) 0)->errmsg)];
+	char		errdetail[sizeof(((idem_conn *) 0)->errdetail)];
+	char		sqlstate[6];
+} saved_error;
+
+static void
+save_error(const idem_conn *conn, saved_error *s)
+{
+	s->err = conn->err;
+	memcpy(s->errmsg, conn->errmsg, sizeof(s->errmsg));
+	memcpy(s->errdetail, conn->errdetail, sizeof(s->errdetail));
+	memcpy(s->sqlstate, conn->sqlstate, sizeof(s->sqlstate));
+}
+
+static void
+restore_error(idem_conn *conn, const saved_error *s)
+{
+	conn->err = s->err;
+	memcpy(conn->errmsg, s->errmsg, sizeof(s->errmsg));
+	memcpy(conn->errdetail, s->errdetail, sizeof(s->errdetail));
+	memcpy(conn->sqlstate, s->sqlstate, sizeof(s->sqlstate));
+}
+
+static idem_outcome
+nomem(idem_conn *conn)
+{
+	return idem__fail(conn, IDEM_ERR_NOMEM, "out of memory");
+}
+
+/*
+ * Stores resp under key, reconnecting once when the connection was lost
+ * and the handle owns it (the commit then adopts our orphaned reservation).
+ */
+static idem_outcome
+commit_response(idem_conn *conn, const char *key, const idem_opts *opts,
+				idem_response *resp)
+{
+	const char *json = idem_response_headers_json(resp);
+	idem_outcome o;
+	int			attempt;
+
+	if (json == NULL)
+		return nomem(conn);
+	for (attempt = 0;; attempt++)
+	{
+		o = idem_commit(conn, key, opts, resp->status,
+						resp->has_body ? (const void *) resp->body : NULL,
+						resp->body_len, json);
+		if (o != IDEM_ERROR || conn->err != IDEM_ERR_CONNECTION ||
+			!conn->owned || attempt > 0)
+			return o;
+		if (idem_reconnect(conn) < 0)
+			return IDEM_ERROR;
+	}
+}
+
+/*
+ * The core of every runner.  http is NULL for plain runs (every response
+ * the handler returns 0 for is stored), else its cache policy applies.
+ */
+static idem_outcome
+run_guarded(idem_conn *conn, const char *key, const idem_opts *opts,
+			const idem_http *http, idem_handler_fn handler, void *arg,
+			idem_record **out)
+{
+	idem_record *rec = NULL;
+	idem_response *resp;
+	idem_outcome o;
+	int			rc;
+
+	o = idem_reserve(conn, key, opts, &rec);
+	if (o == IDEM_REPLAY)
+	{
+		*out = rec;
+		return o;
+	}
+	if (o != IDEM_FRESH)
+		return o;
+
+	resp = idem_response_new();
+	if (resp == NULL)
+	{
+		idem_record_free(rec);
+		idem_release(conn, key, opts);
+		return nomem(conn);
+	}
+	if (http)
+		resp->status = 200;
+	resp->attempt = rec->attempt;
+	resp->key = key;
+	idem_record_free(rec);
+
+	conn->stats.handler_runs++;
+	rc = handler(resp, arg);
+
+	if (rc != 0 || (http && !idem_http_cacheable(http, resp->status)))
+	{
+		idem_outcome rel = idem_release(conn, key, opts);
+		char		why[512];
+
+		snprintf(why, sizeof(why), "%s%.400s",
+				 rel == IDEM_ERROR ? "; releasing the key failed: " : "",
+				 rel == IDEM_ERROR ? conn->errmsg : "");
+		if (rc != 0)
+		{
+			idem_response_free(resp);
+			return idem__fail(conn, IDEM_ERR_HANDLER,
+							  "handler failed (returned %d); the key was "
+							  "released so that a retry runs it again%s",
+							  rc, why);
+		}
+		/* served, not stored: a retry runs the handler again */
+		idem__clear_error(conn);
+		*out = idem__record_from_response(resp, "released");
+		idem_response_free(resp);
+		return *out ? IDEM_FRESH : nomem(conn);
+	}
+
+	o = commit_response(conn, key, opts, resp);
+	if (o == IDEM_FRESH)
+	{
+		*out = idem__record_from_response(resp, "committed");
+		idem_response_free(resp);
+		return *out ? IDEM_FRESH : nomem(conn);
+	}
+	idem_response_free(resp);
+	if (o == IDEM_REPLAY)
+	{
+		/*
+		 * Someone committed first (our session was taken over while the
+		 * handler ran): what is stored is what every caller gets.
+		 */
+		o = idem_get(conn, key, opts, out);
+		if (o == IDEM_REPLAY)
+			(*out)->fresh = 1;
+		return o == IDEM_REPLAY ? IDEM_FRESH : o;
+	}
+	else
+	{
+		/* the handler ran, its response could not be stored */
+		saved_error saved;
+
+		save_error(conn, &saved);
+		if (idem_connected(conn))
+			idem_release(conn, key, opts);
+		restore_error(conn, &saved);
+		if (o != IDEM_ERROR)
+			conn->stats.errors++;
+		return IDEM_ERROR;
+	}
+}
+
+idem_outcome
+idem_run(idem_conn *conn, const char *key, const idem_opts *opts,
+		 idem_handler_fn handler, void *arg, idem_record **out)
+{
+	*out = NULL;
+	idem__clear_error(conn);
+	if (handler == NULL)
+		return idem__fail(conn, IDEM_ERR_BAD_INPUT, "handler must not be NULL");
+	return run_guarded(conn, key, opts, NULL, handler, arg, out);
+}
+
+idem_outcome
+idem_step(idem_conn *conn, const char *step, const idem_opts *opts,
+		  idem_handler_fn step_fn, void *arg, idem_record **out)
+{
+	char		key[IDEM_HASH_SIZE];
+	idem_opts	o = {NULL, NULL, NULL, NULL};
+
+	*out = NULL;
+	if (idem_step_key(conn, step, key) < 0)
+	{
+		conn->stats.errors++;
+		return IDEM_ERROR;
+	}
+	if (step_fn == NULL)
+		return idem__fail(conn, IDEM_ERR_BAD_INPUT, "step function must not be NULL");
+	if (opts)
+	{
+		o.scope = opts->scope;
+		o.ttl = opts->ttl;
+		o.wait = opts->wait;
+	}
+	return run_guarded(conn, key, &o, NULL, step_fn, arg, out);
+}
+
+/* ---- HTTP -------------------------------------------------------------- */
+
+idem_http *
+idem_http_new(void)
+{
+	idem_http  *http = calloc(1, sizeof(idem_http));
+
+	if (http == NULL)
+		return NULL;
+	http->header_name = idem__strdup("Idempotency-Key");
+	if (http->header_name == NULL)
+	{
+		free(http);
+		return NULL;
+	}
+	return http;
+}
+
+void
+idem_http_free(idem_http *http)
+{
+	size_t		i;
+
+	if (http == NULL)
+		return;
+	for (i = 0; i < http->nexcl; i++)
+	{
+		free(http->excl[i].method);
+		free(http->excl[i].path);
+	}
+	free(http->excl);
+	free(http->header_name);
+	free(http->ttl);
+	free(http->wait);
+	free(http);
+}
+
+/* replaces *dst by a copy of src (NULL allowed); 0 or -1 */
+static int
+replace_string(char **dst, const char *src)
+{
+	char	   *copy = NULL;
+
+	if (src && (copy = idem__strdup(src)) == NULL)
+		return -1;
+	free(*dst);
+	*dst = copy;
+	return 0;
+}
+
+int
+idem_http_set_header_name(idem_http *http, const char *name)
+{
+	if (name == NULL || *name == '\0')
+		return -1;
+	return replace_string(&http->header_name, name);
+}
+
+void
+idem_http_set_required(idem_http *http, int required)
+{
+	http->required = required != 0;
+}
+
+void
+idem_http_set_cache_failures(idem_http *http, int cache)
+{
+	http->cache_failures = cache != 0;
+}
+
+int
+idem_http_set_ttl(idem_http *http, const char *ttl)
+{
+	return replace_string(&http->ttl, ttl);
+}
+
+int
+idem_http_set_wait(idem_http *http, const char *wait)
+{
+	return replace_string(&http->wait, wait);
+}
+
+int
+idem_http_exclude(idem_http *http, const char *rule)
+{
+	const char *space;
+	const char *path;
+	size_t		mlen,
+				plen;
+	idem_exclusion *grown;
+	idem_exclusion *e;
+	size_t		i;
+
+	if (rule == NULL)
+		return -1;
+	space = strchr(rule, ' ');
+	if (space == NULL || space == rule)
+		return -1;
+	mlen = (size_t) (space - rule);
+	path = space;
+	while (*path == ' ')
+		path++;
+	plen = strlen(path);
+	while (plen > 0 && path[plen - 1] == ' ')
+		plen--;
+	if (plen == 0 || path[0] != '/' || memchr(path, ' ', plen))
+		return -1;
+	for (i = 0; i < mlen; i++)
+		if (!(rule[i] >= 'A' && rule[i] <= 'Z') &&
+			!(rule[i] >= 'a' && rule[i] <= 'z') && !(mlen == 1 && rule[i] == '*'))
+			return -1;
+
+	grown = realloc(http->excl, (http->nexcl + 1) * sizeof(idem_exclusion));
+	if (grown == NULL)
+		return -1;
+	http->excl = grown;
+	e = &http->excl[http->nexcl];
+	e->prefix = path[plen - 1] == '*';
+	if (e->prefix)
+		plen--;
+	e->method = malloc(mlen + 1);
+	e->path = malloc(plen + 1);
+	if (e->method == NULL || e->path == NULL)
+	{
+		free(e->method);
+		free(e->path);
+		return -1;
+	}
+	memcpy(e->method, rule, mlen);
+	e->method[mlen] = '\0';
+	memcpy(e->path, path, plen);
+	e->path[plen] = '\0';
+	http->nexcl++;
+	return 0;
+}
+
+static int
+guarded_method(const char *method)
+{
+	return idem__strcaseeq(method, "POST") || idem__strcaseeq(method, "PUT") ||
+		idem__strcaseeq(method, "PATCH") || idem__strcaseeq(method, "DELETE");
+}
+
+static int
+excluded(const idem_http *http, const char *method, const char *path)
+{
+	size_t		plen = strcspn(path, "?#");
+	size_t		i;
+
+	for (i = 0; i < http->nexcl; i++)
+	{
+		const idem_exclusion *e = &http->excl[i];
+		size_t		elen = strlen(e->path);
+
+		if (strcmp(e->method, "*") != 0 && !idem__strcaseeq(e->method, method))
+			continue;
+		if (e->prefix ? (plen >= elen && memcmp(path, e->path, elen) == 0) :
+			(plen == elen && memcmp(path, e->path, elen) == 0))
+			return 1;
+	}
+	return 0;
+}
+
+idem_http_action
+idem_http_decide(const idem_http *http, const idem_http_request *req,
+				 const char **key, int *status, const char **reason)
+{
+	const char *value = NULL;
+	const char *why;
+	idem_http_action action;
+	size_t		i;
+
+	if (key)
+		*key = NULL;
+	if (status)
+		*status = 0;
+	if (req->method == NULL || !guarded_method(req->method))
+	{
+		action = IDEM_HTTP_BYPASS;
+		why = "method not guarded";
+		goto done;
+	}
+	if (req->path && excluded(http, req->method, req->path))
+	{
+		action = IDEM_HTTP_BYPASS;
+		why = "route excluded";
+		goto done;
+	}
+	for (i = 0; i < req->nheaders && req->headers; i++)
+		if (req->headers[i].name &&
+			idem__strcaseeq(req->headers[i].name, http->header_name))
+		{
+			value = req->headers[i].value;
+			break;
+		}
+	if (value == NULL)
+	{
+		action = http->required ? IDEM_HTTP_REJECT : IDEM_HTTP_BYPASS;
+		why = http->required ? "idempotency key header required" :
+			"no idempotency key header";
+		goto done;
+	}
+	if (*value == '\0')
+	{
+		action = IDEM_HTTP_REJECT;
+		why = "idempotency key is empty";
+		goto done;
+	}
+	if (strlen(value) > IDEM_MAX_KEY_BYTES)
+	{
+		action = IDEM_HTTP_REJECT;
+		why = "idempotency key longer than 255 bytes";
+		goto done;
+	}
+	if (req->path == NULL)
+	{
+		action = IDEM_HTTP_REJECT;
+		why = "request without a path";
+		goto done;
+	}
+	action = IDEM_HTTP_GUARD;
+	why = "guarded";
+	if (key)
+		*key = value;
+done:
+	if (action == IDEM_HTTP_REJECT && status)
+		*status = 400;
+	if (reason)
+		*reason = why;
+	return action;
+}
+
+int
+idem_http_cacheable(const idem_http *http, int status)
+{
+	if (http->cache_failures)
+		return 1;
+	return !(status >= 500 && status <= 599) && status != 429;
+}
+
+int
+idem_http_error_status(idem_outcome outcome, idem_error err)
+{
+	switch (outcome)
+	{
+		case IDEM_FRESH:
+		case IDEM_REPLAY:
+			return 0;
+		case IDEM_MISMATCH:
+			return 422;
+		case IDEM_IN_FLIGHT:
+			return 409;
+		case IDEM_NOT_FOUND:
+		case IDEM_ERROR:
+			break;
+	}
+	switch (err)
+	{
+		case IDEM_ERR_BAD_INPUT:
+			return 400;
+		case IDEM_ERR_CONNECTION:
+		case IDEM_ERR_READ_ONLY:
+			return 503;
+		default:
+			return 500;
+	}
+}
+
+idem_outcome
+idem_http_run(idem_conn *conn, const idem_http *http,
+			  const idem_http_request *req, idem_handler_fn handler,
+			  void *arg, idem_record **out, int *status)
+{
+	const char *key = NULL;
+	const char *reason = NULL;
+	char		hash[IDEM_HASH_SIZE];
+	idem_opts	opts;
+	idem_outcome o;
+
+	*out = NULL;
+	*status = 500;
+	idem__clear_error(conn);
+	if (handler == NULL)
+		return idem__fail(conn, IDEM_ERR_BAD_INPUT, "handler must not be NULL");
+
+	switch (idem_http_decide(http, req, &key, status, &reason))
+	{
+		case IDEM_HTTP_REJECT:
+			return idem__fail(conn, IDEM_ERR_BAD_INPUT, "%s", reason);
+		case IDEM_HTTP_BYPASS:
+			{
+				idem_response *resp = idem_response_new();
+				int			rc;
+
+				if (resp == NULL)
+				{
+					*status = 500;
+					return nomem(conn);
+				}
+				resp->status = 200;
+				conn->stats.handler_runs++;
+				rc = handler(resp, arg);
+				if (rc != 0)
+				{
+					idem_response_free(resp);
+					*status = 500;
+					return idem__fail(conn, IDEM_ERR_HANDLER,
+									  "handler failed (returned %d)", rc);
+				}
+				*out = idem__record_from_response(resp, "bypassed");
+				idem_response_free(resp);
+				if (*out == NULL)
+				{
+					*status = 500;
+					return nomem(conn);
+				}
+				*status = (*out)->status;
+				return IDEM_FRESH;
+			}
+		case IDEM_HTTP_GUARD:
+			break;
+	}
+
+	if (idem_request_hash(hash, req->method, req->path, req->body,
+						  req->body_len) < 0)
+	{
+		*status = 500;
+		return idem__fail(conn, IDEM_ERR_NOMEM, "could not compute SHA-256");
+	}
+	opts.scope = req->scope;
+	opts.request_hash = hash;
+	opts.ttl = http->ttl;
+	opts.wait = http->wait;
+	o = run_guarded(conn, key, &opts, http, handler, arg, out);
+	*status = (o == IDEM_FRESH || o == IDEM_REPLAY) ?
+		(*out)->status : idem_http_error_status(o, conn->err);
+	return o;
+}
