@@ -129,6 +129,41 @@ idem__clear_error(idem_conn *conn)
 	conn->sqlstate[0] = '\0';
 }
 
+/*
+ * Sets errmsg (first line) and errdetail (the other lines, joined) from a
+ * multi-line libpq message such as a connection failure's.
+ */
+static void
+set_client_message(idem_conn *conn, const char *msg)
+{
+	const char *nl = msg ? strchr(msg, '\n') : NULL;
+	size_t		n;
+
+	if (nl == NULL)
+	{
+		snprintf(conn->errmsg, sizeof(conn->errmsg), "%s", msg ? msg : "");
+		return;
+	}
+	n = (size_t) (nl - msg);
+	if (n >= sizeof(conn->errmsg))
+		n = sizeof(conn->errmsg) - 1;
+	memcpy(conn->errmsg, msg, n);
+	conn->errmsg[n] = '\0';
+	for (msg = nl, n = 0; *msg && n < sizeof(conn->errdetail) - 1; msg++)
+	{
+		if (*msg == '\n' || *msg == '\t')
+		{
+			if (n > 0 && conn->errdetail[n - 1] != ' ')
+				conn->errdetail[n++] = ' ';
+			continue;
+		}
+		conn->errdetail[n++] = *msg;
+	}
+	while (n > 0 && conn->errdetail[n - 1] == ' ')
+		n--;
+	conn->errdetail[n] = '\0';
+}
+
 /* copies src into dst, dropping trailing newlines and spaces */
 static void
 copy_trimmed(char *dst, size_t size, const char *src)
@@ -245,11 +280,9 @@ set_error_from_result(idem_conn *conn, const PGresult *res)
 	if (primary)
 		copy_trimmed(conn->errmsg, sizeof(conn->errmsg), primary);
 	else if (res && *PQresultErrorMessage(res))
-		copy_trimmed(conn->errmsg, sizeof(conn->errmsg),
-					 PQresultErrorMessage(res));
+		set_client_message(conn, PQresultErrorMessage(res));
 	else
-		copy_trimmed(conn->errmsg, sizeof(conn->errmsg),
-					 PQerrorMessage(conn->pg));
+		set_client_message(conn, PQerrorMessage(conn->pg));
 	if (conn->errmsg[0] == '\0')
 		snprintf(conn->errmsg, sizeof(conn->errmsg), "%s",
 				 conn->err == IDEM_ERR_CONNECTION ?
@@ -321,8 +354,7 @@ check_connection(idem_conn *conn)
 	else if (PQstatus(conn->pg) != CONNECTION_OK)
 	{
 		idem__set_error(conn, IDEM_ERR_CONNECTION, "%s", "");
-		copy_trimmed(conn->errmsg, sizeof(conn->errmsg),
-					 PQerrorMessage(conn->pg));
+		set_client_message(conn, PQerrorMessage(conn->pg));
 		if (conn->errmsg[0] == '\0')
 			snprintf(conn->errmsg, sizeof(conn->errmsg),
 					 "not connected to the server");
