@@ -12,7 +12,10 @@ OBJS = \
 	src/idem_funcs.o \
 	src/idem_hash.o \
 	src/idem_lock.o \
-	src/idem_storage.o
+	src/idem_ops.o \
+	src/idem_stats.o \
+	src/idem_storage.o \
+	src/idem_worker.o
 PGFILEDESC = "idempotency - idempotency keys stored beside the data"
 
 DATA = $(wildcard sql/idempotency--*.sql)
@@ -20,7 +23,7 @@ DATA = $(wildcard sql/idempotency--*.sql)
 # pg_regress: scripts in sql/ (beside the install scripts), expected output
 # in expected/; results go to test/out
 REGRESS = init reserve commit release get_purge hashing errors transactions \
-	settings privileges logged
+	settings privileges logged ops upgrade
 REGRESS_OPTS = --outputdir=test/out
 
 # pg_isolation_regress: specs and expected output in test/isolation

@@ -51,6 +51,13 @@ typedef enum RecordState
 	REC_ORPHAN					/* in flight, its owner gone (abandoned) */
 } RecordState;
 
+/* an error the caller caused: counted, then raised */
+#define user_error(rest) \
+	do { \
+		idem_count(IDEM_C_ERRORS, 1); \
+		ereport(ERROR, rest); \
+	} while (0)
+
 #define KEY_DETAIL(k) \
 	errdetail("Key \"%s\" in scope \"%s\".", (k)->key, (k)->scope)
 
@@ -63,14 +70,14 @@ get_key_args(FunctionCallInfo fcinfo, int keyarg, int scopearg, IdemKey *k)
 	text	   *t;
 
 	if (PG_ARGISNULL(keyarg))
-		ereport(ERROR,
+		user_error(
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("idempotency key must not be null"),
 				 PG_ARGISNULL(scopearg) ? 0 :
 				 errdetail("The key given in scope \"%s\" is null.",
 						   text_to_cstring(PG_GETARG_TEXT_PP(scopearg)))));
 	if (PG_ARGISNULL(scopearg))
-		ereport(ERROR,
+		user_error(
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("idempotency scope must not be null"),
 				 errdetail("The scope given for key \"%s\" is null.",
@@ -85,19 +92,19 @@ get_key_args(FunctionCallInfo fcinfo, int keyarg, int scopearg, IdemKey *k)
 	k->key_len = VARSIZE_ANY_EXHDR(t);
 
 	if (k->key_len == 0)
-		ereport(ERROR,
+		user_error(
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("idempotency key must not be empty"),
 				 errdetail("Key \"\" in scope \"%s\".", k->scope)));
 	if (k->key_len > IDEM_MAX_KEY_BYTES)
-		ereport(ERROR,
+		user_error(
 				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
 				 errmsg("idempotency key is too long"),
 				 errdetail("Key \"%.*s...\" in scope \"%s\" is %d bytes; the limit is %d bytes.",
 						   pg_mbcliplen(k->key, k->key_len, 32), k->key,
 						   k->scope, k->key_len, IDEM_MAX_KEY_BYTES)));
 	if (k->scope_len > IDEM_MAX_KEY_BYTES)
-		ereport(ERROR,
+		user_error(
 				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
 				 errmsg("idempotency scope is too long"),
 				 errdetail("Scope \"%.*s...\" of key \"%s\" is %d bytes; the limit is %d bytes.",
@@ -147,12 +154,15 @@ static void
 check_hash(const IdemKey *k, const IdemRecord *rec, const char *given)
 {
 	if (hashes_differ(rec->request_hash, given))
-		ereport(ERROR,
+	{
+		idem_count(IDEM_C_MISMATCHES, 1);
+		user_error(
 				(errcode(ERRCODE_IDEM_HASH_MISMATCH),
 				 errmsg("idempotency key was used with a different request"),
 				 errdetail("Key \"%s\" in scope \"%s\" was reserved with request hash \"%s\", not \"%s\".",
 						   k->key, k->scope, rec->request_hash, given),
 				 errhint("Use a new idempotency key for a different request.")));
+	}
 }
 
 /*
@@ -182,7 +192,7 @@ static void
 prevent_in_recovery(const IdemKey *k, const char *what)
 {
 	if (RecoveryInProgress())
-		ereport(ERROR,
+		user_error(
 				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
 				 errmsg("cannot %s an idempotency key during recovery", what),
 				 KEY_DETAIL(k),
@@ -223,8 +233,14 @@ make_reservation(FunctionCallInfo fcinfo, bool fresh, const IdemRecord *rec)
 static void
 report_in_flight(const IdemKey *k, const IdemRecord *rec, int waited_ms)
 {
+	idem_count(IDEM_C_WAIT_TIMEOUTS, 1);
 	if (waited_ms > 0)
-		ereport(ERROR,
+	{
+		idem_count(IDEM_C_WAITS, 1);
+		idem_count(IDEM_C_WAIT_US, (uint64) waited_ms * 1000);
+	}
+	if (waited_ms > 0)
+		user_error(
 				(errcode(ERRCODE_IDEM_IN_FLIGHT),
 				 errmsg("timed out waiting for in-flight idempotency key"),
 				 rec->has_owner ?
@@ -233,7 +249,7 @@ report_in_flight(const IdemKey *k, const IdemRecord *rec, int waited_ms)
 				 errdetail("Key \"%s\" in scope \"%s\" is still in flight after %d ms.",
 						   k->key, k->scope, waited_ms),
 				 errhint("Retry later, or raise wait_timeout.")));
-	ereport(ERROR,
+	user_error(
 			(errcode(ERRCODE_IDEM_IN_FLIGHT),
 			 errmsg("idempotency key is in flight"),
 			 rec->has_owner ?
@@ -260,6 +276,24 @@ ms_left(TimestampTz deadline)
 }
 
 /*
+ * Counts a reserve that returned: what it returned (a counter, or -1 for a
+ * re-entrant reserve), and whether and how long it waited.
+ */
+static void
+count_reserve(int outcome, TimestampTz wait_started)
+{
+	idem_count(IDEM_C_RESERVES, 1);
+	if (outcome >= 0)
+		idem_count((IdemCounter) outcome, 1);
+	if (wait_started != 0)
+	{
+		idem_count(IDEM_C_WAITS, 1);
+		idem_count(IDEM_C_WAIT_US,
+				   (uint64) Max(0, GetCurrentTimestamp() - wait_started));
+	}
+}
+
+/*
  * idem_reserve(key text, request_hash text DEFAULT NULL,
  *				ttl interval DEFAULT NULL, wait_timeout interval DEFAULT NULL,
  *				scope text DEFAULT '') RETURNS idem_reservation
@@ -279,6 +313,7 @@ idem_reserve(PG_FUNCTION_ARGS)
 	bool		held;			/* we hold the key's lock */
 	bool		took = false;	/* ... and took it in this call */
 	int			backoff_ms = 1;
+	TimestampTz wait_started = 0;	/* when we first waited, or 0 */
 
 	get_key_args(fcinfo, 0, 4, &k);
 	hash = get_hash_arg(fcinfo, 1);
@@ -291,7 +326,7 @@ idem_reserve(PG_FUNCTION_ARGS)
 	else
 		ttl = *PG_GETARG_INTERVAL_P(2);
 	if (add_interval(now, &ttl) <= now)
-		ereport(ERROR,
+		user_error(
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("ttl must be positive"),
 				 errdetail("Key \"%s\" in scope \"%s\" was given ttl %s.",
@@ -307,7 +342,7 @@ idem_reserve(PG_FUNCTION_ARGS)
 
 		wait_us = interval_usecs(w);
 		if (wait_us < 0)
-			ereport(ERROR,
+			user_error(
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("wait_timeout must not be negative"),
 					 errdetail("Key \"%s\" in scope \"%s\" was given wait_timeout %s.",
@@ -342,6 +377,7 @@ idem_reserve(PG_FUNCTION_ARGS)
 		{
 			if (took)
 				idem_own_forget(&k);
+			count_reserve(IDEM_C_REPLAYS, wait_started);
 			PG_RETURN_DATUM(make_reservation(fcinfo, false, &rec));
 		}
 
@@ -351,6 +387,7 @@ idem_reserve(PG_FUNCTION_ARGS)
 			if (!held)
 				(void) LockAcquire(&tag, ExclusiveLock, true, false);
 			idem_own_acquired(&k, &tag, false);
+			count_reserve(-1, wait_started);
 			PG_RETURN_DATUM(make_reservation(fcinfo, true, &rec));
 		}
 
@@ -383,6 +420,8 @@ idem_reserve(PG_FUNCTION_ARGS)
 			rec.committed = false;
 			rec.created_at = now;
 			rec.expires_at = expires_at;
+			count_reserve(st == REC_ORPHAN ? IDEM_C_TAKEOVERS : IDEM_C_FRESH,
+						  wait_started);
 			PG_RETURN_DATUM(make_reservation(fcinfo, true, &rec));
 		}
 
@@ -404,6 +443,8 @@ idem_reserve(PG_FUNCTION_ARGS)
 			if (left == 0)
 				report_in_flight(&k, &rec, wait_us > 0 ?
 								 (int) ((GetCurrentTimestamp() - started_waiting) / 1000) : 0);
+			if (wait_started == 0)
+				wait_started = GetCurrentTimestamp();
 			pg_usleep(Min(backoff_ms, left) * 1000L);
 			backoff_ms = Min(backoff_ms * 2, 50);
 			continue;
@@ -432,6 +473,7 @@ idem_reserve(PG_FUNCTION_ARGS)
 					rec.attempt = 1;
 					rec.created_at = now;
 					rec.expires_at = expires_at;
+					count_reserve(IDEM_C_FRESH, wait_started);
 					PG_RETURN_DATUM(make_reservation(fcinfo, true, &rec));
 				}
 			}
@@ -460,6 +502,8 @@ idem_reserve(PG_FUNCTION_ARGS)
 		 * absent or orphaned, whoever is ahead is about to create or take it
 		 * over, and we queue for the exclusive lock behind them.
 		 */
+		if (wait_started == 0)
+			wait_started = GetCurrentTimestamp();
 		if (st == REC_OTHER)
 		{
 			if (idem_lock_wait(&tag, ShareLock, left))
@@ -486,7 +530,7 @@ adopt_orphan(const IdemKey *k, IdemRecord *rec, TimestampTz now)
 
 	idem_key_locktag(k, &tag);
 	if (!idem_lock_try(&tag, ExclusiveLock))
-		ereport(ERROR,
+		user_error(
 				(errcode(ERRCODE_IDEM_IN_FLIGHT),
 				 errmsg("idempotency key is owned by another session"),
 				 rec->has_owner ?
@@ -499,7 +543,7 @@ adopt_orphan(const IdemKey *k, IdemRecord *rec, TimestampTz now)
 	idem_storage_read(k, rec);
 	st = classify(rec, now, true);
 	if (st == REC_OTHER)
-		ereport(ERROR,
+		user_error(
 				(errcode(ERRCODE_IDEM_IN_FLIGHT),
 				 errmsg("idempotency key is owned by another session"),
 				 errdetail("Key \"%s\" in scope \"%s\" is in flight in the session with PID %d.",
@@ -530,7 +574,7 @@ idem_commit(PG_FUNCTION_ARGS)
 	{
 		body = PG_GETARG_BYTEA_P(3);
 		if (VARSIZE_ANY_EXHDR(body) > (Size) idem_max_body_bytes)
-			ereport(ERROR,
+			user_error(
 					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 					 errmsg("response body is too large"),
 					 errdetail("Key \"%s\" in scope \"%s\": the body is %zu bytes; idem.max_body_bytes is %d bytes.",
@@ -541,7 +585,7 @@ idem_commit(PG_FUNCTION_ARGS)
 	{
 		headers = PG_GETARG_JSONB_P(4);
 		if (!JB_ROOT_IS_OBJECT(headers) || JB_ROOT_IS_SCALAR(headers))
-			ereport(ERROR,
+			user_error(
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("response headers must be a JSON object"),
 					 KEY_DETAIL(&k)));
@@ -553,7 +597,7 @@ idem_commit(PG_FUNCTION_ARGS)
 	idem_storage_read(&k, &rec);
 	st = classify(&rec, now, false);
 	if (st == REC_ABSENT)
-		ereport(ERROR,
+		user_error(
 				(errcode(ERRCODE_IDEM_NOT_FOUND),
 				 errmsg("idempotency key has no live reservation"),
 				 errdetail("Key \"%s\" in scope \"%s\" is absent or expired.",
@@ -567,7 +611,7 @@ idem_commit(PG_FUNCTION_ARGS)
 	{
 		st = adopt_orphan(&k, &rec, now);
 		if (st == REC_ABSENT)
-			ereport(ERROR,
+			user_error(
 					(errcode(ERRCODE_IDEM_NOT_FOUND),
 					 errmsg("idempotency key has no live reservation"),
 					 errdetail("Key \"%s\" in scope \"%s\" is absent or expired.",
@@ -586,6 +630,7 @@ idem_commit(PG_FUNCTION_ARGS)
 		elog(ERROR, "in-flight record of key \"%s\" in scope \"%s\" vanished",
 			 k.key, k.scope);
 	idem_own_finished(&k);
+	idem_count(IDEM_C_COMMITS, 1);
 	PG_RETURN_BOOL(true);
 }
 
@@ -621,6 +666,7 @@ idem_release(PG_FUNCTION_ARGS)
 	if (!idem_storage_delete(&k))
 		PG_RETURN_BOOL(false);
 	idem_own_finished(&k);
+	idem_count(IDEM_C_RELEASES, 1);
 	PG_RETURN_BOOL(true);
 }
 
@@ -647,13 +693,14 @@ Datum
 idem_purge(PG_FUNCTION_ARGS)
 {
 	int64		limit = -1;
+	int64		n;
 
 	if (!PG_ARGISNULL(0))
 	{
 		int32		l = PG_GETARG_INT32(0);
 
 		if (l < 0)
-			ereport(ERROR,
+			user_error(
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("batch_limit must not be negative"),
 					 errdetail("batch_limit was %d.", l)));
@@ -662,12 +709,13 @@ idem_purge(PG_FUNCTION_ARGS)
 	if (limit == 0)
 		PG_RETURN_INT64(0);
 	if (RecoveryInProgress())
-		ereport(ERROR,
+		user_error(
 				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
 				 errmsg("cannot purge idempotency keys during recovery")));
 
-	PG_RETURN_INT64(idem_storage_purge(limit,
-									   GetCurrentTransactionStartTimestamp()));
+	n = idem_storage_purge(limit, GetCurrentTransactionStartTimestamp());
+	idem_count(IDEM_C_PURGED, (uint64) n);
+	PG_RETURN_INT64(n);
 }
 
 /*
@@ -684,7 +732,7 @@ idem_derive_key(PG_FUNCTION_ARGS)
 	size_t	   *lens;
 
 	if (PG_ARGISNULL(0))
-		ereport(ERROR,
+		user_error(
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("parts of a derived key must not be null")));
 	arr = PG_GETARG_ARRAYTYPE_P(0);
@@ -698,7 +746,7 @@ idem_derive_key(PG_FUNCTION_ARGS)
 		text	   *t;
 
 		if (nulls[i])
-			ereport(ERROR,
+			user_error(
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 					 errmsg("parts of a derived key must not be null"),
 					 errdetail("Part %d of %d is null.", i + 1, n)));
@@ -719,7 +767,7 @@ idem_request_hash(PG_FUNCTION_ARGS)
 	size_t		lens[3];
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
-		ereport(ERROR,
+		user_error(
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("request %s must not be null",
 						PG_ARGISNULL(0) ? "method" : "path")));

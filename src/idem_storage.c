@@ -46,6 +46,7 @@ typedef enum StorageQuery
 	Q_COMMIT,
 	Q_DELETE,
 	Q_ABANDON,
+	Q_EVICT,
 	Q_PURGE_SCAN,
 	Q_PURGE_DELETE,
 	NUM_QUERIES
@@ -103,6 +104,11 @@ static const QueryDef query_defs[NUM_QUERIES] = {
 		" WHERE scope" EQ "$1 AND key" EQ "$2 AND state" EQ "'in_flight'"
 		" AND owner_pid" EQ "$3 AND owner_started" EQ "$4",
 		4, {TEXTOID, TEXTOID, INT4OID, TIMESTAMPTZOID}
+	},
+	[Q_EVICT] = {
+		"DELETE FROM %s"
+		" WHERE scope" EQ "$1 AND key" EQ "$2 AND state" EQ "'committed'",
+		2, {TEXTOID, TEXTOID}
 	},
 	[Q_PURGE_SCAN] = {
 		"SELECT ctid, state" EQ "'committed', owner_pid, owner_started"
@@ -474,6 +480,26 @@ idem_storage_delete(const IdemKey *k)
 
 	storage_begin(&call);
 	run(Q_DELETE, values, NULL, false, SPI_OK_DELETE);
+	done = (SPI_processed == 1);
+	storage_end(&call);
+	return done;
+}
+
+/*
+ * Deletes the committed record of k.  Returns whether there was one.
+ */
+bool
+idem_storage_evict(const IdemKey *k)
+{
+	StorageCall call;
+	Datum		values[2];
+	bool		done;
+
+	values[0] = text_datum(k->scope, k->scope_len);
+	values[1] = text_datum(k->key, k->key_len);
+
+	storage_begin(&call);
+	run(Q_EVICT, values, NULL, false, SPI_OK_DELETE);
 	done = (SPI_processed == 1);
 	storage_end(&call);
 	return done;

@@ -12,6 +12,7 @@
 #include "postgres.h"
 
 #include "fmgr.h"
+#include "miscadmin.h"
 #include "nodes/parsenodes.h"
 #include "tcop/utility.h"
 #include "utils/guc.h"
@@ -80,6 +81,37 @@ _PG_init(void)
 							1024 * 1024, 0, MaxAllocSize - VARHDRSZ,
 							PGC_USERSET, GUC_UNIT_BYTE,
 							NULL, NULL, NULL);
+
+	/* counters and the purge worker need shared_preload_libraries */
+	if (process_shared_preload_libraries_in_progress)
+	{
+		DefineCustomIntVariable("idem.purge_interval",
+								"Seconds between two runs of the purge worker.",
+								"The worker runs only when idempotency is in shared_preload_libraries; 0 stops it.",
+								&idem_purge_interval,
+								60, 0, 7 * 24 * 60 * 60,
+								PGC_SIGHUP, GUC_UNIT_S,
+								NULL, NULL, NULL);
+
+		DefineCustomIntVariable("idem.purge_batch_size",
+								"Records the purge worker deletes per transaction.",
+								NULL,
+								&idem_purge_batch_size,
+								1000, 1, 1000000,
+								PGC_SIGHUP, 0,
+								NULL, NULL, NULL);
+
+		DefineCustomStringVariable("idem.purge_database",
+								   "Database whose expired keys the purge worker deletes.",
+								   NULL,
+								   &idem_purge_database,
+								   "postgres",
+								   PGC_POSTMASTER, 0,
+								   NULL, NULL, NULL);
+
+		idem_stats_init();
+		idem_worker_register();
+	}
 
 	MarkGUCPrefixReserved("idem");
 

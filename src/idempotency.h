@@ -59,6 +59,34 @@ typedef struct IdemRecord
 	TimestampTz owner_started;
 } IdemRecord;
 
+/* idem_stats.c: counters in shared memory (only when preloaded) */
+typedef enum IdemCounter
+{
+	IDEM_C_RESERVES,			/* idem_reserve calls that returned */
+	IDEM_C_FRESH,				/* ... fresh, attempt 1 */
+	IDEM_C_TAKEOVERS,			/* ... fresh, taken over from a gone owner */
+	IDEM_C_REPLAYS,				/* ... a committed response */
+	IDEM_C_WAITS,				/* reserves that waited for an owner */
+	IDEM_C_WAIT_US,				/* total time they waited, microseconds */
+	IDEM_C_WAIT_TIMEOUTS,		/* IK409 raised by reserve */
+	IDEM_C_MISMATCHES,			/* IK422 */
+	IDEM_C_COMMITS,				/* responses stored */
+	IDEM_C_RELEASES,			/* reservations released */
+	IDEM_C_PURGED,				/* records deleted by purge */
+	IDEM_C_EVICTED,				/* records evicted by an operator */
+	IDEM_C_ERRORS,				/* calls that raised an error */
+	IDEM_NUM_COUNTERS
+} IdemCounter;
+
+extern void idem_stats_init(void);
+extern void idem_count(IdemCounter counter, uint64 n);
+
+/* idem_worker.c */
+extern char *idem_purge_database;
+extern int	idem_purge_interval;
+extern int	idem_purge_batch_size;
+extern void idem_worker_register(void);
+
 /* idem_hash.c */
 extern char *idem_sha256_framed(int nparts, const char *const *parts,
 								const size_t *lens);
@@ -77,6 +105,7 @@ extern bool idem_storage_commit(const IdemKey *k, const char *request_hash,
 								Jsonb *headers, bytea *body,
 								TimestampTz now, TimestampTz expires_at);
 extern bool idem_storage_delete(const IdemKey *k);
+extern bool idem_storage_evict(const IdemKey *k);
 extern void idem_storage_abandon(const IdemKey *k);
 extern int64 idem_storage_purge(int64 limit, TimestampTz now);
 extern void idem_storage_set_logged(bool logged);
