@@ -490,15 +490,23 @@ again:
 		}
 		return res;
 	}
+	if (res && PQresultStatus(res) == PGRES_FATAL_ERROR &&
+		PQresultErrorField(res, PG_DIAG_SQLSTATE) &&
+		strcmp(PQresultErrorField(res, PG_DIAG_SQLSTATE), "26000") == 0)
+		conn->prepared = 0;
 	if (!retried && res &&
 		PQresultStatus(res) == PGRES_FATAL_ERROR &&
 		PQresultErrorField(res, PG_DIAG_SQLSTATE) &&
 		strcmp(PQresultErrorField(res, PG_DIAG_SQLSTATE), "26000") == 0 &&
 		PQtransactionStatus(conn->pg) == PQTRANS_IDLE)
 	{
-		/* the statement was deallocated behind our back: prepare again */
+		/*
+		 * Deallocated behind our back (DEALLOCATE ALL, DISCARD ALL): all
+		 * of them are gone, prepare again.  Inside a transaction the error
+		 * has already aborted it, so it is reported instead.
+		 */
 		PQclear(res);
-		conn->prepared &= ~(1u << stmt);
+		conn->prepared = 0;
 		retried = 1;
 		goto again;
 	}

@@ -1,0 +1,1216 @@
+/*-------------------------------------------------------------------------
+ *
+ * test_client.c
+ *	  libidem against a live server: every call and outcome, the runners
+ *	  (32 threads on one key), steps, the HTTP middleware, the local hashes
+ *	  against the SQL functions over random inputs, and the error paths
+ *	  (server gone, connection lost, extension missing, SQLSTATE mapping).
+ *
+ * The server comes from libpq's environment (PGHOST, PGPORT, PGDATABASE,
+ * PGUSER), and must have the idempotency extension; the user must be able
+ * to create a database (for the "extension missing" case) and to
+ * terminate its own backends.  IDEM_TEST_THREADS (default 32) sets the
+ * number of racing threads.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <libpq-fe.h>
+
+#include "idem.h"
+#include "tinytest.h"
+
+static char prefix[64];			/* keeps keys apart between runs */
+static PGconn *admin;			/* plain libpq, for SQL the tests check */
+
+static const char *
+key_of(const char *name)
+{
+	static char buf[8][160];
+	static int	next;
+	char	   *k = buf[next++ % 8];
+
+	snprintf(k, sizeof(buf[0]), "%s-%s", prefix, name);
+	return k;
+}
+
+static idem_conn *
+open_conn(void)
+{
+	idem_conn  *conn = idem_connect(NULL);
+
+	if (conn == NULL || !idem_connected(conn))
+	{
+		fprintf(stderr, "cannot connect: %s\n", idem_errmsg(conn));
+		exit(2);
+	}
+	return conn;
+}
+
+static void
+sleep_ms(int ms)
+{
+	struct timespec ts = {ms / 1000, (long) (ms % 1000) * 1000000L};
+
+	nanosleep(&ts, NULL);
+}
+
+static double
+now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000.0 + ts.tv_nsec / 1e6;
+}
+
+static int
+admin_exec(const char *sql)
+{
+	PGresult   *res = PQexec(admin, sql);
+	int			ok = PQresultStatus(res) == PGRES_COMMAND_OK ||
+		PQresultStatus(res) == PGRES_TUPLES_OK;
+
+	if (!ok)
+		fprintf(stderr, "admin: %s: %s", sql, PQerrorMessage(admin));
+	PQclear(res);
+	return ok ? 0 : -1;
+}
+
+/* ends the backend behind conn and waits until it is gone */
+static void
+kill_backend(idem_conn *conn)
+{
+	char		sql[256];
+	int			pid = PQbackendPID(idem_pgconn(conn));
+	int			i;
+
+	snprintf(sql, sizeof(sql), "SELECT pg_terminate_backend(%d)", pid);
+	admin_exec(sql);
+	for (i = 0; i < 500; i++)
+	{
+		PGresult   *res;
+		int			gone;
+
+		snprintf(sql, sizeof(sql),
+				 "SELECT 1 FROM pg_stat_activity WHERE pid = %d", pid);
+		res = PQexec(admin, sql);
+		gone = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 0;
+		PQclear(res);
+		if (gone)
+			return;
+		sleep_ms(10);
+	}
+}
+
+static int
+body_is(const idem_record *rec, const void *want, size_t want_len)
+{
+	size_t		len;
+	const void *body;
+
+	if (rec == NULL)
+		return 0;
+	body = idem_record_body(rec, &len);
+	if (want == NULL)
+		return body == NULL && len == 0;
+	return body != NULL && len == want_len &&
+		(want_len == 0 || memcmp(body, want, want_len) == 0);
+}
+
+/* ---- the calls and their outcomes ---------------------------------------- */
+
+static void
+test_calls(void)
+{
+	idem_conn  *a = open_conn();
+	idem_conn  *b = open_conn();
+	idem_record *rec = NULL;
+	idem_opts	opts = {NULL, NULL, NULL, NULL};
+	idem_opts	nowait = {NULL, NULL, NULL, "0"};
+	static const unsigned char body[] = {'o', 'k', 0, 0xff, 0x80, '\n', 0, 'z'};
+	const char *k = key_of("calls");
+	int64_t		t0 = (int64_t) time(NULL) * 1000000;
+	idem_outcome o;
+
+	opts.request_hash = "h1";
+	opts.ttl = "1 hour";
+
+	o = idem_reserve(a, k, &opts, &rec);
+	CHECK(o == IDEM_FRESH && rec && idem_record_fresh(rec) &&
+		  strcmp(idem_record_state(rec), "in_flight") == 0 &&
+		  idem_record_attempt(rec) == 1 && idem_record_status(rec) == -1 &&
+		  idem_record_body(rec, NULL) == NULL &&
+		  idem_record_headers_json(rec) == NULL,
+		  "reserve a new key: fresh, in_flight, attempt 1");
+	CHECK(rec && idem_record_created_at(rec) > t0 - 60000000 &&
+		  idem_record_created_at(rec) < t0 + 60000000 &&
+		  idem_record_expires_at(rec) - idem_record_created_at(rec) > 3500000000LL &&
+		  idem_record_expires_at(rec) - idem_record_created_at(rec) <= 3600000000LL,
+		  "created_at is now, expires_at = created_at + ttl (1 hour)");
+	CHECK(idem_errcode(a) == IDEM_OK && *idem_errmsg(a) == '\0' &&
+		  *idem_sqlstate(a) == '\0', "no error after a success");
+	idem_record_free(rec);
+
+	o = idem_reserve(a, k, &opts, &rec);
+	CHECK(o == IDEM_FRESH && rec && idem_record_attempt(rec) == 1,
+		  "the owner reserving again is fresh again (re-entrant)");
+	idem_record_free(rec);
+
+	o = idem_reserve(b, k, &nowait, &rec);
+	CHECK(o == IDEM_IN_FLIGHT && rec == NULL &&
+		  idem_errcode(b) == IDEM_ERR_IN_FLIGHT &&
+		  strcmp(idem_sqlstate(b), "IK409") == 0 && *idem_errmsg(b),
+		  "another session, wait 0: IDEM_IN_FLIGHT, IK409 (%s)", idem_errmsg(b));
+
+	nowait.request_hash = "other";
+	o = idem_reserve(b, k, &nowait, &rec);
+	CHECK(o == IDEM_MISMATCH && rec == NULL &&
+		  idem_errcode(b) == IDEM_ERR_MISMATCH &&
+		  strcmp(idem_sqlstate(b), "IK422") == 0,
+		  "another hash while in flight: IDEM_MISMATCH, IK422 (%s)", idem_errmsg(b));
+	nowait.request_hash = NULL;
+
+	o = idem_get(b, k, NULL, &rec);
+	CHECK(o == IDEM_IN_FLIGHT && rec && !idem_record_fresh(rec) &&
+		  strcmp(idem_record_state(rec), "in_flight") == 0 &&
+		  idem_record_attempt(rec) == 1,
+		  "get of an in-flight key: IDEM_IN_FLIGHT with the reservation");
+	idem_record_free(rec);
+
+	o = idem_commit(b, k, &opts, 200, "x", 1, NULL);
+	CHECK(o == IDEM_IN_FLIGHT && idem_errcode(b) == IDEM_ERR_IN_FLIGHT &&
+		  strcmp(idem_sqlstate(b), "IK409") == 0,
+		  "commit on another live session's reservation: IK409");
+	CHECK(idem_release(b, k, NULL) == IDEM_IN_FLIGHT &&
+		  strcmp(idem_sqlstate(b), "IK409") == 0,
+		  "release of another live session's reservation: IK409");
+
+	opts.request_hash = "h2";
+	CHECK(idem_commit(a, k, &opts, 200, body, sizeof(body), NULL) == IDEM_MISMATCH &&
+		  strcmp(idem_sqlstate(a), "IK422") == 0,
+		  "commit with another hash: IK422");
+	opts.request_hash = "h1";
+
+	o = idem_commit(a, k, &opts, 201, body, sizeof(body),
+					"{\"Content-Type\": [\"application/octet-stream\"]}");
+	CHECK(o == IDEM_FRESH && idem_errcode(a) == IDEM_OK, "commit stores: IDEM_FRESH");
+	o = idem_commit(a, k, &opts, 500, "other", 5, NULL);
+	CHECK(o == IDEM_REPLAY, "second commit: IDEM_REPLAY, the first response stands");
+
+	o = idem_reserve(b, k, &opts, &rec);
+	CHECK(o == IDEM_REPLAY && rec && !idem_record_fresh(rec) &&
+		  strcmp(idem_record_state(rec), "committed") == 0 &&
+		  idem_record_status(rec) == 201 && body_is(rec, body, sizeof(body)),
+		  "reserve of a committed key: IDEM_REPLAY, status and body byte for byte");
+	CHECK(rec && idem_record_header_count(rec) == 1 &&
+		  strcmp(idem_record_header(rec, "content-type"), "application/octet-stream") == 0,
+		  "stored headers come back");
+	idem_record_free(rec);
+
+	o = idem_reserve(b, k, NULL, &rec);
+	CHECK(o == IDEM_REPLAY && body_is(rec, body, sizeof(body)),
+		  "reserve without a hash replays too");
+	idem_record_free(rec);
+
+	o = idem_get(b, k, NULL, &rec);
+	CHECK(o == IDEM_REPLAY && idem_record_status(rec) == 201 &&
+		  body_is(rec, body, sizeof(body)), "get of a committed key: IDEM_REPLAY");
+	idem_record_free(rec);
+
+	opts.request_hash = "h2";
+	CHECK(idem_reserve(b, k, &opts, &rec) == IDEM_MISMATCH && rec == NULL,
+		  "another hash on a committed key: IDEM_MISMATCH");
+	opts.request_hash = "h1";
+
+	CHECK(idem_release(a, k, NULL) == IDEM_NOT_FOUND,
+		  "release of a committed key: IDEM_NOT_FOUND, never dropped");
+	CHECK(idem_reserve(b, k, NULL, NULL) == IDEM_REPLAY,
+		  "still committed after the release attempt (out may be NULL)");
+
+	/* commit without a reservation */
+	CHECK(idem_commit(a, key_of("never-reserved"), NULL, 200, "x", 1, NULL) == IDEM_NOT_FOUND &&
+		  idem_errcode(a) == IDEM_ERR_NOT_FOUND &&
+		  strcmp(idem_sqlstate(a), "IK404") == 0,
+		  "commit without a reservation: IDEM_NOT_FOUND, IK404 (%s)", idem_errmsg(a));
+	CHECK(idem_release(a, key_of("never-reserved"), NULL) == IDEM_NOT_FOUND &&
+		  idem_errcode(a) == IDEM_OK, "release of nothing: IDEM_NOT_FOUND, no error");
+	CHECK(idem_get(a, key_of("never-reserved"), NULL, &rec) == IDEM_NOT_FOUND &&
+		  rec == NULL, "get of nothing: IDEM_NOT_FOUND");
+
+	/* release: own reservation dropped, then the key is new again */
+	k = key_of("release");
+	CHECK(idem_reserve(a, k, NULL, NULL) == IDEM_FRESH, "reserve to release");
+	CHECK(idem_release(a, k, NULL) == IDEM_FRESH, "release: IDEM_FRESH (dropped)");
+	CHECK(idem_release(a, k, NULL) == IDEM_NOT_FOUND, "release again: IDEM_NOT_FOUND");
+	CHECK(idem_reserve(b, k, &nowait, &rec) == IDEM_FRESH && idem_record_attempt(rec) >= 1,
+		  "after a release another session owns the key at once");
+	idem_record_free(rec);
+	idem_release(b, k, NULL);
+
+	/* scopes are independent */
+	k = key_of("scoped");
+	{
+		idem_opts	s1 = {"tenant-1", NULL, NULL, NULL};
+		idem_opts	s2 = {"tenant-2", NULL, NULL, NULL};
+
+		CHECK(idem_reserve(a, k, &s1, NULL) == IDEM_FRESH &&
+			  idem_commit(a, k, &s1, 200, "one", 3, NULL) == IDEM_FRESH,
+			  "commit in scope tenant-1");
+		CHECK(idem_reserve(b, k, &s2, &rec) == IDEM_FRESH,
+			  "the same key in scope tenant-2 is a new key");
+		idem_record_free(rec);
+		CHECK(idem_get(b, k, NULL, &rec) == IDEM_NOT_FOUND,
+			  "and absent in the default scope");
+		CHECK(idem_commit(b, k, &s2, 200, "two", 3, NULL) == IDEM_FRESH &&
+			  idem_get(a, k, &s1, &rec) == IDEM_REPLAY && body_is(rec, "one", 3),
+			  "each scope keeps its own response");
+		idem_record_free(rec);
+	}
+
+	/* NULL body and empty body differ */
+	k = key_of("null-body");
+	CHECK(idem_reserve(a, k, NULL, NULL) == IDEM_FRESH &&
+		  idem_commit(a, k, NULL, 204, NULL, 0, NULL) == IDEM_FRESH &&
+		  idem_get(b, k, NULL, &rec) == IDEM_REPLAY &&
+		  idem_record_status(rec) == 204 && body_is(rec, NULL, 0) &&
+		  strcmp(idem_record_headers_json(rec), "{}") == 0,
+		  "a NULL body is stored as NULL, headers default to {}");
+	idem_record_free(rec);
+	k = key_of("empty-body");
+	CHECK(idem_reserve(a, k, NULL, NULL) == IDEM_FRESH &&
+		  idem_commit(a, k, NULL, 200, "", 0, NULL) == IDEM_FRESH &&
+		  idem_get(b, k, NULL, &rec) == IDEM_REPLAY && body_is(rec, "", 0),
+		  "an empty body is stored as empty");
+	idem_record_free(rec);
+
+	/* a large binary body */
+	{
+		size_t		n = 512 * 1024;
+		unsigned char *big = malloc(n);
+		size_t		i;
+
+		for (i = 0; i < n; i++)
+			big[i] = (unsigned char) (i * 131 + (i >> 9));
+		k = key_of("big-body");
+		CHECK(idem_reserve(a, k, NULL, NULL) == IDEM_FRESH &&
+			  idem_commit(a, k, NULL, 200, big, n, NULL) == IDEM_FRESH &&
+			  idem_reserve(b, k, NULL, &rec) == IDEM_REPLAY && body_is(rec, big, n),
+			  "a 512 kB binary body comes back byte for byte");
+		idem_record_free(rec);
+		free(big);
+	}
+
+	idem_free(a);
+	idem_free(b);
+}
+
+static void
+test_expiry_and_purge(void)
+{
+	idem_conn  *a = open_conn();
+	idem_opts	shortttl = {NULL, NULL, "50ms", NULL};
+	idem_record *rec = NULL;
+	int64_t		n;
+	int			i;
+
+	for (i = 0; i < 3; i++)
+	{
+		char		name[32];
+		const char *k;
+
+		snprintf(name, sizeof(name), "expire-%d", i);
+		k = key_of(name);
+		idem_reserve(a, k, &shortttl, NULL);
+		idem_commit(a, k, NULL, 200, "old", 3, NULL);
+	}
+	sleep_ms(200);
+	CHECK(idem_get(a, key_of("expire-0"), NULL, &rec) == IDEM_NOT_FOUND && rec == NULL,
+		  "an expired key is absent for get");
+	CHECK(idem_reserve(a, key_of("expire-0"), NULL, &rec) == IDEM_FRESH,
+		  "an expired key is new for reserve");
+	idem_record_free(rec);
+	idem_release(a, key_of("expire-0"), NULL);
+
+	n = idem_purge(a, 1);
+	CHECK(n == 1, "purge with a limit of 1 deletes 1 (%lld)", (long long) n);
+	n = idem_purge(a, 0);
+	CHECK(n >= 1, "purge without a limit deletes the rest (%lld)", (long long) n);
+	CHECK(idem_purge(a, 0) == 0 && idem_errcode(a) == IDEM_OK,
+		  "nothing left to purge: 0");
+	idem_free(a);
+}
+
+static void
+test_bad_input(void)
+{
+	idem_conn  *a = open_conn();
+	char		long_key[300];
+	idem_opts	o = {NULL, NULL, NULL, NULL};
+	idem_record *rec = NULL;
+
+	CHECK(idem_reserve(a, "", NULL, &rec) == IDEM_ERROR && rec == NULL &&
+		  idem_errcode(a) == IDEM_ERR_BAD_INPUT &&
+		  strncmp(idem_sqlstate(a), "22", 2) == 0,
+		  "empty key: IDEM_ERR_BAD_INPUT, class 22 (%s %s)", idem_sqlstate(a), idem_errmsg(a));
+	memset(long_key, 'k', 256);
+	long_key[256] = '\0';
+	CHECK(idem_reserve(a, long_key, NULL, NULL) == IDEM_ERROR &&
+		  idem_errcode(a) == IDEM_ERR_BAD_INPUT,
+		  "256-byte key: bad input (%s)", idem_errmsg(a));
+	CHECK(*idem_errdetail(a) != '\0', "the server's detail is kept: %s", idem_errdetail(a));
+	long_key[255] = '\0';
+	CHECK(idem_reserve(a, long_key, NULL, NULL) == IDEM_FRESH &&
+		  idem_release(a, long_key, NULL) == IDEM_FRESH, "255-byte key is fine");
+	o.ttl = "-1 second";
+	CHECK(idem_reserve(a, key_of("badttl"), &o, NULL) == IDEM_ERROR &&
+		  idem_errcode(a) == IDEM_ERR_BAD_INPUT, "negative ttl: bad input");
+	o.ttl = "0";
+	CHECK(idem_reserve(a, key_of("badttl"), &o, NULL) == IDEM_ERROR &&
+		  idem_errcode(a) == IDEM_ERR_BAD_INPUT, "zero ttl: bad input");
+	o.ttl = NULL;
+	o.wait = "-1s";
+	CHECK(idem_reserve(a, key_of("badwait"), &o, NULL) == IDEM_ERROR &&
+		  idem_errcode(a) == IDEM_ERR_BAD_INPUT, "negative wait: bad input");
+	o.wait = "soon";
+	CHECK(idem_reserve(a, key_of("badwait"), &o, NULL) == IDEM_ERROR &&
+		  idem_errcode(a) == IDEM_ERR_BAD_INPUT &&
+		  strcmp(idem_sqlstate(a), "22007") == 0,
+		  "unparsable interval: bad input, 22007");
+	CHECK(idem_commit(a, NULL, NULL, 200, NULL, 0, NULL) == IDEM_ERROR &&
+		  idem_errcode(a) == IDEM_ERR_BAD_INPUT && *idem_sqlstate(a) == '\0',
+		  "NULL key: bad input without a round trip");
+	CHECK(idem_connected(a), "errors leave the connection usable");
+	CHECK(idem_reserve(a, key_of("after-errors"), NULL, NULL) == IDEM_FRESH,
+		  "the next call works");
+	idem_free(a);
+}
+
+/* ---- wrapped connections, session state, SQLSTATE mapping --------------- */
+
+static void
+test_wrapped(void)
+{
+	PGconn	   *pg = PQconnectdb("");
+	idem_conn  *w = idem_wrap(pg);
+	idem_conn  *w2;
+	idem_record *rec = NULL;
+	PGresult   *res;
+	const char *k = key_of("wrapped");
+	char	   *big;
+
+	CHECK(w != NULL && idem_pgconn(w) == pg && idem_connected(w),
+		  "wrap an application's PGconn");
+	CHECK(idem_reserve(w, k, NULL, NULL) == IDEM_FRESH, "reserve on a wrapped connection");
+
+	/* a transaction of the application's own: the reservation follows it */
+	res = PQexec(pg, "BEGIN");
+	PQclear(res);
+	CHECK(idem_reserve(w, key_of("wrapped-tx"), NULL, NULL) == IDEM_FRESH,
+		  "reserve inside the application's BEGIN");
+	res = PQexec(pg, "ROLLBACK");
+	PQclear(res);
+	CHECK(idem_get(w, key_of("wrapped-tx"), NULL, &rec) == IDEM_NOT_FOUND,
+		  "rolled back: the reservation never happened");
+
+	/* DEALLOCATE ALL (or a pooler's DISCARD ALL) drops prepared statements */
+	res = PQexec(pg, "DEALLOCATE ALL");
+	PQclear(res);
+	CHECK(idem_reserve(w, k, NULL, NULL) == IDEM_FRESH,
+		  "statements deallocated behind the handle's back are prepared again");
+	CHECK(idem_commit(w, k, NULL, 200, "w", 1, NULL) == IDEM_FRESH,
+		  "commit on the wrapped connection");
+
+	w2 = idem_wrap(pg);
+	CHECK(idem_get(w2, k, NULL, &rec) == IDEM_REPLAY && body_is(rec, "w", 1),
+		  "a second handle on the same PGconn shares its statements");
+	idem_record_free(rec);
+	idem_free(w2);
+
+	CHECK(idem_reconnect(w) == -1 && idem_errcode(w) == IDEM_ERR_NOT_OWNER,
+		  "reconnect of a wrapped connection: IDEM_ERR_NOT_OWNER");
+
+	/* 54000: larger than idem.max_body_bytes */
+	k = key_of("too-large");
+	res = PQexec(pg, "SET idem.max_body_bytes = 1024");
+	PQclear(res);
+	big = calloc(1, 2000);
+	CHECK(idem_reserve(w, k, NULL, NULL) == IDEM_FRESH &&
+		  idem_commit(w, k, NULL, 200, big, 2000, NULL) == IDEM_ERROR &&
+		  idem_errcode(w) == IDEM_ERR_TOO_LARGE &&
+		  strcmp(idem_sqlstate(w), "54000") == 0,
+		  "a body over idem.max_body_bytes: IDEM_ERR_TOO_LARGE, 54000 (%s)",
+		  idem_errmsg(w));
+	CHECK(idem_commit(w, k, NULL, 200, big, 1024, NULL) == IDEM_FRESH,
+		  "a body of exactly idem.max_body_bytes is stored");
+	free(big);
+	res = PQexec(pg, "RESET idem.max_body_bytes");
+	PQclear(res);
+
+	/* 25006: writes in a read-only transaction (as on a standby) */
+	res = PQexec(pg, "SET default_transaction_read_only = on");
+	PQclear(res);
+	CHECK(idem_reserve(w, key_of("read-only"), NULL, NULL) == IDEM_ERROR &&
+		  idem_errcode(w) == IDEM_ERR_READ_ONLY &&
+		  strcmp(idem_sqlstate(w), "25006") == 0,
+		  "reserve in a read-only session: IDEM_ERR_READ_ONLY, 25006");
+	CHECK(idem_get(w, key_of("wrapped"), NULL, &rec) == IDEM_REPLAY,
+		  "get works read-only");
+	idem_record_free(rec);
+	CHECK(idem_reserve(w, key_of("wrapped"), NULL, &rec) == IDEM_REPLAY,
+		  "reserve of a committed key replays read-only");
+	idem_record_free(rec);
+	res = PQexec(pg, "RESET default_transaction_read_only");
+	PQclear(res);
+
+	idem_free(w);
+	CHECK(PQstatus(pg) == CONNECTION_OK, "idem_free leaves a wrapped PGconn open");
+	PQfinish(pg);
+}
+
+/* server gone, connection lost, extension missing */
+static void
+test_error_paths(void)
+{
+	idem_conn  *a = open_conn();
+	idem_record *rec = NULL;
+	char		sql[256];
+	char		dsn[256];
+	idem_conn  *noext;
+
+	/* the server ends our session */
+	CHECK(idem_reserve(a, key_of("killed"), NULL, NULL) == IDEM_FRESH, "reserve, then lose the session");
+	kill_backend(a);
+	CHECK(idem_get(a, key_of("killed"), NULL, &rec) == IDEM_ERROR && rec == NULL &&
+		  idem_errcode(a) == IDEM_ERR_CONNECTION,
+		  "a call after the backend died: IDEM_ERR_CONNECTION (%s)", idem_errmsg(a));
+	CHECK(!idem_connected(a), "the handle knows it is disconnected");
+	CHECK(idem_get(a, key_of("killed"), NULL, &rec) == IDEM_ERROR &&
+		  idem_errcode(a) == IDEM_ERR_CONNECTION, "and says so again without hanging");
+	CHECK(idem_reconnect(a) == 0 && idem_connected(a), "idem_reconnect");
+	CHECK(idem_reserve(a, key_of("killed"), NULL, &rec) == IDEM_FRESH &&
+		  idem_record_attempt(rec) == 2,
+		  "the dead session's reservation is taken over: attempt 2");
+	idem_record_free(rec);
+	idem_free(a);
+
+	/* a database without the extension */
+	snprintf(sql, sizeof(sql), "CREATE DATABASE \"%s-noext\"", prefix);
+	if (admin_exec(sql) == 0)
+	{
+		snprintf(dsn, sizeof(dsn), "dbname=%s-noext", prefix);
+		noext = idem_connect(dsn);
+		CHECK(idem_connected(noext), "connect to a database without the extension");
+		CHECK(idem_reserve(noext, "k", NULL, &rec) == IDEM_ERROR && rec == NULL &&
+			  idem_errcode(noext) == IDEM_ERR_NO_EXTENSION &&
+			  strcmp(idem_sqlstate(noext), "42883") == 0 &&
+			  strstr(idem_errdetail(noext), "CREATE EXTENSION") != NULL,
+			  "extension missing: IDEM_ERR_NO_EXTENSION, 42883 (%s / %s)",
+			  idem_errmsg(noext), idem_errdetail(noext));
+		CHECK(idem_purge(noext, 0) == -1 &&
+			  idem_errcode(noext) == IDEM_ERR_NO_EXTENSION,
+			  "purge without the extension");
+		idem_free(noext);
+		snprintf(sql, sizeof(sql), "DROP DATABASE \"%s-noext\"", prefix);
+		admin_exec(sql);
+	}
+	else
+		CHECK(0, "CREATE DATABASE for the extension-missing case");
+
+	/* a server that is not there */
+	a = idem_connect("host=127.0.0.1 port=1 connect_timeout=2");
+	CHECK(a && !idem_connected(a) && idem_errcode(a) == IDEM_ERR_CONNECTION,
+		  "nothing listening: IDEM_ERR_CONNECTION (%s)", idem_errmsg(a));
+	CHECK(idem_reserve(a, "k", NULL, &rec) == IDEM_ERROR &&
+		  idem_errcode(a) == IDEM_ERR_CONNECTION, "calls fail fast");
+	idem_free(a);
+}
+
+/* a waiter wakes when the owner commits, or takes over when it releases */
+typedef struct waiter
+{
+	const char *key;
+	idem_outcome outcome;
+	idem_record *rec;
+	double		done_ms;
+} waiter;
+
+static void *
+wait_for_key(void *arg)
+{
+	waiter	   *w = arg;
+	idem_conn  *c = open_conn();
+	idem_opts	o = {NULL, NULL, NULL, "10s"};
+
+	w->outcome = idem_reserve(c, w->key, &o, &w->rec);
+	w->done_ms = now_ms();
+	if (w->outcome == IDEM_FRESH)
+		idem_release(c, w->key, NULL);
+	idem_free(c);
+	return NULL;
+}
+
+static void
+test_waiting(void)
+{
+	idem_conn  *a = open_conn();
+	waiter		w = {key_of("wait-commit"), IDEM_ERROR, NULL, 0};
+	pthread_t	th;
+	double		commit_ms;
+
+	idem_reserve(a, w.key, NULL, NULL);
+	pthread_create(&th, NULL, wait_for_key, &w);
+	sleep_ms(300);
+	commit_ms = now_ms();
+	idem_commit(a, w.key, NULL, 200, "done", 4, NULL);
+	pthread_join(th, NULL);
+	CHECK(w.outcome == IDEM_REPLAY && body_is(w.rec, "done", 4),
+		  "a waiter gets the committed response");
+	CHECK(w.done_ms - commit_ms < 1000,
+		  "and wakes within %.0f ms of the commit (no polling)", w.done_ms - commit_ms);
+	idem_record_free(w.rec);
+
+	w.key = key_of("wait-release");
+	w.rec = NULL;
+	idem_reserve(a, w.key, NULL, NULL);
+	pthread_create(&th, NULL, wait_for_key, &w);
+	sleep_ms(300);
+	idem_release(a, w.key, NULL);
+	pthread_join(th, NULL);
+	CHECK(w.outcome == IDEM_FRESH, "a waiter becomes the owner after a release");
+	idem_record_free(w.rec);
+
+	/* a timed-out wait */
+	{
+		idem_conn  *b = open_conn();
+		idem_opts	o = {NULL, NULL, NULL, "200ms"};
+		double		t = now_ms();
+
+		idem_reserve(a, key_of("wait-timeout"), NULL, NULL);
+		CHECK(idem_reserve(b, key_of("wait-timeout"), &o, NULL) == IDEM_IN_FLIGHT &&
+			  strcmp(idem_sqlstate(b), "IK409") == 0 && now_ms() - t >= 150,
+			  "waiting past the timeout: IDEM_IN_FLIGHT after %.0f ms", now_ms() - t);
+		idem_free(b);
+	}
+	idem_free(a);
+}
+
+/* ---- runners ------------------------------------------------------------- */
+
+static atomic_int charges;
+
+typedef struct charge_ctx
+{
+	int			thread;
+	int			sleep_ms;
+} charge_ctx;
+
+static int
+charge_handler(idem_response *resp, void *arg)
+{
+	charge_ctx *ctx = arg;
+	char		body[128];
+
+	atomic_fetch_add(&charges, 1);
+	sleep_ms(ctx->sleep_ms);
+	snprintf(body, sizeof(body), "charged once, by thread %d, attempt %d",
+			 ctx->thread, idem_response_attempt(resp));
+	idem_response_set_status(resp, 201);
+	idem_response_add_header(resp, "Content-Type", "text/plain");
+	return idem_response_set_body(resp, body, strlen(body));
+}
+
+typedef struct racer
+{
+	int			id;
+	const char *key;
+	pthread_barrier_t *start;
+	idem_outcome outcome;
+	char		body[128];
+	int			status;
+} racer;
+
+static void *
+race(void *arg)
+{
+	racer	   *r = arg;
+	idem_conn  *c = open_conn();
+	idem_record *rec = NULL;
+	charge_ctx	ctx = {r->id, 300};
+	idem_opts	o = {NULL, "charge-hash", NULL, "60s"};
+
+	pthread_barrier_wait(r->start);
+	r->outcome = idem_run(c, r->key, &o, charge_handler, &ctx, &rec);
+	if (rec)
+	{
+		snprintf(r->body, sizeof(r->body), "%s",
+				 (const char *) idem_record_body(rec, NULL));
+		r->status = idem_record_status(rec);
+	}
+	else
+		snprintf(r->body, sizeof(r->body), "error: %s", idem_errmsg(c));
+	idem_record_free(rec);
+	idem_free(c);
+	return NULL;
+}
+
+static void
+test_run_threads(void)
+{
+	const char *env = getenv("IDEM_TEST_THREADS");
+	int			n = env ? atoi(env) : 32;
+	racer	   *r;
+	pthread_t  *th;
+	pthread_barrier_t start;
+	int			i,
+				fresh = 0,
+				replay = 0,
+				same = 1;
+
+	if (n < 2)
+		n = 2;
+	r = calloc((size_t) n, sizeof(racer));
+	th = calloc((size_t) n, sizeof(pthread_t));
+	atomic_store(&charges, 0);
+	pthread_barrier_init(&start, NULL, (unsigned) n);
+	for (i = 0; i < n; i++)
+	{
+		r[i].id = i;
+		r[i].key = key_of("race");
+		r[i].start = &start;
+		pthread_create(&th[i], NULL, race, &r[i]);
+	}
+	for (i = 0; i < n; i++)
+		pthread_join(th[i], NULL);
+	pthread_barrier_destroy(&start);
+	for (i = 0; i < n; i++)
+	{
+		fresh += r[i].outcome == IDEM_FRESH;
+		replay += r[i].outcome == IDEM_REPLAY;
+		if (strcmp(r[i].body, r[0].body) != 0 || r[i].status != 201)
+			same = 0;
+	}
+	CHECK(atomic_load(&charges) == 1,
+		  "%d threads, one handle each, one key: the handler ran %d time(s)",
+		  n, atomic_load(&charges));
+	CHECK(fresh == 1 && replay == n - 1, "1 fresh and %d replays (got %d and %d)",
+		  n - 1, fresh, replay);
+	CHECK(same && strncmp(r[0].body, "charged once", 12) == 0,
+		  "all %d got the same status and body: \"%s\"", n, r[0].body);
+	free(r);
+	free(th);
+}
+
+static atomic_int failing_runs;
+
+static int
+fail_first_handler(idem_response *resp, void *arg)
+{
+	(void) arg;
+	if (atomic_fetch_add(&failing_runs, 1) == 0)
+		return 1;
+	idem_response_set_status(resp, 200);
+	return 0;					/* no body: stored as NULL */
+}
+
+static int
+kill_self_handler(idem_response *resp, void *arg)
+{
+	idem_conn  *self = arg;
+
+	atomic_fetch_add(&charges, 1);
+	kill_backend(self);
+	idem_response_set_status(resp, 200);
+	return idem_response_set_body(resp, "survived", 8);
+}
+
+static void
+test_run(void)
+{
+	idem_conn  *a = open_conn();
+	idem_conn  *b = open_conn();
+	idem_record *rec = NULL;
+	const char *k = key_of("run-fail");
+	idem_stats	st;
+	charge_ctx	ctx = {0, 0};
+	idem_outcome o;
+
+	atomic_store(&failing_runs, 0);
+	o = idem_run(a, k, NULL, fail_first_handler, NULL, &rec);
+	CHECK(o == IDEM_ERROR && rec == NULL && idem_errcode(a) == IDEM_ERR_HANDLER,
+		  "a failing handler: IDEM_ERROR / IDEM_ERR_HANDLER (%s)", idem_errmsg(a));
+	CHECK(idem_get(b, k, NULL, &rec) == IDEM_NOT_FOUND, "and its key was released");
+	o = idem_run(b, k, NULL, fail_first_handler, NULL, &rec);
+	CHECK(o == IDEM_FRESH && rec && idem_record_fresh(rec) &&
+		  strcmp(idem_record_state(rec), "committed") == 0 &&
+		  idem_record_status(rec) == 200 && body_is(rec, NULL, 0),
+		  "the retry runs it again and stores it (no body: NULL)");
+	idem_record_free(rec);
+	o = idem_run(a, k, NULL, fail_first_handler, NULL, &rec);
+	CHECK(o == IDEM_REPLAY && !idem_record_fresh(rec) &&
+		  atomic_load(&failing_runs) == 2,
+		  "then it replays: the handler ran twice in all (once failed)");
+	idem_record_free(rec);
+
+	/* mismatch and in flight reach the runner's caller */
+	{
+		idem_opts	o1 = {NULL, "one", NULL, NULL};
+		idem_opts	o2 = {NULL, "two", NULL, "0"};
+
+		atomic_store(&charges, 0);
+		k = key_of("run-mismatch");
+		CHECK(idem_run(a, k, &o1, charge_handler, &ctx, &rec) == IDEM_FRESH, "run");
+		idem_record_free(rec);
+		CHECK(idem_run(b, k, &o2, charge_handler, &ctx, &rec) == IDEM_MISMATCH &&
+			  rec == NULL && atomic_load(&charges) == 1,
+			  "run with another hash: IDEM_MISMATCH, handler not run");
+		k = key_of("run-inflight");
+		idem_reserve(a, k, NULL, NULL);
+		o2.request_hash = NULL;
+		CHECK(idem_run(b, k, &o2, charge_handler, &ctx, &rec) == IDEM_IN_FLIGHT &&
+			  rec == NULL && atomic_load(&charges) == 1,
+			  "run on an in-flight key with wait 0: IDEM_IN_FLIGHT");
+		idem_release(a, k, NULL);
+	}
+
+	/* the handler ran, then the connection died before the commit */
+	{
+		idem_conn  *c = open_conn();
+
+		atomic_store(&charges, 0);
+		k = key_of("run-reconnect");
+		o = idem_run(c, k, NULL, kill_self_handler, c, &rec);
+		CHECK(o == IDEM_FRESH && body_is(rec, "survived", 8),
+			  "connection lost before the commit: reconnected and committed");
+		idem_record_free(rec);
+		CHECK(idem_run(b, k, NULL, kill_self_handler, b, &rec) == IDEM_REPLAY &&
+			  body_is(rec, "survived", 8) && atomic_load(&charges) == 1,
+			  "and a retry replays: the handler ran once");
+		idem_record_free(rec);
+		idem_free(c);
+	}
+
+	idem_counters(a, &st);
+	CHECK(st.reserves >= 4 && st.fresh >= 2 && st.replays >= 1 &&
+		  st.handler_runs == 2 && st.commits == 1 && st.releases >= 1 &&
+		  st.errors >= 1,
+		  "counters: %llu reserves, %llu fresh, %llu replays, %llu runs, "
+		  "%llu commits, %llu releases, %llu errors",
+		  (unsigned long long) st.reserves, (unsigned long long) st.fresh,
+		  (unsigned long long) st.replays, (unsigned long long) st.handler_runs,
+		  (unsigned long long) st.commits, (unsigned long long) st.releases,
+		  (unsigned long long) st.errors);
+	idem_free(a);
+	idem_free(b);
+}
+
+/* ---- steps --------------------------------------------------------------- */
+
+static atomic_int step_runs;
+
+static int
+step_charge(idem_response *resp, void *arg)
+{
+	const char *ref = arg;
+
+	atomic_fetch_add(&step_runs, 1);
+	return idem_response_set_body(resp, ref, strlen(ref));
+}
+
+static void
+test_steps(void)
+{
+	idem_conn  *a = open_conn();
+	idem_conn  *b = open_conn();
+	idem_record *rec = NULL;
+	char		run[128];
+	char		key[IDEM_HASH_SIZE];
+	char		sql[512];
+	PGresult   *res;
+
+	atomic_store(&step_runs, 0);
+	CHECK(idem_step(a, "charge", NULL, step_charge, "ch_1", &rec) == IDEM_ERROR &&
+		  idem_errcode(a) == IDEM_ERR_NO_RUN && atomic_load(&step_runs) == 0,
+		  "a step without a run id: IDEM_ERR_NO_RUN, nothing runs");
+
+	snprintf(run, sizeof(run), "%s-run-1", prefix);
+	idem_set_run_id(a, run);
+	CHECK(idem_step(a, "charge", NULL, step_charge, "ch_1", &rec) == IDEM_FRESH &&
+		  body_is(rec, "ch_1", 4), "first step runs");
+	idem_record_free(rec);
+	CHECK(idem_step(a, "email", NULL, step_charge, "mail_1", &rec) == IDEM_FRESH,
+		  "another step of the same run runs");
+	idem_record_free(rec);
+	CHECK(idem_step(a, "charge", NULL, step_charge, "ch_2", &rec) == IDEM_REPLAY &&
+		  body_is(rec, "ch_1", 4), "the same step again: the cached result");
+	idem_record_free(rec);
+
+	/* the run is retried by another worker (another handle) */
+	idem_set_run_id(b, run);
+	CHECK(idem_step(b, "charge", NULL, step_charge, "ch_3", &rec) == IDEM_REPLAY &&
+		  body_is(rec, "ch_1", 4) && atomic_load(&step_runs) == 2,
+		  "a retried run replays its steps (step fn ran %d times)",
+		  atomic_load(&step_runs));
+	idem_record_free(rec);
+
+	snprintf(run, sizeof(run), "%s-run-2", prefix);
+	idem_set_run_id(b, run);
+	CHECK(idem_step(b, "charge", NULL, step_charge, "ch_4", &rec) == IDEM_FRESH &&
+		  body_is(rec, "ch_4", 4), "a new run runs the step again");
+	idem_record_free(rec);
+
+	/* the key is idem_derive_key(run id, step), computed locally */
+	idem_step_key(b, "charge", key);
+	snprintf(sql, sizeof(sql), "SELECT idem_derive_key('%s', 'charge')", run);
+	res = PQexec(admin, sql);
+	CHECK(PQresultStatus(res) == PGRES_TUPLES_OK &&
+		  strcmp(PQgetvalue(res, 0, 0), key) == 0,
+		  "the step key equals SELECT idem_derive_key(run id, step)");
+	PQclear(res);
+	CHECK(idem_get(b, key, NULL, &rec) == IDEM_REPLAY && body_is(rec, "ch_4", 4),
+		  "and the step's record is under that key");
+	idem_record_free(rec);
+
+	idem_set_run_id(a, NULL);
+	CHECK(idem_step(a, "charge", NULL, step_charge, "x", &rec) == IDEM_ERROR &&
+		  idem_errcode(a) == IDEM_ERR_NO_RUN, "cleared run id: an error again");
+	idem_free(a);
+	idem_free(b);
+}
+
+/* ---- HTTP ---------------------------------------------------------------- */
+
+static atomic_int http_runs;
+
+typedef struct http_ctx
+{
+	int			status;
+	const char *body;
+} http_ctx;
+
+static int
+http_handler(idem_response *resp, void *arg)
+{
+	http_ctx   *ctx = arg;
+
+	atomic_fetch_add(&http_runs, 1);
+	idem_response_set_status(resp, ctx->status);
+	idem_response_add_header(resp, "Content-Type", "application/json");
+	idem_response_add_header(resp, "Set-Cookie", "session=abc");
+	idem_response_add_header(resp, "Location", "/v1/charges/ch_1");
+	return idem_response_set_body(resp, ctx->body, strlen(ctx->body));
+}
+
+static void
+test_http(void)
+{
+	idem_conn  *a = open_conn();
+	idem_conn  *b = open_conn();
+	idem_http  *http = idem_http_new();
+	idem_record *rec = NULL;
+	idem_header h = {"Idempotency-Key", key_of("http-1")};
+	idem_http_request req;
+	http_ctx	created = {201, "{\"id\": \"ch_1\"}"};
+	http_ctx	broken = {503, "{\"error\": \"down\"}"};
+	int			status;
+	idem_outcome o;
+
+	memset(&req, 0, sizeof(req));
+	req.method = "POST";
+	req.path = "/v1/charges";
+	req.headers = &h;
+	req.nheaders = 1;
+	req.body = "amount=100";
+	req.body_len = 10;
+	req.scope = "org-1";
+	atomic_store(&http_runs, 0);
+
+	o = idem_http_run(a, http, &req, http_handler, &created, &rec, &status);
+	CHECK(o == IDEM_FRESH && status == 201 &&
+		  strcmp(idem_record_state(rec), "committed") == 0 &&
+		  idem_record_header(rec, "Set-Cookie") == NULL &&
+		  strcmp(idem_record_header(rec, "Location"), "/v1/charges/ch_1") == 0,
+		  "POST with a key: handler runs, 201 stored without Set-Cookie");
+	idem_record_free(rec);
+	o = idem_http_run(b, http, &req, http_handler, &created, &rec, &status);
+	CHECK(o == IDEM_REPLAY && status == 201 && atomic_load(&http_runs) == 1 &&
+		  body_is(rec, created.body, strlen(created.body)) &&
+		  strcmp(idem_record_header(rec, "content-type"), "application/json") == 0,
+		  "the retry replays status, headers and body; the handler ran once");
+	idem_record_free(rec);
+
+	{
+		idem_opts	scoped = {"org-1", NULL, NULL, NULL};
+		char		hash[IDEM_HASH_SIZE];
+
+		CHECK(idem_get(a, h.value, NULL, &rec) == IDEM_NOT_FOUND &&
+			  idem_get(a, h.value, &scoped, &rec) == IDEM_REPLAY,
+			  "stored in the request's scope");
+		idem_record_free(rec);
+		idem_request_hash(hash, "POST", "/v1/charges", "amount=100", 10);
+		scoped.request_hash = hash;
+		CHECK(idem_reserve(a, h.value, &scoped, &rec) == IDEM_REPLAY,
+			  "under the request hash of (method, path, body)");
+		idem_record_free(rec);
+	}
+
+	req.body = "amount=999";
+	o = idem_http_run(b, http, &req, http_handler, &created, &rec, &status);
+	CHECK(o == IDEM_MISMATCH && status == 422 && rec == NULL,
+		  "same key, another body: 422");
+	req.body = "amount=100";
+
+	/* in flight: 409 with a zero wait */
+	h.value = key_of("http-2");
+	idem_reserve(a, h.value, &(idem_opts) {"org-1", NULL, NULL, NULL}, NULL);
+	idem_http_set_wait(http, "0");
+	o = idem_http_run(b, http, &req, http_handler, &created, &rec, &status);
+	CHECK(o == IDEM_IN_FLIGHT && status == 409 && rec == NULL,
+		  "in flight elsewhere: 409");
+	idem_release(a, h.value, &(idem_opts) {"org-1", NULL, NULL, NULL});
+	idem_http_set_wait(http, NULL);
+
+	/* 5xx is served but released */
+	h.value = key_of("http-3");
+	atomic_store(&http_runs, 0);
+	o = idem_http_run(a, http, &req, http_handler, &broken, &rec, &status);
+	CHECK(o == IDEM_FRESH && status == 503 &&
+		  strcmp(idem_record_state(rec), "released") == 0,
+		  "a 503 is served, state released");
+	idem_record_free(rec);
+	o = idem_http_run(b, http, &req, http_handler, &created, &rec, &status);
+	CHECK(o == IDEM_FRESH && status == 201 && atomic_load(&http_runs) == 2,
+		  "so the retry runs the handler again");
+	idem_record_free(rec);
+
+	/* unless failures are cached */
+	h.value = key_of("http-4");
+	idem_http_set_cache_failures(http, 1);
+	o = idem_http_run(a, http, &req, http_handler, &broken, &rec, &status);
+	idem_record_free(rec);
+	o = idem_http_run(b, http, &req, http_handler, &created, &rec, &status);
+	CHECK(o == IDEM_REPLAY && status == 503 && atomic_load(&http_runs) == 3,
+		  "cache_failures: the 503 is stored and replayed");
+	idem_record_free(rec);
+	idem_http_set_cache_failures(http, 0);
+
+	/* bypass and required */
+	req.nheaders = 0;
+	o = idem_http_run(a, http, &req, http_handler, &created, &rec, &status);
+	CHECK(o == IDEM_FRESH && status == 201 &&
+		  strcmp(idem_record_state(rec), "bypassed") == 0,
+		  "no key header: bypass");
+	idem_record_free(rec);
+	idem_http_set_required(http, 1);
+	o = idem_http_run(a, http, &req, http_handler, &created, &rec, &status);
+	CHECK(o == IDEM_ERROR && status == 400 && rec == NULL,
+		  "no key header where required: 400");
+	idem_http_exclude(http, "POST /v1/charges");
+	o = idem_http_run(a, http, &req, http_handler, &created, &rec, &status);
+	CHECK(o == IDEM_FRESH && status == 201 &&
+		  strcmp(idem_record_state(rec), "bypassed") == 0,
+		  "an excluded route bypasses even where the key is required");
+	idem_record_free(rec);
+
+	idem_http_free(http);
+	idem_free(a);
+	idem_free(b);
+}
+
+/* ---- local hashes == SQL functions ------------------------------------- */
+
+static unsigned int seed = 12345;
+
+static unsigned
+rnd(void)
+{
+	seed = seed * 1103515245u + 12345u;
+	return (seed >> 8) & 0xffffff;
+}
+
+/* random UTF-8 text without NUL: ASCII and 2-, 3-, 4-byte characters */
+static size_t
+random_text(char *buf, size_t max_chars)
+{
+	size_t		n = rnd() % (max_chars + 1);
+	size_t		len = 0;
+	size_t		i;
+
+	for (i = 0; i < n; i++)
+	{
+		switch (rnd() % 6)
+		{
+			case 0:
+				memcpy(buf + len, "\xc3\xa9", 2);
+				len += 2;
+				break;
+			case 1:
+				memcpy(buf + len, "\xe6\x97\xa5", 3);
+				len += 3;
+				break;
+			case 2:
+				memcpy(buf + len, "\xf0\x9f\x98\x80", 4);
+				len += 4;
+				break;
+			default:
+				buf[len++] = (char) (1 + rnd() % 127);
+				break;
+		}
+	}
+	buf[len] = '\0';
+	return len;
+}
+
+static void
+append_array_element(char *arr, size_t *len, const char *s)
+{
+	if (arr[*len - 1] != '{')
+		arr[(*len)++] = ',';
+	arr[(*len)++] = '"';
+	for (; *s; s++)
+	{
+		if (*s == '"' || *s == '\\')
+			arr[(*len)++] = '\\';
+		arr[(*len)++] = *s;
+	}
+	arr[(*len)++] = '"';
+	arr[*len] = '\0';
+}
+
+static void
+test_hash_parity(void)
+{
+	const int	rounds = 300;
+	int			i,
+				req_ok = 0,
+				derive_ok = 0,
+				binary_bodies = 0,
+				empty_parts = 0;
+	char		method[256],
+				path[256];
+	unsigned char body[600];
+	char		parts[10][256];
+	char		arr[8192];
+	PGresult   *res;
+
+	res = PQprepare(admin, "rh", "SELECT idem_request_hash($1, $2, $3::bytea)", 0, NULL);
+	PQclear(res);
+	res = PQprepare(admin, "dk", "SELECT idem_derive_key(VARIADIC $1::text[])", 0, NULL);
+	PQclear(res);
+
+	for (i = 0; i < rounds; i++)
+	{
+		char		local[IDEM_HASH_SIZE];
+		size_t		body_len = rnd() % 600;
+		size_t		j;
+		const char *values[3];
+		int			lengths[3] = {0, 0, 0};
+		int			formats[3] = {0, 0, 1};
+		int			with_nul = 0;
+
+		random_text(method, 10);
+		random_text(path, 40);
+		if (i % 10 == 0)
+			body_len = 0;
+		for (j = 0; j < body_len; j++)
+		{
+			body[j] = (unsigned char) rnd();
+			with_nul |= body[j] == 0 || body[j] >= 0x80;
+		}
+		binary_bodies += with_nul;
+		idem_request_hash(local, method, path, i % 20 == 1 ? NULL : body,
+						  i % 20 == 1 ? 0 : body_len);
+		values[0] = method;
+		values[1] = path;
+		values[2] = i % 20 == 1 ? NULL : (const char *) body;
+		lengths[2] = (int) body_len;
+		res = PQexecPrepared(admin, "rh", 3, values, lengths, formats, 0);
+		if (PQresultStatus(res) == PGRES_TUPLES_OK &&
+			strcmp(PQgetvalue(res, 0, 0), local) == 0)
+			req_ok++;
+		else if (req_ok == i)
+			printf("# request_hash differs at round %d: local %s, sql %s %s\n",
+				   i, local, PQgetvalue(res, 0, 0), PQerrorMessage(admin));
+		PQclear(res);
+	}
+	CHECK(req_ok == rounds,
+		  "idem_request_hash: local == SQL for %d/%d random requests "
+		  "(%d binary bodies with NUL or high bytes, empty and NULL bodies)",
+		  req_ok, rounds, binary_bodies);
+
+	for (i = 0; i < rounds; i++)
+	{
+		char		local[IDEM_HASH_SIZE];
+		const char *p[10];
+		size_t		n = rnd() % 10;
+		size_t		j,
+					len = 1;
+		const char *values[1];
+
+		strcpy(arr, "{");
+		for (j = 0; j < n; j++)
+		{
+			if (rnd() % 4 == 0)
+			{
+				parts[j][0] = '\0';
+				empty_parts++;
+			}
+			else
+				random_text(parts[j], 30);
+			p[j] = parts[j];
+			append_array_element(arr, &len, parts[j]);
+		}
+		arr[len++] = '}';
+		arr[len] = '\0';
+		idem_derive_key(local, n, p);
+		values[0] = arr;
+		res = PQexecPrepared(admin, "dk", 1, values, NULL, NULL, 0);
+		if (PQresultStatus(res) == PGRES_TUPLES_OK &&
+			strcmp(PQgetvalue(res, 0, 0), local) == 0)
+			derive_ok++;
+		else if (derive_ok == i)
+			printf("# derive_key differs at round %d (%zu parts): local %s, sql %s %s\n",
+				   i, n, local, PQgetvalue(res, 0, 0), PQerrorMessage(admin));
+		PQclear(res);
+	}
+	CHECK(derive_ok == rounds,
+		  "idem_derive_key: local == SQL for %d/%d random part lists "
+		  "(0-9 parts, %d empty parts, multi-byte UTF-8)",
+		  derive_ok, rounds, empty_parts);
+}
+
+int
+main(void)
+{
+	snprintf(prefix, sizeof(prefix), "libidem-test-%ld-%ld",
+			 (long) getpid(), (long) time(NULL));
+	admin = PQconnectdb("");
+	if (PQstatus(admin) != CONNECTION_OK)
+	{
+		fprintf(stderr, "test_client: cannot connect (set PGHOST, PGPORT ...): %s",
+				PQerrorMessage(admin));
+		printf("0 passed, 1 failed\n");
+		return 1;
+	}
+
+	test_hash_parity();
+	test_calls();
+	test_expiry_and_purge();
+	test_bad_input();
+	test_wrapped();
+	test_error_paths();
+	test_waiting();
+	test_run();
+	test_run_threads();
+	test_steps();
+	test_http();
+
+	PQfinish(admin);
+	return tt_finish();
+}
