@@ -36,6 +36,7 @@
 #define EXIT_UNAVAILABLE 69		/* database unreachable, extension missing */
 #define EXIT_SOFTWARE	70		/* any other failure */
 #define EXIT_TEMPFAIL	75		/* timed out waiting for an in-flight key */
+#define EXIT_NOPERM		77		/* stats: not allowed to read idem_stats */
 
 static const char usage_text[] =
 "idem runs a command at most once per idempotency key, with the keys kept in\n"
@@ -60,7 +61,8 @@ static const char usage_text[] =
 "       is a mismatch.  --ttl: how long the result is kept (default 24h).\n"
 "get    Shows the record of a key; --body prints only the stored stdout.\n"
 "purge  Deletes expired records (at most N with --limit).\n"
-"stats  Shows the extension's version, settings and record counts.\n"
+"stats  Shows the extension's version, settings, counters and the number of\n"
+"       records by state (the idem_stats view; needs pg_monitor).\n"
 "\n"
 "Connection: libpq's environment (PGHOST, PGPORT, PGDATABASE, PGUSER,\n"
 "PGSERVICE ...) or --dsn with a connection string or URI.\n"
@@ -72,7 +74,8 @@ static const char usage_text[] =
 "  65  the key was used with another command line (hash mismatch)\n"
 "  69  database unreachable, or the idempotency extension is not installed\n"
 "  70  any other failure (e.g. stdout larger than idem.max_body_bytes)\n"
-"  75  timed out waiting for another run of the same key\n";
+"  75  timed out waiting for another run of the same key\n"
+"  77  stats: not allowed to read idem_stats (needs pg_monitor)\n";
 
 static void usage_error(const char *fmt, const char *arg)
 			__attribute__((format(printf, 1, 0), noreturn));
@@ -563,7 +566,7 @@ cmd_purge(const char *dsn, int argc, char **argv)
 
 /* ---- stats ------------------------------------------------------------- */
 
-/* prints every row of res as "column: value" lines */
+/* prints every row of res as "column value" lines */
 static void
 print_rows(const PGresult *res)
 {
@@ -575,8 +578,8 @@ print_rows(const PGresult *res)
 		if (r > 0)
 			printf("\n");
 		for (c = 0; c < PQnfields(res); c++)
-			printf("%-16s %s\n", PQfname(res, c),
-				   PQgetisnull(res, r, c) ? "" : PQgetvalue(res, r, c));
+			if (!PQgetisnull(res, r, c))
+				printf("%-20s %s\n", PQfname(res, c), PQgetvalue(res, r, c));
 	}
 }
 
@@ -590,9 +593,10 @@ query_failed(PGresult *res, ExecStatusType want)
 }
 
 /*
- * The extension's version and settings, and its counts when it offers an
- * idem_stats() function.  The key table itself is not readable by PUBLIC,
- * and this tool does not try.
+ * The extension's version and settings, then what its idem_stats view (or
+ * function) says: counters and the number of records by state.  The key
+ * table itself is not readable by PUBLIC, and this tool does not try:
+ * idem_stats is granted to pg_monitor.
  */
 static int
 cmd_stats(const char *dsn, int argc, char **argv)
@@ -601,7 +605,8 @@ cmd_stats(const char *dsn, int argc, char **argv)
 	PGconn	   *pg;
 	PGresult   *res;
 	int			i;
-	int			has_stats;
+	char		sql[256];
+	char		kind;
 	int			rc = 0;
 
 	for (i = 0; i < argc; i++)
@@ -618,12 +623,18 @@ cmd_stats(const char *dsn, int argc, char **argv)
 	conn = connect_or_exit(dsn);
 	pg = idem_pgconn(conn);
 
+	/* where the extension lives, and whether idem_stats is a view or a function */
 	res = PQexec(pg,
-				 "SELECT e.extversion, n.nspname, "
-				 "  EXISTS (SELECT 1 FROM pg_catalog.pg_proc p "
-				 "          WHERE p.proname = 'idem_stats' "
-				 "            AND p.pronamespace = e.extnamespace "
-				 "            AND p.pronargs = 0) "
+				 "SELECT e.extversion, n.nspname, quote_ident(n.nspname), "
+				 "  CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_class c "
+				 "                    WHERE c.relname = 'idem_stats' "
+				 "                      AND c.relnamespace = e.extnamespace) "
+				 "       THEN 'v' "
+				 "       WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_proc p "
+				 "                    WHERE p.proname = 'idem_stats' "
+				 "                      AND p.pronamespace = e.extnamespace "
+				 "                      AND p.pronargs = 0) "
+				 "       THEN 'f' ELSE '-' END "
 				 "FROM pg_catalog.pg_extension e "
 				 "JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace "
 				 "WHERE e.extname = 'idempotency'");
@@ -642,10 +653,12 @@ cmd_stats(const char *dsn, int argc, char **argv)
 		idem_free(conn);
 		return EXIT_UNAVAILABLE;
 	}
-	printf("%-16s %s\n", "database", PQdb(pg));
-	printf("%-16s %s\n", "extension", PQgetvalue(res, 0, 0));
-	printf("%-16s %s\n", "schema", PQgetvalue(res, 0, 1));
-	has_stats = PQgetvalue(res, 0, 2)[0] == 't';
+	printf("%-20s %s\n", "database", PQdb(pg));
+	printf("%-20s %s\n", "extension", PQgetvalue(res, 0, 0));
+	printf("%-20s %s\n", "schema", PQgetvalue(res, 0, 1));
+	kind = PQgetvalue(res, 0, 3)[0];
+	snprintf(sql, sizeof(sql), "SELECT * FROM %s.idem_stats%s",
+			 PQgetvalue(res, 0, 2), kind == 'f' ? "()" : "");
 	PQclear(res);
 
 	/* the module's settings exist once its library is loaded */
@@ -660,25 +673,34 @@ cmd_stats(const char *dsn, int argc, char **argv)
 
 		for (c = 1; c < PQnfields(res); c++)
 			if (!PQgetisnull(res, 0, c))
-				printf("%-16s %s\n", PQfname(res, c), PQgetvalue(res, 0, c));
+				printf("%-20s %s\n", PQfname(res, c), PQgetvalue(res, 0, c));
 	}
 	PQclear(res);
 
-	if (has_stats)
+	if (kind == '-')
 	{
-		res = PQexec(pg, "SELECT * FROM idem_stats()");
-		if (query_failed(res, PGRES_TUPLES_OK))
-			rc = EXIT_SOFTWARE;
-		else
-		{
-			printf("\n");
-			print_rows(res);
-		}
-		PQclear(res);
+		printf("\nrecord counts: not available (this version of the extension "
+			   "has no idem_stats)\n");
+		idem_free(conn);
+		return 0;
+	}
+	res = PQexec(pg, sql);
+	if (PQresultStatus(res) == PGRES_TUPLES_OK)
+	{
+		printf("\n");
+		print_rows(res);
 	}
 	else
-		printf("\nrecord counts: not available (this version of the extension "
-			   "has no idem_stats() function)\n");
+	{
+		const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+
+		fprintf(stderr, "idem: %s", PQresultErrorMessage(res));
+		if (state && strcmp(state, "42501") == 0)
+			fprintf(stderr, "idem: DETAIL: idem_stats is readable by members "
+					"of pg_monitor (GRANT pg_monitor TO %s).\n", PQuser(pg));
+		rc = (state && strcmp(state, "42501") == 0) ? EXIT_NOPERM : EXIT_SOFTWARE;
+	}
+	PQclear(res);
 	idem_free(conn);
 	return rc;
 }
