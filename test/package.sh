@@ -1,0 +1,422 @@
+#!/usr/bin/env bash
+#
+# package.sh: the package install test.
+#
+#   test/package.sh              build the packages (debian/build-deb.sh,
+#                                what `make deb` runs), install them, test
+#   test/package.sh --no-build   use the .deb files already in build/deb
+#
+# Installs postgresql-15-idempotency, libidem1, libidem-dev and idem-tools
+# from the built .deb files into this machine (apt-get install ./x.deb, as
+# root or through sudo), checks that the installed files are the packages'
+# (dpkg -S, dpkg --verify), starts a throwaway cluster with the extension
+# preloaded (test/cluster.sh; under test/tmp/package/), runs CREATE
+# EXTENSION and a reserve / commit / replay in SQL, compiles a small C
+# program against the -dev package with `pkg-config --cflags --libs libidem`
+# (and once more against the static library) and runs it on the cluster,
+# and runs the idem tool.  Ends with "N passed, M failed"; exit 1 when M > 0.
+#
+# The packages install into the same directories as `make install` of the
+# extension and overwrite what it put there.  At the end the packages are
+# purged and `make install` runs again at the top of the repository, so
+# that the other suites find the extension of the work tree as before
+# (KEEP_PACKAGES=1 leaves the packages installed instead).
+#
+# Environment: DEB_OUT (where the .deb files are; default build/deb),
+# PG_MAJOR (default 15), KEEP_PACKAGES=1, KEEP_TMP=1 (keep test/tmp/package).
+
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+OUT=${DEB_OUT:-$ROOT/build/deb}
+PG_MAJOR=${PG_MAJOR:-15}
+TMP=$ROOT/test/tmp/package
+CLUSTER=$TMP/cluster
+MA=$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || gcc -print-multiarch)
+EXT_PKG=postgresql-$PG_MAJOR-idempotency
+PACKAGES=("$EXT_PKG" libidem1 libidem-dev idem-tools)
+PG_BIN=/usr/lib/postgresql/$PG_MAJOR/bin
+
+build=yes
+case ${1:-} in
+	--no-build) build=no ;;
+	'') ;;
+	*)
+		echo "usage: $0 [--no-build]" >&2
+		exit 2
+		;;
+esac
+
+passed=0
+failed=0
+
+ok()
+{
+	passed=$((passed + 1))
+	printf 'ok - %s\n' "$1"
+}
+
+fail()
+{
+	failed=$((failed + 1))
+	printf 'not ok - %s\n' "$1"
+	if [[ $# -gt 1 ]]; then
+		shift
+		printf '%s\n' "$@" | sed 's/^/#   /'
+	fi
+}
+
+# check DESC CMD...: ok when CMD exits 0, else fail with its output
+check()
+{
+	local desc=$1 out rc
+	shift
+	out=$("$@" 2>&1)
+	rc=$?
+	if [[ $rc -eq 0 ]]; then
+		ok "$desc"
+	else
+		fail "$desc" "exit $rc: $*" "$(printf '%s\n' "$out" | tail -n 25)"
+	fi
+	return $rc
+}
+
+check_eq()
+{
+	if [[ $2 == "$3" ]]; then
+		ok "$1"
+	else
+		fail "$1" "want: $2" "got:  $3"
+	fi
+}
+
+finish()
+{
+	echo "$passed passed, $failed failed"
+	[[ $failed -eq 0 ]]
+}
+
+note()
+{
+	printf '# %s\n' "$*"
+}
+
+sudo=()
+if [[ $(id -u) -ne 0 ]]; then
+	if ! command -v sudo >/dev/null 2>&1; then
+		fail "root or sudo to install packages" "run as root, or install sudo"
+		finish
+		exit 1
+	fi
+	sudo=(sudo)
+fi
+
+psql_q()
+{
+	"$PG_BIN/psql" -XAtq -v ON_ERROR_STOP=1 "$@"
+}
+
+installed_version()
+{
+	dpkg-query -W -f='${db:Status-Status} ${Version}' "$1" 2>/dev/null |
+		sed -n 's/^installed //p'
+}
+
+restore()
+{
+	if [[ -e $CLUSTER ]]; then
+		bash "$ROOT/test/cluster.sh" stop "$CLUSTER" >/dev/null 2>&1 || true
+	fi
+	if [[ ${KEEP_PACKAGES:-0} == 1 ]]; then
+		note "KEEP_PACKAGES=1: the packages stay installed"
+	else
+		local pkg installed=()
+		for pkg in "${PACKAGES[@]}"; do
+			[[ -z $(installed_version "$pkg") ]] || installed+=("$pkg")
+		done
+		if ((${#installed[@]} > 0)); then
+			"${sudo[@]}" dpkg --purge "${installed[@]}" >"$TMP/purge.log" 2>&1 ||
+				note "dpkg --purge ${installed[*]} failed: see $TMP/purge.log"
+		fi
+		# the other suites use the extension of the work tree
+		if make -C "$ROOT" install >"$TMP/make-install.log" 2>&1; then
+			note "purged the packages; make install put the work tree's extension back"
+		else
+			note "purged the packages; make install failed (see $TMP/make-install.log):" \
+				"run it by hand"
+		fi
+	fi
+	if [[ ${KEEP_TMP:-0} != 1 ]]; then
+		rm -rf "$TMP/c"
+	fi
+}
+
+rm -rf "$TMP"
+mkdir -p "$TMP"
+
+# ---- the packages -----------------------------------------------------
+
+if [[ $build == yes ]]; then
+	if ! check "the packages build (dpkg-buildpackage, log in $OUT/build.log)" \
+		env QUIET=1 DEB_OUT="$OUT" bash "$ROOT/debian/build-deb.sh"; then
+		finish
+		exit 1
+	fi
+fi
+
+version=$(cd "$ROOT" && dpkg-parsechangelog -S Version)
+ext_version=$(sed -n "s/^default_version = '\(.*\)'/\1/p" "$ROOT/idempotency.control")
+arch=$(dpkg --print-architecture)
+
+debs=()
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+	f=$OUT/${pkg}_${version}_$arch.deb
+	if [[ -f $f ]]; then
+		debs+=("$f")
+	else
+		missing+=("$(basename "$f")")
+	fi
+done
+if ((${#missing[@]} > 0)); then
+	fail "the four packages of version $version are in $OUT" "missing: ${missing[*]}"
+	finish
+	exit 1
+fi
+ok "the four packages of version $version are in $OUT"
+
+# The Debian version follows the extension's: default_version 1.1 goes with
+# 1.1.0 (or 1.1.0-N); a bump of the control file needs a changelog entry.
+upstream=${version%%-*}
+case $upstream in
+	"$ext_version" | "$ext_version".*)
+		ok "debian/changelog's version $version follows default_version $ext_version"
+		;;
+	*)
+		fail "debian/changelog's version $version follows default_version $ext_version" \
+			"add a debian/changelog entry (dch -v $ext_version.0) for the new version"
+		;;
+esac
+
+# The library package is named after the soname.
+soname=$(dpkg-deb --fsys-tarfile "$OUT/libidem1_${version}_$arch.deb" |
+	tar -xOf - --wildcards "./usr/lib/$MA/libidem.so.*.*" 2>/dev/null |
+	{ cat >"$TMP/libidem.so" && readelf -d "$TMP/libidem.so"; } |
+	sed -n 's/.*Library soname: \[\(.*\)\].*/\1/p')
+check_eq "libidem1 ships the soname libidem.so.1" "libidem.so.1" "$soname"
+
+# ---- install ----------------------------------------------------------
+
+# Files of the extension that `make install` left (not owned by a package)
+# are overwritten by the package's.
+made=()
+for f in /usr/lib/postgresql/$PG_MAJOR/lib/idempotency.so \
+	/usr/share/postgresql/$PG_MAJOR/extension/idempotency.control; do
+	if [[ -e $f ]] && ! dpkg -S "$f" >/dev/null 2>&1; then
+		made+=("$f")
+	fi
+done
+((${#made[@]} == 0)) || note "make install had put ${made[*]}: the packages replace them"
+
+# A run before this one may have left the packages installed: start clean.
+old=()
+for pkg in "${PACKAGES[@]}"; do
+	[[ -z $(installed_version "$pkg") ]] || old+=("$pkg")
+done
+if ((${#old[@]} > 0)); then
+	"${sudo[@]}" dpkg --purge "${old[@]}" >/dev/null 2>&1 || true
+fi
+
+trap restore EXIT
+
+install_debs()
+{
+	local log=$TMP/apt-install.log
+	if "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y \
+		--no-install-recommends "${debs[@]}" >"$log" 2>&1; then
+		return 0
+	fi
+	# dependencies from the archive with stale package lists
+	"${sudo[@]}" apt-get update >>"$log" 2>&1
+	"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y \
+		--no-install-recommends "${debs[@]}" >>"$log" 2>&1 || { cat "$log"; return 1; }
+}
+
+if ! check "apt-get install ./the four .deb files" install_debs; then
+	finish
+	exit 1
+fi
+
+for pkg in "${PACKAGES[@]}"; do
+	check_eq "$pkg $version is installed" "$version" "$(installed_version "$pkg")"
+done
+
+# owner PATH PACKAGE: dpkg -S says PACKAGE installed PATH
+owner()
+{
+	local got
+	got=$(dpkg -S "$1" 2>/dev/null | sed -n "s|^\([^:]*\)\(:[a-z0-9]*\)\?: $1\$|\1|p" | head -n 1)
+	check_eq "dpkg -S $1: $2" "$2" "$got"
+}
+
+extdir=/usr/share/postgresql/$PG_MAJOR/extension
+owner "/usr/lib/postgresql/$PG_MAJOR/lib/idempotency.so" "$EXT_PKG"
+owner "$extdir/idempotency.control" "$EXT_PKG"
+for f in "$ROOT"/sql/idempotency--*.sql; do
+	owner "$extdir/$(basename "$f")" "$EXT_PKG"
+done
+owner "/usr/lib/$MA/libidem.so.1" libidem1
+owner "/usr/lib/$MA/libidem.so" libidem-dev
+owner "/usr/lib/$MA/libidem.a" libidem-dev
+owner "/usr/lib/$MA/pkgconfig/libidem.pc" libidem-dev
+owner /usr/include/idem.h libidem-dev
+owner /usr/bin/idem idem-tools
+owner /usr/share/man/man1/idem.1.gz idem-tools
+
+# the files on disk are the packages' own (checksums)
+check "dpkg --verify: the installed files match the packages" \
+	bash -c '[[ -z $(dpkg --verify "$@" 2>&1) ]] || { dpkg --verify "$@" 2>&1; exit 1; }' \
+	_ "${PACKAGES[@]}"
+
+# ---- the extension, from the package ----------------------------------
+
+if ! check "a throwaway cluster with shared_preload_libraries = idempotency starts" \
+	env CLUSTER_OPTS="shared_preload_libraries='idempotency'" \
+	bash "$ROOT/test/cluster.sh" start "$CLUSTER"; then
+	finish
+	exit 1
+fi
+# shellcheck disable=SC1091
+. "$CLUSTER/env"
+
+check "CREATE EXTENSION idempotency" psql_q -c 'CREATE EXTENSION idempotency'
+check_eq "the installed extension is version $ext_version" "$ext_version" \
+	"$(psql_q -c "SELECT extversion FROM pg_extension WHERE extname = 'idempotency'" 2>&1)"
+
+sql_out=$(psql_q 2>&1 <<'SQL'
+SELECT fresh, state, attempt
+  FROM idem_reserve('pkg-sql', idem_request_hash('POST', '/charges', '{"amount":100}'));
+SELECT idem_commit('pkg-sql', idem_request_hash('POST', '/charges', '{"amount":100}'),
+                   201, '{"id":"ch_1"}'::bytea, '{"content-type":"application/json"}');
+SQL
+)
+check_eq "SQL: reserve a new key (fresh), then commit its response" \
+	$'t|in_flight|1\nt' "$sql_out"
+check_eq "SQL: another session replays the stored response" 't|201|{"id":"ch_1"}' \
+	"$(psql_q -c "SELECT NOT fresh, status, convert_from(body, 'UTF8')
+	                FROM idem_reserve('pkg-sql', idem_request_hash('POST', '/charges', '{\"amount\":100}'))" 2>&1)"
+check_eq "preloaded from the package: counters available, the replay counted" 't|t' \
+	"$(psql_q -c 'SELECT counters_available, replays >= 1 FROM idem_stats' 2>&1)"
+
+# ---- libidem-dev: a C program built with pkg-config --------------------
+
+mkdir -p "$TMP/c"
+cat >"$TMP/c/pkgtest.c" <<'EOF'
+/* pkgtest KEY: reserve, commit and replay KEY through libidem, on the
+ * cluster of libpq's environment; prints "fresh replay <body>" */
+#include <idem.h>
+#include <stdio.h>
+#include <string.h>
+
+int
+main(int argc, char **argv)
+{
+	idem_conn  *conn = idem_connect(NULL);
+	idem_record *rec = NULL;
+	idem_opts	opts;
+	char		hash[IDEM_HASH_SIZE];
+	const void *body;
+	size_t		len;
+	idem_outcome r1, r2, c;
+
+	const char *key = argc > 1 ? argv[1] : "pkg-c";
+
+	if (conn == NULL || !idem_connected(conn))
+	{
+		fprintf(stderr, "connect: %s\n", conn ? idem_errmsg(conn) : "out of memory");
+		return 1;
+	}
+	if (idem_request_hash(hash, "POST", "/pkg", "body", 4) != 0)
+		return 1;
+	memset(&opts, 0, sizeof opts);
+	opts.request_hash = hash;
+	opts.scope = "package-test";
+
+	r1 = idem_reserve(conn, key, &opts, &rec);
+	idem_record_free(rec);
+	rec = NULL;
+	c = idem_commit(conn, key, &opts, 200, "from C", 6, NULL);
+	r2 = idem_reserve(conn, key, &opts, &rec);
+	if (r1 != IDEM_FRESH || c != IDEM_FRESH || r2 != IDEM_REPLAY || rec == NULL)
+	{
+		fprintf(stderr, "reserve %s, commit %s, reserve %s: %s\n",
+				idem_outcome_name(r1), idem_outcome_name(c),
+				idem_outcome_name(r2), idem_errmsg(conn));
+		return 1;
+	}
+	body = idem_record_body(rec, &len);
+	printf("%s %s %.*s\n", idem_outcome_name(r1), idem_outcome_name(r2),
+		   (int) len, (const char *) body);
+	idem_record_free(rec);
+	idem_free(conn);
+	return 0;
+}
+EOF
+
+# Only the system's pkg-config directories: a libidem.pc that
+# `make -C client install` put under /usr/local must not stand in for the
+# package's.
+export PKG_CONFIG_LIBDIR=/usr/lib/$MA/pkgconfig:/usr/lib/pkgconfig:/usr/share/pkgconfig
+header_version=$(sed -n 's/^#define IDEM_VERSION_\(MAJOR\|MINOR\|PATCH\)[[:space:]]*\([0-9]*\).*/\2/p' \
+	/usr/include/idem.h | paste -sd.)
+check_eq "pkg-config --modversion libidem matches the installed header" \
+	"$header_version" "$(pkg-config --modversion libidem 2>&1)"
+
+if check "cc pkgtest.c \$(pkg-config --cflags --libs libidem)" \
+	bash -c 'cc -Wall -Werror -o "$1/pkgtest" "$1/pkgtest.c" $(pkg-config --cflags --libs libidem)' \
+	_ "$TMP/c"; then
+	# (the loader may name it through /lib, a link to /usr/lib)
+	lib=$(ldd "$TMP/c/pkgtest" | sed -n 's/^[[:space:]]*libidem\.so\.1 => \([^ ]*\).*/\1/p')
+	check_eq "the program loads libidem.so.1 from libidem1" \
+		"$(readlink -f "/usr/lib/$MA/libidem.so.1")" "$(readlink -f "${lib:-none}")"
+	check_eq "the program reserves, commits and replays on the cluster" \
+		"fresh replay from C" "$("$TMP/c/pkgtest" pkg-c-shared 2>&1)"
+fi
+
+# The static library: linked in, with libidem's own dependencies from
+# pkg-config's Requires.private.
+if check "cc pkgtest.c with libidem.a (pkg-config --static)" \
+	bash -c 'cc -Wall -Werror -o "$1/pkgtest-static" "$1/pkgtest.c" $(pkg-config --cflags libidem) \
+		-Wl,-Bstatic -lidem -Wl,-Bdynamic $(pkg-config --static --libs libidem | sed "s/-lidem\b//")' \
+	_ "$TMP/c"; then
+	if ldd "$TMP/c/pkgtest-static" | grep -q libidem; then
+		fail "the static build does not load libidem.so" "$(ldd "$TMP/c/pkgtest-static")"
+	else
+		ok "the static build does not load libidem.so"
+	fi
+	check_eq "the static build reserves, commits and replays on the cluster" \
+		"fresh replay from C" "$("$TMP/c/pkgtest-static" pkg-c-static 2>&1)"
+fi
+
+# ---- idem-tools -------------------------------------------------------
+
+help=$(/usr/bin/idem --help 2>&1)
+if [[ $? -eq 0 && $help == *Usage:* ]]; then
+	ok "idem --help"
+else
+	fail "idem --help" "$help"
+fi
+check_eq "idem --version names the library's version" "idem (libidem) $header_version" \
+	"$(/usr/bin/idem --version 2>&1)"
+
+runs=$TMP/c/runs
+: >"$runs"
+first=$(/usr/bin/idem exec --key pkg-cli --scope package-test -- \
+	sh -c "echo run >>'$runs'; echo hello from idem" 2>&1)
+second=$(/usr/bin/idem exec --key pkg-cli --scope package-test -- \
+	sh -c "echo run >>'$runs'; echo hello from idem" 2>&1)
+check_eq "idem exec runs the command once, then replays its output" \
+	$'hello from idem\nhello from idem\n1' "$first"$'\n'"$second"$'\n'"$(wc -l <"$runs")"
+check "idem stats" /usr/bin/idem stats
+
+finish
