@@ -16,6 +16,8 @@
  *-------------------------------------------------------------------------
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -221,6 +223,7 @@ run_command(idem_response *resp, void *arg)
 	char		buf[65536];
 	int			status;
 	int			stdout_ok = 1;
+	int			exited = 0;
 	struct sigaction sa,
 				old_int,
 				old_term,
@@ -273,14 +276,33 @@ run_command(idem_response *resp, void *arg)
 	sa.sa_handler = SIG_IGN;
 	sigaction(SIGPIPE, &sa, &old_pipe);
 
+	/*
+	 * Capture until CMD exits.  A background process CMD started may keep
+	 * the pipe open long after; what it wrote by then is kept, the rest is
+	 * not waited for.
+	 */
 	for (;;)
 	{
-		ssize_t		n = read(fds[0], buf, sizeof(buf));
+		struct pollfd pfd = {fds[0], POLLIN, 0};
+		ssize_t		n;
+		int			ready;
 
+		if (!exited && waitpid(pid, &status, WNOHANG) == pid)
+		{
+			exited = 1;
+			/* drain what is already in the pipe, without waiting */
+			fcntl(fds[0], F_SETFL, fcntl(fds[0], F_GETFL) | O_NONBLOCK);
+		}
+		ready = exited ? 1 : poll(&pfd, 1, 100);
+		if (ready < 0 && errno != EINTR)
+			break;
+		if (ready <= 0)
+			continue;
+		n = read(fds[0], buf, sizeof(buf));
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0)
-			break;
+			break;				/* EOF, or nothing left after the exit */
 		if (idem_response_append_body(resp, buf, (size_t) n) < 0)
 		{
 			fprintf(stderr, "idem: out of memory capturing stdout\n");
@@ -291,8 +313,9 @@ run_command(idem_response *resp, void *arg)
 			stdout_ok = 0;
 	}
 	close(fds[0]);
-	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-		;
+	if (!exited)
+		while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+			;
 	child_pid = 0;
 	for (i = 0; i < sizeof(forwarded) / sizeof(forwarded[0]); i++)
 		sigaction(forwarded[i], olds[i], NULL);
