@@ -175,9 +175,10 @@ IDEM_API const char *idem_error_name(idem_error err);
 /* ---- connections ------------------------------------------------------ */
 
 /*
- * Opens a connection.  conninfo is a libpq connection string or URI; NULL
- * or "" uses libpq's environment (PGHOST, PGPORT, PGDATABASE, PGSERVICE,
- * ...), like psql.  Returns a new handle, or NULL only when out of memory.
+ * Opens a connection.  conninfo is a libpq connection string or URI
+ * ("host=db1 dbname=shop", "postgresql://db1/shop"), or a bare database
+ * name; NULL or "" uses libpq's environment (PGHOST, PGPORT, PGDATABASE,
+ * PGSERVICE, ...), like psql.  application_name defaults to "libidem".  Returns a new handle, or NULL only when out of memory.
  * The connection may have failed: check idem_connected() or idem_errcode()
  * (IDEM_ERR_CONNECTION).  The handle owns its connection; free it with
  * idem_free().  Whether the extension is installed is found out at the

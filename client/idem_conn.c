@@ -364,7 +364,14 @@ check_connection(idem_conn *conn)
 idem_conn *
 idem_connect(const char *conninfo)
 {
-	PGconn	   *pg = PQconnectdb(conninfo ? conninfo : "");
+	/*
+	 * conninfo as libpq's dbname with expand_dbname: a connection string or
+	 * URI is expanded, a bare word is a database name, NULL or "" leaves
+	 * everything to the environment.
+	 */
+	const char *const keywords[] = {"dbname", "fallback_application_name", NULL};
+	const char *const values[] = {conninfo ? conninfo : "", "libidem", NULL};
+	PGconn	   *pg = PQconnectdbParams(keywords, values, 1);
 	idem_conn  *conn;
 
 	conn = conn_new(pg, 1);

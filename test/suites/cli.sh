@@ -308,6 +308,19 @@ fi
 run_idem "$T/out" "$T/err" exec --key "$(printf 'k%.0s' $(seq 1 300))" -- echo never
 check_eq "a key over 255 bytes: exit 64" 64 "$rc"
 
+# stdout larger than idem.max_body_bytes: shown, not stored, key released
+key="$P-too-big"
+PGOPTIONS="-c idem.max_body_bytes=100" "$IDEM" exec --key "$key" -- head -c 200 /dev/zero \
+	>"$T/out" 2>"$T/err"
+rc=$?
+run_idem "$T/get" "$T/err2" get --key "$key"
+if [[ $rc == 70 && $(wc -c <"$T/out") == 200 && -z $(cat "$T/get") ]] &&
+	grep -q "could not be stored" "$T/err"; then
+	ok "stdout over idem.max_body_bytes: passed through, exit 70, key released"
+else
+	fail "stdout over idem.max_body_bytes: exit 70, key released" "exit $rc" "$(cat "$T/err" "$T/get")"
+fi
+
 # ---- purge and stats ---------------------------------------------------------------
 
 for i in 1 2 3; do
