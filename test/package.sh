@@ -198,6 +198,12 @@ case $upstream in
 		;;
 esac
 
+# So does the PGXN distribution's (META.json).
+meta_versions=$(python3 -c 'import json, sys
+m = json.load(open(sys.argv[1]))
+print(m["version"], m["provides"]["idempotency"]["version"])' "$ROOT/META.json" 2>&1)
+check_eq "META.json's versions are $upstream" "$upstream $upstream" "$meta_versions"
+
 # The library package is named after the soname.
 soname=$(dpkg-deb --fsys-tarfile "$OUT/libidem1_${version}_$arch.deb" |
 	tar -xOf - --wildcards "./usr/lib/$MA/libidem.so.*.*" 2>/dev/null |
