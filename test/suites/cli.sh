@@ -216,6 +216,7 @@ fi
 # the owner dies (its idem killed): the next call takes over at once.  The
 # command sleeps the first time and answers the second time.
 key="$P-dead-owner"
+rm -f "$T/dead-owner"
 cmd=(sh -c 'if [ -e "$1" ]; then echo second-run; else echo "$$" >"$1"; exec sleep 30; fi' sh "$T/dead-owner")
 "$IDEM" exec --key "$key" -- "${cmd[@]}" >/dev/null 2>&1 &
 dead_pid=$!
@@ -312,13 +313,13 @@ check_eq "a key over 255 bytes: exit 64" 64 "$rc"
 key="$P-too-big"
 PGOPTIONS="-c idem.max_body_bytes=100" "$IDEM" exec --key "$key" -- head -c 200 /dev/zero \
 	>"$T/out" 2>"$T/err"
-rc=$?
+big_rc=$?
 run_idem "$T/get" "$T/err2" get --key "$key"
-if [[ $rc == 70 && $(wc -c <"$T/out") == 200 && -z $(cat "$T/get") ]] &&
+if [[ $big_rc == 70 && $rc == 1 && $(wc -c <"$T/out") == 200 && -z $(cat "$T/get") ]] &&
 	grep -q "could not be stored" "$T/err"; then
 	ok "stdout over idem.max_body_bytes: passed through, exit 70, key released"
 else
-	fail "stdout over idem.max_body_bytes: exit 70, key released" "exit $rc" "$(cat "$T/err" "$T/get")"
+	fail "stdout over idem.max_body_bytes: exit 70, key released" "exit $big_rc, get $rc" "$(cat "$T/err" "$T/get")"
 fi
 
 # ---- purge and stats ---------------------------------------------------------------
