@@ -190,8 +190,12 @@ IDEM_API idem_conn *idem_connect(const char *conninfo);
  * Wraps a connection the application owns.  The handle borrows conn:
  * idem_free() does not close it, and the application must not close it
  * while the handle lives.  The library prepares its statements on conn
- * (named "libidem1_*") and otherwise leaves its session state alone.
- * Returns NULL when conn is NULL or out of memory.
+ * (named "libidem1_*") and otherwise leaves its session state alone; calls
+ * run inside the application's transaction when one is open.  If the
+ * application drops the statements (DEALLOCATE ALL, DISCARD ALL), the next
+ * call prepares them again, unless it runs inside a transaction block: it
+ * then fails with SQLSTATE 26000 (IDEM_ERR_SERVER), and calls work again
+ * once that transaction has ended.  Returns NULL when conn is NULL or out of memory.
  */
 IDEM_API idem_conn *idem_wrap(struct pg_conn *conn);
 
