@@ -234,6 +234,10 @@ run_command(idem_response *resp, void *arg)
 	size_t		i;
 
 	ctx->ran = 1;
+	if (idem_response_attempt(resp) > 1)
+		fprintf(stderr, "idem: key %s: the run that held it died; running "
+				"again (attempt %d)\n", idem_response_key(resp),
+				idem_response_attempt(resp));
 	if (pipe(fds) < 0)
 	{
 		fprintf(stderr, "idem: pipe: %s\n", strerror(errno));
