@@ -66,6 +66,7 @@ need make have make
 need pkg-config have pkg-config
 need valgrind have valgrind
 need curl have curl
+need bc have bc
 need libmicrohttpd-dev test -f /usr/include/microhttpd.h
 need libipc-run-perl perl -MIPC::Run -e 1
 need perl have prove

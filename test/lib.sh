@@ -15,10 +15,13 @@
 #   finish             print "N passed, M failed"; returns 1 if M > 0
 #
 # Environment: run-all.sh exports the cluster's PGHOST, PGPORT, PGUSER and
-# PGDATABASE.  Run by hand, the suite finds them in $CLUSTER_DIR/env
-# (default test/tmp/cluster/env, as left by `test/cluster.sh start
-# test/tmp/cluster`).  Also set: IDEM_ROOT (the repository), IDEM_TMP (a
-# scratch directory of the suite's own) and PG_BINDIR first in PATH.
+# PGDATABASE (postgres, where it has run CREATE EXTENSION idempotency),
+# CLUSTER_DIR, and IDEM_TEST_USER (the unprivileged user clusters run as).
+# Run by hand, the suite finds the cluster in $CLUSTER_DIR/env (default
+# test/tmp/cluster/env, as left by `test/cluster.sh start test/tmp/cluster`;
+# create the extension there first).  Also set: IDEM_ROOT (the repository),
+# IDEM_TMP (a scratch directory of the suite's own, reachable by
+# IDEM_TEST_USER when run-all runs it) and PG_BINDIR, first in PATH.
 
 IDEM_ROOT=${IDEM_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 export IDEM_ROOT

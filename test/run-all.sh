@@ -15,6 +15,8 @@
 #   regress     pg_regress on REGRESS (sql/ + expected/), via make installcheck
 #   isolation   pg_isolation_regress on ISOLATION (test/isolation/specs)
 #   suites      each test/suites/*.sh, which prints its own "N passed, M failed"
+#               (see test/lib.sh); the extension is created in the cluster's
+#               postgres database before they run
 #   tap         test/t/*.pl with prove and PostgreSQL::Test::Cluster
 # pg_regress and isolation failures print their regression.diffs.
 #
@@ -31,7 +33,8 @@ cd "$ROOT" || exit 1
 SUITES=${SUITES:-regress,isolation,suites,tap}
 TEST_TIME_LIMIT=${TEST_TIME_LIMIT:-780}
 SUITE_TIMEOUT=${SUITE_TIMEOUT:-600}
-TMP=$ROOT/test/tmp
+TMP=$ROOT/test/tmp		# logs
+WORK=$TMP			# what the unprivileged user must reach: see pick_work
 CLUSTER_SH=$ROOT/test/cluster.sh
 
 passed=0
@@ -207,7 +210,7 @@ run_suite_scripts()
 		echo "--- suites: none in test/suites"
 		return
 	fi
-	mkdir -p "$TMP/suites"
+	mkdir -p "$TMP/suites" "$WORK/suites"
 	for s in "${scripts[@]}"; do
 		name=suites/$(basename "$s")
 		banner "$name"
@@ -218,7 +221,7 @@ run_suite_scripts()
 			continue
 		fi
 		log=$TMP/suites/$(basename "$s" .sh).log
-		IDEM_TMP=$TMP/suites/$(basename "$s" .sh) \
+		IDEM_TMP=$WORK/suites/$(basename "$s" .sh) \
 			timeout -k 10 "$t" bash "$s" </dev/null 2>&1 | tee "$log" |
 			sed -u 's/^/    /'
 		rc=${PIPESTATUS[0]}
@@ -272,16 +275,14 @@ run_tap()
 	user=$(bash "$CLUSTER_SH" user)
 	perl_dir=$PG_PKGLIBDIR/pgxs/src/test/perl
 	pg_regress=$PG_PKGLIBDIR/pgxs/src/test/regress/pg_regress
-	tapdir=$TMP/tap
+	tapdir=$WORK/tap
 	rm -rf "$tapdir"
 	mkdir -p "$tapdir"
 	srcdir=$ROOT
 	# PostgreSQL::Test::Cluster runs initdb, so prove runs as the
 	# unprivileged user, who must be able to read the tests: when the
 	# repository is closed to it, it gets a copy.
-	if ! run_as "$user" test -r "$ROOT/test/t" -a -x "$ROOT/test/t"; then
-		tapdir=$(mktemp -d /tmp/idem-tap.XXXXXX)
-		scratch+=("$tapdir")
+	if [[ $WORK != "$TMP" ]]; then
 		srcdir=$tapdir/src
 		mkdir -p "$srcdir"
 		tar -C "$ROOT" --exclude=./test/tmp -cf - . | tar -C "$srcdir" -xf -
@@ -323,21 +324,23 @@ run_tap()
 	fi
 }
 
-# A throwaway cluster needs a directory its unprivileged owner can reach;
-# when the repository's path is closed to it, use one under /tmp.
-pick_cluster_dir()
-{
-	local user
-	user=$(bash "$CLUSTER_SH" user) || return 1
-	if run_as "$user" test -x "$TMP"; then
-		echo "$TMP/cluster"
-	else
-		mktemp -d /tmp/idem-cluster.XXXXXX
-	fi
-}
-
 mkdir -p "$TMP"
 chmod 0755 "$TMP"
+
+# Clusters, the suites' scratch directories and the TAP tests belong to the
+# unprivileged user the clusters run as (when we are root): when the
+# repository's path is closed to that user (a clone under /root), they go
+# to a directory under /tmp instead of test/tmp.
+IDEM_TEST_USER=$(bash "$CLUSTER_SH" user) || IDEM_TEST_USER=$(id -un)
+export IDEM_TEST_USER
+if ! run_as "$IDEM_TEST_USER" test -x "$TMP"; then
+	WORK=$(mktemp -d /tmp/idem-test.XXXXXX)
+	chmod 0755 "$WORK"
+	if [[ ${KEEP_CLUSTER:-} != 1 ]]; then
+		scratch+=("$WORK")
+	fi
+	echo "run-all: $TMP is closed to $IDEM_TEST_USER; clusters and scratch files go to $WORK"
+fi
 
 if [[ ${SKIP_BUILD:-} != 1 ]]; then
 	banner "build (warnings are errors)"
@@ -355,20 +358,16 @@ if [[ ${SKIP_BUILD:-} != 1 ]]; then
 fi
 
 banner "cluster"
-dir=$(pick_cluster_dir) && cluster_dir=$dir
-if [[ -n $cluster_dir && $cluster_dir != "$TMP"/* && ${KEEP_CLUSTER:-} != 1 ]]; then
-	scratch+=("$cluster_dir")
-fi
-if [[ -z $cluster_dir ]] || ! bash "$CLUSTER_SH" start "$cluster_dir"; then
+cluster_dir=$WORK/cluster
+if ! bash "$CLUSTER_SH" start "$cluster_dir"; then
 	failed=$((failed + 1))
 	note_problem "cluster: could not start a server (counted as one failure)"
+	cluster_dir=
 	finish
 fi
 # shellcheck disable=SC1091
 . "$cluster_dir/env"
 export CLUSTER_DIR=$cluster_dir
-IDEM_TEST_USER=$(bash "$CLUSTER_SH" user)
-export IDEM_TEST_USER
 
 if want regress; then
 	banner "pg_regress"
@@ -380,6 +379,11 @@ if want isolation; then
 fi
 if want suites; then
 	banner "suites"
+	# The suites find the extension installed in the cluster's database.
+	if ! out=$(psql -XAtq -v ON_ERROR_STOP=1 -c 'CREATE EXTENSION IF NOT EXISTS idempotency' 2>&1); then
+		failed=$((failed + 1))
+		note_problem "suites: CREATE EXTENSION idempotency failed in $PGDATABASE (counted as one failure): $out"
+	fi
 	run_suite_scripts
 fi
 if want tap; then
