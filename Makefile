@@ -46,7 +46,21 @@ all install installcheck:
 	@exit 1
 endif
 
-.PHONY: deps test demo client client-install check-client
+# The client library and the idem tool (client/): built and installed with
+# the extension.  PREFIX and DESTDIR are passed on.
+.PHONY: client client-install client-clean
+all: client
+client:
+	$(MAKE) -C client
+install: client-install
+client-install: client
+	$(MAKE) -C client install
+	@if [ -z "$(DESTDIR)" ] && command -v ldconfig >/dev/null; then ldconfig; fi
+clean: client-clean
+client-clean:
+	$(MAKE) -C client clean
+
+.PHONY: deps test demo
 
 deps:
 	@bash test/deps.sh
