@@ -199,9 +199,15 @@ case $upstream in
 esac
 
 # So does the PGXN distribution's (META.json).
-meta_versions=$(python3 -c 'import json, sys
+if command -v python3 >/dev/null 2>&1; then
+	meta_versions=$(python3 -c 'import json, sys
 m = json.load(open(sys.argv[1]))
 print(m["version"], m["provides"]["idempotency"]["version"])' "$ROOT/META.json" 2>&1)
+else
+	# the two "version" members, in the order of the file
+	meta_versions=$(sed -n 's/^ *"version": *"\([^"]*\)".*/\1/p' "$ROOT/META.json" |
+		head -n 2 | paste -sd ' ')
+fi
 check_eq "META.json's versions are $upstream" "$upstream $upstream" "$meta_versions"
 
 # The library package is named after the soname.
