@@ -322,6 +322,26 @@ else
 	fail "stdout over idem.max_body_bytes: exit 70, key released" "exit $big_rc, get $rc" "$(cat "$T/err" "$T/get")"
 fi
 
+# the tool itself under valgrind: fresh run, replay, get, failure, stats
+if command -v valgrind >/dev/null 2>&1; then
+	vg=(valgrind --error-exitcode=99 --leak-check=full
+		--errors-for-leak-kinds=definite,indirect,possible --quiet)
+	key="$P-valgrind"
+	vg_rcs=()
+	for args in "exec --key $key -- echo under-valgrind" "exec --key $key -- echo under-valgrind" \
+		"get --key $key" "exec --key $P-vg-fail -- false" "exec --key $key -- echo other" \
+		"stats" "purge"; do
+		# shellcheck disable=SC2086 # the words are the arguments
+		"${vg[@]}" "$IDEM" $args >"$T/vg.out" 2>"$T/vg.err"
+		vg_rcs+=($?)
+	done
+	if [[ ${vg_rcs[*]} == "0 0 0 1 65 0 0" ]] && ! grep -q "==[0-9]*==" "$T/vg.err"; then
+		ok "idem under valgrind (exec, replay, get, failure, mismatch, stats, purge): no error, no leak"
+	else
+		fail "idem under valgrind: no error, no leak" "exits: ${vg_rcs[*]}" "$(head -n 30 "$T/vg.err")"
+	fi
+fi
+
 # ---- purge and stats ---------------------------------------------------------------
 
 for i in 1 2 3; do
