@@ -379,7 +379,8 @@ IDEM_API void idem_response_free(idem_response *resp);
 
 IDEM_API void idem_response_set_status(idem_response *resp, int status);
 
-/* Replaces / appends to the body (copied).  0, or -1 when out of memory. */
+/* Replaces / appends to the body (copied).  0, or -1 when out of memory or
+ * data is NULL with a non-zero len. */
 IDEM_API int idem_response_set_body(idem_response *resp, const void *body,
 									size_t len);
 IDEM_API int idem_response_append_body(idem_response *resp, const void *data,

@@ -581,6 +581,8 @@ idem_response_set_body(idem_response *resp, const void *body, size_t len)
 int
 idem_response_append_body(idem_response *resp, const void *data, size_t len)
 {
+	if (data == NULL && len > 0)
+		return -1;
 	if (resp->body_len + len + 1 > resp->body_cap)
 	{
 		size_t		ncap = resp->body_cap ? resp->body_cap : 256;
