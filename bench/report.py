@@ -1,0 +1,563 @@
+#!/usr/bin/env python3
+"""report.py: results.md and the plots of the benchmark, from run.sh's raw data.
+
+    python3 bench/report.py [--data bench/tmp/data] [--results bench/results]
+
+Reads DATA/machine.tsv and DATA/manifest.tsv (one line per measured run:
+workload, variant, implementation, round, tps, latency file, extra) and the
+latency files they name; writes RESULTS/results.md, RESULTS/summary.csv,
+the plot data under RESULTS/data/ and the PNG plots (gnuplot, when
+installed).  Standard library only.
+"""
+
+import argparse
+import csv
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+IMPL_NAMES = {
+    "ext": "extension (C)",
+    "plpgsql": "PL/pgSQL baseline",
+    "raw": "raw SQL floor",
+    "redis": "Redis (in memory)",
+}
+IMPL_ORDER = ["ext", "plpgsql", "raw", "redis"]
+COLORS = {"ext": "#1f77b4", "plpgsql": "#ff7f0e", "raw": "#2ca02c", "redis": "#d62728"}
+
+
+def pct(sorted_vals, p):
+    """Nearest-rank percentile of an ascending list (p in 0..100)."""
+    if not sorted_vals:
+        return float("nan")
+    k = max(0, min(len(sorted_vals) - 1, math.ceil(p / 100.0 * len(sorted_vals)) - 1))
+    return sorted_vals[k]
+
+
+def mean(vals):
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def fmt(v, digits=2):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return f"{v:.{digits}f}"
+
+
+def fmt_tps(v):
+    if v is None or (isinstance(v, float) and math.isnan(v)) or v == 0:
+        return "n/a"
+    return f"{v:,.0f}"
+
+
+def fmt_ratio(v):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return f"{v:.2f}×"
+
+
+def read_lat(path, col=0):
+    vals = []
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) > col:
+                    vals.append(float(parts[col]))
+    except OSError:
+        pass
+    return vals
+
+
+def load(data):
+    machine = {}
+    with open(os.path.join(data, "machine.tsv")) as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if "\t" in line:
+                k, v = line.split("\t", 1)
+                machine[k] = v
+    runs = []
+    with open(os.path.join(data, "manifest.tsv")) as f:
+        for line in f:
+            parts = line.rstrip("\n").split("\t")
+            while len(parts) < 7:
+                parts.append("")
+            w, variant, impl, rnd, tps, lat, extra = parts[:7]
+            try:
+                tps = float(tps)
+            except ValueError:
+                tps = 0.0
+            ex = {}
+            for item in extra.split(";"):
+                if "=" in item:
+                    k, v = item.split("=", 1)
+                    ex[k] = v
+            runs.append(dict(workload=w, variant=variant, impl=impl, round=int(rnd),
+                             tps=tps, lat=os.path.join(data, lat) if lat else "",
+                             extra=ex, failed=extra == "failed"))
+    return machine, runs
+
+
+def impls_in(runs):
+    present = {r["impl"] for r in runs}
+    return [i for i in IMPL_ORDER if i in present]
+
+
+class Stat:
+    """tps over rounds and latencies (microseconds) pooled over rounds."""
+
+    def __init__(self, runs, col=0, scale=1.0):
+        self.rounds = [r["tps"] for r in runs if r["tps"] > 0]
+        self.tps = mean(self.rounds) if self.rounds else float("nan")
+        lat = []
+        for r in runs:
+            if r["lat"]:
+                lat.extend(v * scale for v in read_lat(r["lat"], col))
+        lat.sort()
+        self.lat = lat
+        self.n = len(lat)
+
+    def p(self, q):
+        return pct(self.lat, q)
+
+    def spread(self):
+        if len(self.rounds) < 2 or not self.tps or math.isnan(self.tps):
+            return float("nan")
+        return (max(self.rounds) - min(self.rounds)) / self.tps * 100.0
+
+
+def select(runs, workload, variant=None, impl=None):
+    return [r for r in runs if r["workload"] == workload
+            and (variant is None or r["variant"] == variant)
+            and (impl is None or r["impl"] == impl)]
+
+
+def nines_points():
+    pts = []
+    for i in range(0, 400):
+        nines = i / 100.0  # 0 .. 4 nines
+        p = 100.0 * (1 - 10 ** (-nines))
+        pts.append((nines, p))
+    return pts
+
+
+def write_curve(path, lat_us):
+    with open(path, "w") as f:
+        for nines, p in nines_points():
+            if lat_us and len(lat_us) * (1 - p / 100.0) >= 1:
+                f.write(f"{nines:.3f} {pct(lat_us, p) / 1000.0:.4f}\n")
+        if lat_us:
+            f.write(f"{math.log10(len(lat_us)):.3f} {lat_us[-1] / 1000.0:.4f}\n")
+
+
+def main():
+    here = os.path.dirname(os.path.abspath(__file__))
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=os.path.join(here, "tmp", "data"))
+    ap.add_argument("--results", default=os.path.join(here, "results"))
+    args = ap.parse_args()
+    data, res = args.data, args.results
+    if not os.path.exists(os.path.join(data, "manifest.tsv")):
+        sys.exit(f"report.py: no raw data in {data}: run bench/run.sh first")
+    machine, runs = load(data)
+    pdir = os.path.join(res, "data")
+    os.makedirs(pdir, exist_ok=True)
+    for old in os.listdir(pdir):
+        os.remove(os.path.join(pdir, old))
+
+    md = []
+    summary = []
+    w = md.append
+
+    w("# Benchmark results")
+    w("")
+    w("Generated by `make bench` (`bench/run.sh`, then `bench/report.py`); do not edit by hand.")
+    w("Implementations: **extension** = `idem_reserve`/`idem_commit` (C); **PL/pgSQL baseline** = "
+      "`bench/plpgsql_baseline.sql` (a table, `pg_advisory_lock`-based waits, same contract); "
+      "**raw SQL floor** = plain SQL on a table of the same shape with no locking or ownership "
+      "(`INSERT ... ON CONFLICT DO NOTHING` then `UPDATE`; a primary-key `SELECT` for replays); "
+      "**Redis** = `SET NX` + `SET XX`, `GET` on a private in-memory redis-server "
+      "(no persistence: a reference point, not a durable store).")
+    w("")
+    w("## Machine and settings")
+    w("")
+    w("| | |")
+    w("|---|---|")
+    rows = [
+        ("date", "date"), ("CPU", "cpu"), ("cores", "cores"), ("RAM", "ram"),
+        ("virtualisation", "virt"), ("kernel", "kernel"), ("PostgreSQL", "pg"),
+        ("server settings", "settings"), ("extension version", "ext"),
+        ("source commit", "commit"), ("load average before (1, 5, 15 min)", "load_before"),
+        ("load average after", "load_after"), ("Redis", "redis"), ("total duration", "duration"),
+    ]
+    for label, key in rows:
+        if key in machine and machine[key]:
+            w(f"| {label} | {machine[key]} |")
+    w(f"| runs | {machine.get('rounds', '?')} rounds per workload, implementations alternated "
+      f"(A B C, then C B A); pgbench `-M prepared -c {machine.get('clients', '?')} "
+      f"-j {machine.get('threads', '?')}`, {machine.get('seconds', '?')} s per run |")
+    if machine.get("quick") == "1":
+        w("| mode | **BENCH_QUICK=1 smoke run**: short runs, numbers are indicative only |")
+    w("")
+    w("Other engineers' builds and tests share this machine's CPUs: the load averages above "
+      "say how busy it was. Alternating the implementations spreads that noise over all of them; "
+      "the spread column gives (max - min) / mean of the per-round throughputs.")
+    w("")
+
+    # ---- workloads 1, 6, 2 ------------------------------------------------
+    w("## Throughput and latency (workloads 1, 6, 2)")
+    w("")
+    w("Latency is per pgbench transaction (workloads 1 and 6: reserve + commit, two statements "
+      "and two commits; workload 2: one reserve), pooled over the rounds. Ratios: throughput "
+      "divided by the raw SQL floor's in the same workload.")
+    w("")
+    w("| workload | implementation | tps | spread | p50 ms | p99 ms | p99.9 ms | vs raw floor |")
+    w("|---|---|--:|--:|--:|--:|--:|--:|")
+    tp_blocks = [("fresh", "logged", "1. reserve + commit, fresh keys (logged)"),
+                 ("fresh", "unlogged", "6. reserve + commit, fresh keys (unlogged)"),
+                 ("replay", "logged", "2. replay of committed keys")]
+    tp_stats = {}
+    for wl, variant, label in tp_blocks:
+        sel = select(runs, wl, variant)
+        if not sel:
+            continue
+        stats = {i: Stat(select(sel, wl, variant, i)) for i in impls_in(sel)}
+        tp_stats[(wl, variant)] = stats
+        raw = stats.get("raw")
+        for i, st in stats.items():
+            ratio = st.tps / raw.tps if raw and raw.tps and not math.isnan(raw.tps) else float("nan")
+            w(f"| {label} | {IMPL_NAMES[i]} | {fmt_tps(st.tps)} | {fmt(st.spread(), 0)}% | "
+              f"{fmt(st.p(50) / 1000)} | {fmt(st.p(99) / 1000)} | {fmt(st.p(99.9) / 1000)} | "
+              f"{fmt_ratio(ratio)} |")
+            summary.append(dict(workload=f"{wl}-{variant}", impl=i, metric="tps", value=st.tps))
+            summary.append(dict(workload=f"{wl}-{variant}", impl=i, metric="p50_ms", value=st.p(50) / 1000))
+            summary.append(dict(workload=f"{wl}-{variant}", impl=i, metric="p99_ms", value=st.p(99) / 1000))
+            summary.append(dict(workload=f"{wl}-{variant}", impl=i, metric="ratio_vs_raw", value=ratio))
+            write_curve(os.path.join(pdir, f"curve-{wl}-{variant}-{i}.dat"), st.lat)
+    if "redis" in impls_in(runs):
+        w("")
+        w("Redis runs go through `bench/build/idembench` (same 8 clients, its own C client), "
+          "not pgbench.")
+    w("")
+
+    # ---- workload 3 -----------------------------------------------------------
+    hot = select(runs, "hotkey")
+    hot_stats = {}
+    if hot:
+        waiters = hot[0]["variant"].lstrip("w")
+        w(f"## Hot key (workload 3): waiter wake latency, {waiters} waiters")
+        w("")
+        w(f"Per round, one owner reserves a new key, {waiters} sessions reserve the same key and block "
+          "(seen waiting in `pg_locks`), then the owner commits. Wake latency = time from the "
+          "owner's commit call returning to each waiter's reserve returning (negative when a "
+          "waiter got its answer before the owner got its own); in parentheses, from the commit "
+          "being sent. The raw floor has no wait: its row lock design keeps the owner's "
+          "transaction open from insert to commit, the waiters' `INSERT ... ON CONFLICT DO "
+          "NOTHING` block on it, then `SELECT` the response.")
+        w("")
+        w("| implementation | samples | p50 ms | p90 ms | p99 ms | max ms |")
+        w("|---|--:|--:|--:|--:|--:|")
+        for i in impls_in(hot):
+            sel = [r for r in select(hot, "hotkey", impl=i) if not r["failed"]]
+            if not sel:
+                w(f"| {IMPL_NAMES[i]} | failed | | | | |")
+                continue
+            a = Stat(sel, 0)
+            s = Stat(sel, 1)
+            hot_stats[i] = a
+            w(f"| {IMPL_NAMES[i]} | {a.n} | {fmt(a.p(50) / 1000)} ({fmt(s.p(50) / 1000)}) | "
+              f"{fmt(a.p(90) / 1000)} ({fmt(s.p(90) / 1000)}) | "
+              f"{fmt(a.p(99) / 1000)} ({fmt(s.p(99) / 1000)}) | "
+              f"{fmt(a.lat[-1] / 1000)} ({fmt(s.lat[-1] / 1000)}) |")
+            for q in (50, 99):
+                summary.append(dict(workload="hotkey", impl=i, metric=f"wake_p{q}_ms", value=a.p(q) / 1000))
+            summary.append(dict(workload="hotkey", impl=i, metric="wake_max_ms", value=a.lat[-1] / 1000))
+            with open(os.path.join(pdir, f"wake-{i}.dat"), "w") as f:
+                n = len(a.lat)
+                for k, v in enumerate(a.lat):
+                    f.write(f"{v / 1000:.4f} {(k + 1) / n:.5f}\n")
+        w("")
+
+    # ---- workload 5 -----------------------------------------------------------
+    pur = select(runs, "purge")
+    purge_stats = {}
+    if pur:
+        w(f"## Purge (workload 5): reserve + commit while {int(machine.get('purge_keys', 0)):,} "
+          "expired keys are purged")
+        w("")
+        w("One pgbench run of reserve + commit on fresh keys per implementation and round; after "
+          f"{pur[0]['extra'].get('idle', '?')} s the purge starts in another session (extension: "
+          "`idem_purge()`; baseline: `bl_purge()`; raw: one `DELETE`), all in one call. Idle = "
+          "transactions that completed before the purge started (the first second skipped), "
+          "during = those that completed while it ran.")
+        w("")
+        w("| implementation | purge s | idle tps | idle p50 ms | idle p99 ms | during tps | "
+          "during p50 ms | during p99 ms | p99 during / idle |")
+        w("|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+        for i in impls_in(pur):
+            idle, during, durs, idle_secs, during_secs = [], [], [], 0.0, 0.0
+            series = None
+            for r in select(pur, "purge", impl=i):
+                try:
+                    t0 = float(r["extra"]["t0"])
+                    t1 = float(r["extra"]["t1"])
+                except (KeyError, ValueError):
+                    continue
+                if r["extra"].get("purged") == "failed":
+                    continue
+                pts = []
+                with open(r["lat"]) as f:
+                    for line in f:
+                        a = line.split()
+                        if len(a) == 2:
+                            pts.append((float(a[0]), float(a[1])))
+                if not pts:
+                    continue
+                start = pts[0][0] + 1.0
+                end = pts[-1][0]
+                idle.extend(l for t, l in pts if start <= t < t0)
+                during.extend(l for t, l in pts if t0 <= t <= t1)
+                idle_secs += max(0.0, t0 - start)
+                during_secs += max(0.0, min(t1, end) - t0)
+                durs.append(t1 - t0)
+                if series is None:
+                    series = (pts, t0, t1)
+            idle.sort()
+            during.sort()
+            if not idle:
+                w(f"| {IMPL_NAMES[i]} | failed | | | | | | | |")
+                continue
+            ratio = pct(during, 99) / pct(idle, 99) if during else float("nan")
+            purge_stats[i] = dict(ratio=ratio, dur=mean(durs))
+            w(f"| {IMPL_NAMES[i]} | {fmt(mean(durs), 1)} | "
+              f"{fmt_tps(len(idle) / idle_secs if idle_secs else float('nan'))} | "
+              f"{fmt(pct(idle, 50) / 1000)} | {fmt(pct(idle, 99) / 1000)} | "
+              f"{fmt_tps(len(during) / during_secs if during_secs else float('nan'))} | "
+              f"{fmt(pct(during, 50) / 1000)} | {fmt(pct(during, 99) / 1000)} | {fmt_ratio(ratio)} |")
+            summary.append(dict(workload="purge", impl=i, metric="purge_s", value=mean(durs)))
+            summary.append(dict(workload="purge", impl=i, metric="idle_p99_ms", value=pct(idle, 99) / 1000))
+            summary.append(dict(workload="purge", impl=i, metric="during_p99_ms", value=pct(during, 99) / 1000))
+            summary.append(dict(workload="purge", impl=i, metric="p99_ratio", value=ratio))
+            if series:
+                pts, t0, t1 = series
+                # p99 per 250 ms bucket, time relative to the purge start
+                buckets = {}
+                for t, l in pts:
+                    buckets.setdefault(math.floor((t - t0) / 0.25), []).append(l)
+                with open(os.path.join(pdir, f"purge-{i}.dat"), "w") as f:
+                    f.write(f"# purge from 0 to {t1 - t0:.3f} s\n")
+                    for b in sorted(buckets):
+                        v = sorted(buckets[b])
+                        f.write(f"{b * 0.25:.2f} {pct(v, 99) / 1000:.4f} {pct(v, 50) / 1000:.4f}\n")
+                purge_stats[i]["window"] = t1 - t0
+        w("")
+
+    # ---- workload 4 -----------------------------------------------------------
+    sc = select(runs, "scale")
+    scale_growth = {}
+    if sc:
+        sizes = sorted({int(r["variant"].split(":")[1]) for r in sc})
+        w("## Scale (workload 4): cost per operation against stored keys")
+        w("")
+        w(f"`bench/build/idembench ops`, {machine.get('clients', '?')} clients, "
+          f"{machine.get('scale_seconds', '?')} s per run: **fresh** = reserve + commit of a new "
+          "key falling between the stored ones, **replay** = reserve of a random stored key. "
+          "Tables loaded with `INSERT ... SELECT generate_series` (committed keys, 48-byte body). "
+          "Cost = 1 / throughput (machine time per operation, µs); growth = cost at the largest "
+          "size / cost at the smallest.")
+        w("")
+        head = "| operation | implementation | " + " | ".join(
+            f"{s:,} keys: tps / p50 / p99 ms" for s in sizes) + " | growth |"
+        w(head)
+        w("|---|---|" + "--:|" * len(sizes) + "--:|")
+        for op in ("fresh", "replay"):
+            for i in impls_in(sc):
+                cells, costs = [], []
+                with open(os.path.join(pdir, f"scale-{op}-{i}.dat"), "w") as f:
+                    for s in sizes:
+                        st = Stat(select(sc, "scale", f"{op}:{s}", i))
+                        cost = 1e6 / st.tps if st.tps and not math.isnan(st.tps) else float("nan")
+                        costs.append(cost)
+                        cells.append(f"{fmt_tps(st.tps)} / {fmt(st.p(50) / 1000)} / {fmt(st.p(99) / 1000)}")
+                        f.write(f"{s} {cost:.3f} {st.p(50) / 1000:.4f} {st.p(99) / 1000:.4f}\n")
+                        summary.append(dict(workload=f"scale-{op}-{s}", impl=i, metric="tps", value=st.tps))
+                        summary.append(dict(workload=f"scale-{op}-{s}", impl=i, metric="p99_ms", value=st.p(99) / 1000))
+                growth = costs[-1] / costs[0] if len(costs) > 1 and costs[0] else float("nan")
+                scale_growth[(op, i)] = (growth, sizes[0], sizes[-1])
+                summary.append(dict(workload=f"scale-{op}", impl=i, metric="cost_growth", value=growth))
+                w(f"| {op} | {IMPL_NAMES[i]} | " + " | ".join(cells) + f" | {fmt_ratio(growth)} |")
+        w("")
+
+    # ---- targets ----------------------------------------------------------------
+    w("## The issue's targets for the extension (goals, not gates)")
+    w("")
+    w("| target | measured | met |")
+    w("|---|---|---|")
+
+    def target(name, value, ok, text):
+        met = "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else ("yes" if ok else "no")
+        w(f"| {name} | {text} | {met} |")
+
+    for wl, variant, name in [("fresh", "logged", "workload 1 logged ≥ 0.9× raw floor"),
+                              ("fresh", "unlogged", "workload 1 unlogged ≥ 0.9× raw floor"),
+                              ("replay", "logged", "workload 2 ≥ 0.9× raw primary-key SELECT")]:
+        st = tp_stats.get((wl, variant), {})
+        if "ext" in st and "raw" in st and st["raw"].tps:
+            r = st["ext"].tps / st["raw"].tps
+            extra = ""
+            if "plpgsql" in st:
+                extra = f" (PL/pgSQL: {st['plpgsql'].tps / st['raw'].tps:.2f}×)"
+            target(name, r, r >= 0.9, f"{r:.2f}×{extra}")
+        else:
+            target(name, None, False, "not measured")
+    if "ext" in hot_stats:
+        v = hot_stats["ext"].p(99) / 1000
+        extra = f" (PL/pgSQL: {hot_stats['plpgsql'].p(99) / 1000:.2f} ms)" if "plpgsql" in hot_stats else ""
+        target("workload 3 wake p99 ≤ 2 ms", v, v <= 2.0, f"{v:.2f} ms{extra}")
+    else:
+        target("workload 3 wake p99 ≤ 2 ms", None, False, "not measured")
+    for op in ("fresh", "replay"):
+        if ("ext", op) and (op, "ext") in scale_growth:
+            g, s0, s1 = scale_growth[(op, "ext")]
+            target(f"workload 4 ({op}) cost {s0:,} → {s1:,} keys ≤ 1.3×", g, g <= 1.3, f"{g:.2f}×")
+    if "ext" in purge_stats:
+        v = purge_stats["ext"]["ratio"]
+        target("workload 5 reserve p99 during purge ≤ 2× idle", v, v <= 2.0, f"{v:.2f}×")
+    w("")
+
+    # ---- plots ------------------------------------------------------------------
+    plots = write_plots(res, pdir, tp_stats, hot_stats, purge_stats, sc, machine)
+    if plots:
+        w("## Plots")
+        w("")
+        for fname, title in plots:
+            w(f"![{title}]({fname})")
+            w("")
+
+    with open(os.path.join(res, "results.md"), "w") as f:
+        f.write("\n".join(md) + "\n")
+    with open(os.path.join(res, "summary.csv"), "w", newline="") as f:
+        cw = csv.writer(f)
+        cw.writerow(["workload", "implementation", "metric", "value"])
+        for row in summary:
+            v = row["value"]
+            cw.writerow([row["workload"], row["impl"], row["metric"],
+                         "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"])
+    print(f"report.py: wrote {os.path.join(res, 'results.md')}"
+          + (f" and {len(plots)} plots" if plots else " (no plots: gnuplot missing)"))
+
+
+def write_plots(res, pdir, tp_stats, hot_stats, purge_stats, sc, machine):
+    gp = shutil.which("gnuplot")
+    if not gp:
+        return []
+    plots = []
+    script = ['set terminal pngcairo size 1200,420 font "sans,10"', 'set grid ytics',
+              'set key top left', 'set style fill solid 0.85 border -1']
+
+    # throughput: one panel per workload, one bar per implementation
+    blocks = [(k, t) for k, t in [(("fresh", "logged"), "1. reserve+commit (logged)"),
+                                  (("fresh", "unlogged"), "6. reserve+commit (unlogged)"),
+                                  (("replay", "logged"), "2. replay")] if k in tp_stats]
+    if blocks:
+        script += [f'set output "{os.path.join(res, "throughput.png")}"',
+                   f'set multiplot layout 1,{len(blocks)} title "Throughput per implementation '
+                   f'(pgbench -c {machine.get("clients", "8")}, mean of rounds)"']
+        for (wl, variant), title in blocks:
+            st = tp_stats[(wl, variant)]
+            fn = os.path.join(pdir, f"tps-{wl}-{variant}.dat")
+            with open(fn, "w") as f:
+                for k, i in enumerate([i for i in IMPL_ORDER if i in st]):
+                    f.write(f'{k} "{i}" {st[i].tps:.1f} {int(COLORS[i][1:], 16)}\n')
+            script += ['unset key', f'set title "{title}"', 'set ylabel "transactions / s"',
+                       'set yrange [0:*]', 'set boxwidth 0.6', 'set xtics rotate by 0',
+                       f'plot "{fn}" using 1:3:4:xtic(2) with boxes lc rgb variable, '
+                       f'"" using 1:3:(sprintf("%.0f", $3)) with labels offset 0,0.7']
+        script += ['unset multiplot']
+        plots.append(("throughput.png", "throughput per implementation"))
+
+    # latency percentiles: one panel per workload, one curve per implementation
+    if blocks:
+        script += [f'set output "{os.path.join(res, "latency.png")}"',
+                   f'set multiplot layout 1,{len(blocks)} title "Latency by percentile (per pgbench transaction)"',
+                   'set key top left', 'set logscale y', 'set ylabel "ms"',
+                   'set xtics ("50%%" 0.301, "90%%" 1, "99%%" 2, "99.9%%" 3, "99.99%%" 4)',
+                   'set xrange [0:4]', 'set yrange [*:*]']
+        for (wl, variant), title in blocks:
+            st = tp_stats[(wl, variant)]
+            parts = []
+            for i in [i for i in IMPL_ORDER if i in st]:
+                fn = os.path.join(pdir, f"curve-{wl}-{variant}-{i}.dat")
+                parts.append(f'"{fn}" using 1:2 with lines lw 2 lc rgb "{COLORS[i]}" title "{i}"')
+            script += [f'set title "{title}"', 'plot ' + ", ".join(parts)]
+        script += ['unset multiplot', 'unset logscale y', 'set xtics auto', 'set xrange [*:*]']
+        plots.append(("latency.png", "latency percentiles"))
+
+    # wake latency distribution
+    if hot_stats:
+        script += ['set terminal pngcairo size 900,500 font "sans,10"',
+                   f'set output "{os.path.join(res, "wake.png")}"',
+                   'set title "Hot key: waiter wake latency after the owner\'s commit (CDF)"',
+                   'set xlabel "ms after the commit returned to the owner"', 'set ylabel "fraction of waiters"',
+                   'set key bottom right', 'set yrange [0:1]', 'set xrange [*:*]', 'set grid xtics ytics',
+                   'set arrow 1 from 2, graph 0 to 2, graph 1 nohead dt 2 lc rgb "gray40"',
+                   'set label 1 "target p99 2 ms" at 2, graph 0.05 offset 0.5,0 tc rgb "gray40"']
+        parts = [f'"{os.path.join(pdir, f"wake-{i}.dat")}" using 1:2 with steps lw 2 lc rgb "{COLORS[i]}" title "{i}"'
+                 for i in IMPL_ORDER if i in hot_stats]
+        script += ['plot ' + ", ".join(parts), 'unset arrow 1', 'unset label 1',
+                   'set xlabel ""', 'set yrange [*:*]']
+        plots.append(("wake.png", "wake latency distribution"))
+
+    # cost against stored keys
+    if sc:
+        impls = [i for i in IMPL_ORDER if os.path.exists(os.path.join(pdir, f"scale-fresh-{i}.dat"))]
+        script += ['set terminal pngcairo size 1200,450 font "sans,10"',
+                   f'set output "{os.path.join(res, "scale.png")}"',
+                   'set multiplot layout 1,2 title "Cost per operation against stored keys"',
+                   'set logscale x', 'set xlabel "stored keys"', 'set ylabel "µs of machine time per operation (1 / tps)"',
+                   'set yrange [0:*]', 'set key top left', 'set format x "10^{%T}"']
+        for op in ("fresh", "replay"):
+            parts = [f'"{os.path.join(pdir, f"scale-{op}-{i}.dat")}" using 1:2 with linespoints lw 2 pt 7 '
+                     f'lc rgb "{COLORS[i]}" title "{i}"' for i in impls]
+            title = "reserve + commit, fresh keys" if op == "fresh" else "replay"
+            script += [f'set title "{title}"', 'plot ' + ", ".join(parts)]
+        script += ['unset multiplot', 'unset logscale x', 'set format x', 'set xlabel ""', 'set yrange [*:*]']
+        plots.append(("scale.png", "cost against stored keys"))
+
+    # purge: p99 per 250 ms bucket around the purge
+    if purge_stats and any(os.path.exists(os.path.join(pdir, f"purge-{i}.dat")) for i in purge_stats):
+        script += ['set terminal pngcairo size 1200,450 font "sans,10"',
+                   f'set output "{os.path.join(res, "purge.png")}"',
+                   'set title "Reserve + commit p99 per 250 ms while the purge runs (first round; bars = purge windows)"',
+                   'set xlabel "s from the purge start"', 'set ylabel "ms"', 'set logscale y',
+                   'set key top right', 'set xrange [*:*]', 'set yrange [*:*]']
+        parts = []
+        k = 0
+        for i in IMPL_ORDER:
+            fn = os.path.join(pdir, f"purge-{i}.dat")
+            if i in purge_stats and os.path.exists(fn):
+                wdw = purge_stats[i].get("window", 0)
+                k += 1
+                script += [f'set object {k} rect from 0, graph {0.97 - 0.03 * k} to {wdw:.3f}, graph {0.99 - 0.03 * k} '
+                           f'fc rgb "{COLORS[i]}" fs solid 0.6 noborder']
+                parts.append(f'"{fn}" using 1:2 with lines lw 2 lc rgb "{COLORS[i]}" title "{i}"')
+        script += ['plot ' + ", ".join(parts), 'unset logscale y']
+        for j in range(1, k + 1):
+            script += [f'unset object {j}']
+        plots.append(("purge.png", "latency during the purge"))
+
+    script_text = "\n".join(script) + "\n"
+    with open(os.path.join(pdir, "plots.gp"), "w") as f:
+        f.write(script_text)
+    r = subprocess.run([gp, os.path.join(pdir, "plots.gp")], capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.stderr.write("report.py: gnuplot failed:\n" + r.stderr)
+        return []
+    return plots
+
+
+if __name__ == "__main__":
+    main()

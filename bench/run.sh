@@ -1,0 +1,520 @@
+#!/usr/bin/env bash
+#
+# run.sh: the benchmark of the idempotency extension, in one run.
+#
+#   bench/run.sh               (or: make -C bench, make bench)
+#   BENCH_QUICK=1 bench/run.sh a smoke run of about a minute
+#
+# Starts a throwaway cluster of its own (test/cluster.sh: default settings
+# except shared_buffers and max_connections; fsync on), loads the extension,
+# the PL/pgSQL baseline (plpgsql_baseline.sql) and the raw floor's table
+# (setup.sql), optionally a private Redis, and measures, alternating the
+# implementations round by round (A B C, then C B A, ...) so that drifts of
+# the machine fall on all of them alike:
+#
+#   1  fresh    reserve + commit of a new key, autocommit      (pgbench)
+#   6  fresh    the same with the key tables unlogged          (pgbench)
+#   2  replay   reserve of a committed key                     (pgbench)
+#   3  hotkey   32 waiters on one key, one owner commits       (idembench)
+#   5  purge    reserve + commit while 1M expired keys are purged (pgbench)
+#   4  scale    per-operation cost at 10^4, 10^6, 10^7 keys    (idembench)
+#
+# The raw data go to bench/tmp/data (kept until the next run), the report
+# (results.md and the PNG plots) to bench/results/, written by report.py.
+# A benchmark measures: it never fails on speed.  It exits non-zero only
+# when it could not run (no server, a script error); a workload that fails
+# is reported as missing and the others go on.
+#
+# Settings (environment):
+#   BENCH_SECONDS=10        length of each pgbench run (workloads 1, 2, 6)
+#   BENCH_ROUNDS=2          rounds per workload (each runs every implementation)
+#   BENCH_CLIENTS=8 BENCH_THREADS=2   pgbench -c / -j, idembench clients
+#   BENCH_IMPLS="ext plpgsql raw"     implementations, in round order
+#   BENCH_REDIS=auto        also Redis (workloads 1, 2) when redis-server is
+#                           installed; 0 = never, 1 = required
+#   BENCH_WORKLOADS="1 6 2 3 5 4"     which workloads, in this order
+#   BENCH_FRESH_KEYS=100000 keys stored before each run of 1, 5, 6
+#   BENCH_REPLAY_KEYS=100000          committed keys replayed by 2
+#   BENCH_HOT_WAITERS=32 BENCH_HOT_ROUNDS=25   workload 3
+#   BENCH_PURGE_KEYS=1000000          expired keys purged by 5
+#   BENCH_PURGE_IDLE=BENCH_SECONDS    seconds measured before the purge starts
+#   BENCH_PURGE_RUN=BENCH_PURGE_IDLE+25   length of the pgbench run of 5
+#   BENCH_SCALE_SIZES="10000 1000000 10000000"  workload 4
+#   BENCH_SCALE_SECONDS=5   length of each idembench run of 4
+#   BENCH_SHARED_BUFFERS=512MB BENCH_MAX_CONNECTIONS=100
+#   BENCH_CLUSTER_OPTS=     more postgresql.conf settings (see test/cluster.sh)
+#   BENCH_INSTALL=1         build and install the extension from this tree
+#                           first (0: measure the installed one)
+#   BENCH_TMP=bench/tmp  BENCH_RESULTS=bench/results
+#   BENCH_KEEP=0            1: leave the cluster running at the end
+#
+# BENCH_QUICK=1 changes the defaults to: 2 s runs, 5 hot-key rounds, 100k
+# expired keys, scale sizes 10^4 and 10^6, 1 s scale runs.
+
+set -euo pipefail
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$BENCH_DIR/.." && pwd)
+
+QUICK=${BENCH_QUICK:-0}
+if [[ $QUICK == 1 ]]; then
+	d_seconds=2 d_hot_rounds=5 d_purge_keys=100000 d_scale_sizes="10000 1000000"
+	d_scale_seconds=1 d_purge_run_extra=6
+else
+	d_seconds=10 d_hot_rounds=25 d_purge_keys=1000000
+	d_scale_sizes="10000 1000000 10000000" d_scale_seconds=5 d_purge_run_extra=25
+fi
+SECS=${BENCH_SECONDS:-$d_seconds}
+ROUNDS=${BENCH_ROUNDS:-2}
+CLIENTS=${BENCH_CLIENTS:-8}
+THREADS=${BENCH_THREADS:-2}
+IMPLS=${BENCH_IMPLS:-ext plpgsql raw}
+REDIS=${BENCH_REDIS:-auto}
+WORKLOADS=${BENCH_WORKLOADS:-1 6 2 3 5 4}
+FRESH_KEYS=${BENCH_FRESH_KEYS:-100000}
+REPLAY_KEYS=${BENCH_REPLAY_KEYS:-100000}
+HOT_WAITERS=${BENCH_HOT_WAITERS:-32}
+HOT_ROUNDS=${BENCH_HOT_ROUNDS:-$d_hot_rounds}
+PURGE_KEYS=${BENCH_PURGE_KEYS:-$d_purge_keys}
+PURGE_IDLE=${BENCH_PURGE_IDLE:-$SECS}
+PURGE_RUN=${BENCH_PURGE_RUN:-$((PURGE_IDLE + d_purge_run_extra))}
+SCALE_SIZES=${BENCH_SCALE_SIZES:-$d_scale_sizes}
+SCALE_SECS=${BENCH_SCALE_SECONDS:-$d_scale_seconds}
+SHARED_BUFFERS=${BENCH_SHARED_BUFFERS:-512MB}
+MAX_CONNECTIONS=${BENCH_MAX_CONNECTIONS:-100}
+INSTALL=${BENCH_INSTALL:-1}
+TMP=${BENCH_TMP:-$BENCH_DIR/tmp}
+RESULTS=${BENCH_RESULTS:-$BENCH_DIR/results}
+KEEP=${BENCH_KEEP:-0}
+
+HASH=6d1f1b6bbf2f5a3c4a7e0a5f2b8c9d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708
+KEY_STEP=100000
+CLUSTER=$TMP/cluster
+DATA=$TMP/data
+IDEMBENCH=$BENCH_DIR/build/idembench
+REDIS_PORT=
+REDIS_PID=
+T_START=$(date +%s)
+
+log()
+{
+	printf '[bench %s +%ss] %s\n' "$(date +%H:%M:%S)" "$(($(date +%s) - T_START))" "$*"
+}
+
+die()
+{
+	echo "bench: $*" >&2
+	exit 1
+}
+
+# ---- preflight ------------------------------------------------------------
+
+PG_BINDIR=$(pg_config --bindir 2>/dev/null) || PG_BINDIR=
+[[ -x $PG_BINDIR/pgbench ]] || PG_BINDIR=/usr/lib/postgresql/15/bin
+PATH=$PG_BINDIR:$PATH
+for tool in pgbench psql python3; do
+	command -v "$tool" >/dev/null || die "$tool not found"
+done
+if ! command -v gnuplot >/dev/null; then
+	if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+		log "installing gnuplot-nox for the plots"
+		apt-get install -y -q gnuplot-nox >/dev/null 2>&1 ||
+			{ apt-get update -q >/dev/null 2>&1 && apt-get install -y -q gnuplot-nox >/dev/null 2>&1; } ||
+			log "could not install gnuplot-nox: no plots"
+	else
+		log "gnuplot not found: no plots (apt-get install gnuplot-nox)"
+	fi
+fi
+
+if [[ $INSTALL == 1 ]]; then
+	log "building and installing the extension from $ROOT"
+	make -s -C "$ROOT" install >"$TMP.install.log" 2>&1 ||
+		{ cat "$TMP.install.log" >&2; die "make install failed"; }
+	rm -f "$TMP.install.log"
+fi
+make -s -C "$BENCH_DIR" build >/dev/null || die "could not build idembench"
+
+USE_REDIS=0
+case $REDIS in
+	0) ;;
+	1) command -v redis-server >/dev/null || die "redis-server not found"; USE_REDIS=1 ;;
+	*) command -v redis-server >/dev/null && USE_REDIS=1 ;;
+esac
+
+# ---- the cluster (and Redis) ------------------------------------------------
+
+cleanup()
+{
+	local rc=$?
+	if [[ -n $REDIS_PID ]]; then
+		kill "$REDIS_PID" 2>/dev/null || true
+	fi
+	if [[ $KEEP != 1 && -d $CLUSTER ]]; then
+		"$ROOT/test/cluster.sh" stop "$CLUSTER" >/dev/null 2>&1 || true
+	fi
+	exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+rm -rf "$DATA"
+mkdir -p "$DATA" "$RESULTS"
+log "starting a cluster in $CLUSTER (shared_buffers=$SHARED_BUFFERS, max_connections=$MAX_CONNECTIONS, fsync on)"
+CLUSTER_OPTS="shared_buffers=$SHARED_BUFFERS max_connections=$MAX_CONNECTIONS fsync=on
+${BENCH_CLUSTER_OPTS:-}" "$ROOT/test/cluster.sh" start "$CLUSTER" >/dev/null
+# shellcheck disable=SC1091
+. "$CLUSTER/env"
+
+if [[ $USE_REDIS == 1 ]]; then
+	REDIS_PORT=$((PGPORT + 1000))
+	while (exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT") 2>/dev/null; do
+		REDIS_PORT=$((REDIS_PORT + 1))
+	done
+	mkdir -p "$TMP/redis"
+	# in memory only: no RDB snapshots, no append-only file
+	redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' \
+		--appendonly no --dir "$TMP/redis" --daemonize no \
+		--logfile "$TMP/redis/redis.log" &
+	REDIS_PID=$!
+	for _ in $(seq 50); do
+		redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break
+		sleep 0.1
+	done
+	redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 || die "redis-server did not start"
+	log "redis-server $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p') on port $REDIS_PORT"
+fi
+
+psql_q()
+{
+	psql -X -q -A -t -v ON_ERROR_STOP=1 "$@"
+}
+
+psql_q -c 'CREATE EXTENSION idempotency' -f "$BENCH_DIR/setup.sql" \
+	-f "$BENCH_DIR/plpgsql_baseline.sql" >/dev/null
+
+# ---- what was measured, on what ---------------------------------------------
+
+{
+	echo "date	$(date -u '+%Y-%m-%d %H:%M UTC')"
+	echo "cpu	$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -n 1)"
+	echo "cores	$(nproc)"
+	echo "ram	$(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
+	echo "kernel	$(uname -sr)"
+	echo "virt	$(lscpu 2>/dev/null | sed -n 's/^Hypervisor vendor:[[:space:]]*//p' | head -n 1)"
+	echo "pg	$(psql_q -c 'SHOW server_version')"
+	echo "settings	$(psql_q -F ' ' -c "SELECT string_agg(name || '=' || setting || coalesce(unit, ''), ', ' ORDER BY name) FROM pg_settings WHERE name IN ('shared_buffers', 'max_connections', 'fsync', 'synchronous_commit', 'wal_level', 'max_wal_size', 'checkpoint_timeout', 'wal_sync_method', 'full_page_writes')")"
+	echo "ext	$(psql_q -c "SELECT extversion FROM pg_extension WHERE extname = 'idempotency'")"
+	echo "commit	$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet HEAD -- src sql 2>/dev/null || echo ' (src/ or sql/ modified)')"
+	echo "load_before	$(cut -d' ' -f1-3 /proc/loadavg)"
+	echo "seconds	$SECS"
+	echo "rounds	$ROUNDS"
+	echo "clients	$CLIENTS"
+	echo "threads	$THREADS"
+	echo "impls	$IMPLS"
+	echo "redis	$([[ $USE_REDIS == 1 ]] && redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p' || echo no)"
+	echo "fresh_keys	$FRESH_KEYS"
+	echo "replay_keys	$REPLAY_KEYS"
+	echo "hot_waiters	$HOT_WAITERS"
+	echo "hot_rounds	$HOT_ROUNDS"
+	echo "purge_keys	$PURGE_KEYS"
+	echo "scale_sizes	$SCALE_SIZES"
+	echo "scale_seconds	$SCALE_SECS"
+	echo "quick	$QUICK"
+} >"$DATA/machine.tsv"
+
+# manifest: workload variant impl round tps file extra
+MANIFEST=$DATA/manifest.tsv
+: >"$MANIFEST"
+record()
+{
+	local IFS=$'\t'
+	echo "$*" >>"$MANIFEST"
+}
+
+table_of()
+{
+	case $1 in
+		ext) echo idem_keys ;;
+		plpgsql) echo bl_keys ;;
+		raw) echo raw_keys ;;
+	esac
+}
+
+# the implementations of round r: forwards in odd rounds, backwards in even
+impls_of_round()
+{
+	local r=$1 list=($2) i
+	if ((r % 2 == 1)); then
+		echo "${list[*]}"
+	else
+		for ((i = ${#list[@]} - 1; i >= 0; i--)); do
+			printf '%s ' "${list[i]}"
+		done
+		echo
+	fi
+}
+
+pg_impls=$IMPLS
+all_impls=$IMPLS
+[[ $USE_REDIS == 1 ]] && all_impls="$IMPLS redis"
+
+# empties table t and stores keys 1..n (committed, live), then vacuums
+reload()
+{
+	local t=$1 n=$2
+	psql_q -c "TRUNCATE $t" -c "SELECT bench_load('$t', 1, $n)" \
+		-c "VACUUM ANALYZE $t" >/dev/null
+}
+
+# pgbench_run NAME SCRIPT SECONDS [VAR=VALUE...]: runs pgbench with a
+# per-transaction log; prints the tps; the log lines go to $DATA/NAME.log
+pgbench_run()
+{
+	local name=$1 script=$2 secs=$3 out
+	shift 3
+	local vars=()
+	for v in "$@"; do vars+=(-D "$v"); done
+	rm -f "$DATA/$name".pgb*
+	if ! out=$(pgbench -n -M prepared -c "$CLIENTS" -j "$THREADS" -T "$secs" \
+		-D hash="$HASH" "${vars[@]}" -f "$BENCH_DIR/scripts/$script.sql" \
+		-l --log-prefix="$DATA/$name.pgb" 2>&1); then
+		echo "$out" >"$DATA/$name.err"
+		echo "bench: pgbench $script failed: $(grep -m1 -i error <<<"$out")" >&2
+		rm -f "$DATA/$name".pgb*
+		echo 0
+		return 0
+	fi
+	cat "$DATA/$name".pgb* >"$DATA/$name.log"
+	rm -f "$DATA/$name".pgb*
+	sed -n 's/^tps = \([0-9.]*\) (without.*/\1/p' <<<"$out"
+}
+
+# latency column (microseconds) of a pgbench log
+lat_of()
+{
+	awk '{print $3}' "$1"
+}
+
+idembench_ops()
+{
+	local name=$1 impl=$2 op=$3 nkeys=$4 secs=$5 out
+	if ! out=$("$IDEMBENCH" ops --impl "$impl" --op "$op" --nkeys "$nkeys" \
+		--clients "$CLIENTS" --seconds "$secs" --out "$DATA/$name.lat" \
+		${REDIS_PORT:+--redis-port "$REDIS_PORT"} 2>"$DATA/$name.err"); then
+		echo "bench: idembench $impl $op failed: $(head -n 1 "$DATA/$name.err")" >&2
+		echo 0
+		return 0
+	fi
+	sed -n 's/.* tps=\([0-9.]*\) .*/\1/p' <<<"$out"
+}
+
+set_logged()
+{
+	local logged=$1 impl t
+	for impl in $pg_impls; do
+		t=$(table_of "$impl")
+		if [[ $impl == ext ]]; then
+			psql_q -c "SELECT idem_set_logged($logged)" >/dev/null
+		elif [[ $logged == true ]]; then
+			psql_q -c "ALTER TABLE $t SET LOGGED" >/dev/null
+		else
+			psql_q -c "ALTER TABLE $t SET UNLOGGED" >/dev/null
+		fi
+	done
+}
+
+# ---- workloads 1 and 6: reserve + commit of fresh keys ---------------------
+
+fresh_workload()
+{
+	local variant=$1 r impl name tps
+	for ((r = 1; r <= ROUNDS; r++)); do
+		for impl in $(impls_of_round "$r" "$all_impls"); do
+			[[ $impl == redis && $variant == unlogged ]] && continue
+			name=fresh-$variant-$impl-$r
+			if [[ $impl == redis ]]; then
+				redis-cli -p "$REDIS_PORT" flushall >/dev/null
+				tps=$(idembench_ops "$name" redis fresh "$FRESH_KEYS" "$SECS")
+			else
+				reload "$(table_of "$impl")" "$FRESH_KEYS"
+				psql_q -c CHECKPOINT
+				tps=$(pgbench_run "$name" "fresh_$impl" "$SECS" \
+					maxkey=$((FRESH_KEYS * KEY_STEP)))
+				[[ -s $DATA/$name.log ]] && lat_of "$DATA/$name.log" >"$DATA/$name.lat"
+				rm -f "$DATA/$name.log"
+			fi
+			record fresh "$variant" "$impl" "$r" "$tps" "$name.lat" ""
+			log "workload 1 ($variant) round $r: $impl $tps tps"
+		done
+	done
+}
+
+w1()
+{
+	fresh_workload logged
+}
+
+w6()
+{
+	set_logged false
+	fresh_workload unlogged
+	set_logged true
+}
+
+# ---- workload 2: replays ------------------------------------------------------
+
+w2()
+{
+	local r impl name tps t
+	log "workload 2: loading $REPLAY_KEYS committed keys per implementation"
+	local pids=()
+	for impl in $pg_impls; do
+		reload "$(table_of "$impl")" "$REPLAY_KEYS" &
+		pids+=($!)
+	done
+	for pid in "${pids[@]}"; do
+		wait "$pid" || die "loading the replay keys failed"
+	done
+	if [[ $USE_REDIS == 1 ]]; then
+		redis-cli -p "$REDIS_PORT" flushall >/dev/null
+		"$IDEMBENCH" redis-load --redis-port "$REDIS_PORT" --nkeys "$REPLAY_KEYS"
+	fi
+	psql_q -c CHECKPOINT
+	for ((r = 1; r <= ROUNDS; r++)); do
+		for impl in $(impls_of_round "$r" "$all_impls"); do
+			name=replay-$impl-$r
+			if [[ $impl == redis ]]; then
+				tps=$(idembench_ops "$name" redis replay "$REPLAY_KEYS" "$SECS")
+			else
+				tps=$(pgbench_run "$name" "replay_$impl" "$SECS" nkeys="$REPLAY_KEYS")
+				[[ -s $DATA/$name.log ]] && lat_of "$DATA/$name.log" >"$DATA/$name.lat"
+				rm -f "$DATA/$name.log"
+			fi
+			record replay logged "$impl" "$r" "$tps" "$name.lat" ""
+			log "workload 2 round $r: $impl $tps tps"
+		done
+	done
+}
+
+# ---- workload 3: hot key ---------------------------------------------------------
+
+w3()
+{
+	local r impl name out
+	for ((r = 1; r <= ROUNDS; r++)); do
+		for impl in $(impls_of_round "$r" "$pg_impls"); do
+			name=hotkey-$impl-$r
+			if out=$("$IDEMBENCH" hotkey --impl "$impl" --waiters "$HOT_WAITERS" \
+				--rounds "$HOT_ROUNDS" --out "$DATA/$name.lat" 2>"$DATA/$name.err"); then
+				record hotkey "w$HOT_WAITERS" "$impl" "$r" 0 "$name.lat" ""
+				log "workload 3 round $r: $impl: ${out#impl=* }"
+			else
+				echo "bench: hotkey $impl failed: $(tail -n 1 "$DATA/$name.err")" >&2
+				record hotkey "w$HOT_WAITERS" "$impl" "$r" 0 "" "failed"
+			fi
+		done
+	done
+}
+
+# ---- workload 5: purge while reserves run ------------------------------------------
+
+purge_sql()
+{
+	case $1 in
+		ext) echo "SELECT idem_purge()" ;;
+		plpgsql) echo "SELECT bl_purge()" ;;
+		raw) echo "DELETE FROM raw_keys WHERE expires_at <= now() AND (state = 'committed' OR owner_pid IS NULL)" ;;
+	esac
+}
+
+w5()
+{
+	local r impl name t tps t0 t1 pid purged
+	for ((r = 1; r <= ROUNDS; r++)); do
+		for impl in $(impls_of_round "$r" "$pg_impls"); do
+			t=$(table_of "$impl")
+			name=purge-$impl-$r
+			# live keys 1..F, then expired keys F+1..F+P: fresh keys fall
+			# anywhere in both ranges
+			psql_q -c "TRUNCATE $t" -c "SELECT bench_load('$t', 1, $FRESH_KEYS)" \
+				-c "SELECT bench_load('$t', $((FRESH_KEYS + 1)), $((FRESH_KEYS + PURGE_KEYS)), true)" \
+				-c "VACUUM ANALYZE $t" -c CHECKPOINT >/dev/null
+			rm -f "$DATA/$name".pgb*
+			pgbench -n -M prepared -c "$CLIENTS" -j "$THREADS" -T "$PURGE_RUN" \
+				-D hash="$HASH" -D maxkey=$(((FRESH_KEYS + PURGE_KEYS) * KEY_STEP)) \
+				-f "$BENCH_DIR/scripts/fresh_$impl.sql" \
+				-l --log-prefix="$DATA/$name.pgb" >"$DATA/$name.out" 2>&1 &
+			pid=$!
+			sleep "$PURGE_IDLE"
+			t0=$(date +%s.%N)
+			purged=$(psql_q -c "$(purge_sql "$impl")" -c '\echo :ROW_COUNT' \
+				2>"$DATA/$name.err" | head -n 1) || purged=failed
+			t1=$(date +%s.%N)
+			wait "$pid" || echo "bench: pgbench during purge ($impl) failed" >&2
+			tps=$(sed -n 's/^tps = \([0-9.]*\) (without.*/\1/p' "$DATA/$name.out")
+			# completion time (epoch seconds) and latency of each transaction
+			cat "$DATA/$name".pgb* 2>/dev/null |
+				awk '{printf "%d.%06d %d\n", $5, $6, $3}' |
+				sort -n >"$DATA/$name.lat"
+			rm -f "$DATA/$name".pgb*
+			record purge "run" "$impl" "$r" "${tps:-0}" "$name.lat" \
+				"t0=$t0;t1=$t1;purged=$purged;idle=$PURGE_IDLE;run=$PURGE_RUN"
+			log "workload 5 round $r: $impl purged $purged keys in $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}') s"
+		done
+	done
+}
+
+# ---- workload 4: scale ---------------------------------------------------------------
+
+w4()
+{
+	local size have=0 r impl name tps op pids pid
+	for impl in $pg_impls; do
+		psql_q -c "TRUNCATE $(table_of "$impl")"
+	done
+	for size in $SCALE_SIZES; do
+		if ((size > have)); then
+			log "workload 4: loading keys $((have + 1))..$size per implementation"
+			pids=()
+			for impl in $pg_impls; do
+				psql_q -c "SELECT bench_load('$(table_of "$impl")', $((have + 1)), $size)" \
+					-c "VACUUM ANALYZE $(table_of "$impl")" >/dev/null &
+				pids+=($!)
+			done
+			for pid in "${pids[@]}"; do
+				wait "$pid" || die "loading keys for workload 4 failed"
+			done
+			have=$size
+			psql_q -c CHECKPOINT
+		fi
+		for ((r = 1; r <= ROUNDS; r++)); do
+			for impl in $(impls_of_round "$r" "$pg_impls"); do
+				for op in fresh replay; do
+					name=scale-$size-$op-$impl-$r
+					tps=$(idembench_ops "$name" "$impl" "$op" "$size" "$SCALE_SECS")
+					record scale "$op:$size" "$impl" "$r" "$tps" "$name.lat" ""
+					log "workload 4 $size keys round $r: $impl $op $tps tps"
+				done
+			done
+		done
+	done
+}
+
+for w in $WORKLOADS; do
+	case $w in
+		1) log "workload 1: reserve + commit, fresh keys, logged"; w1 ;;
+		6) log "workload 6: reserve + commit, fresh keys, unlogged"; w6 ;;
+		2) log "workload 2: replay of committed keys"; w2 ;;
+		3) log "workload 3: hot key, $HOT_WAITERS waiters"; w3 ;;
+		5) log "workload 5: purge of $PURGE_KEYS expired keys while reserves run"; w5 ;;
+		4) log "workload 4: scale ($SCALE_SIZES keys)"; w4 ;;
+		*) die "unknown workload $w" ;;
+	esac
+done
+
+echo "load_after	$(cut -d' ' -f1-3 /proc/loadavg)" >>"$DATA/machine.tsv"
+echo "duration	$(($(date +%s) - T_START)) s" >>"$DATA/machine.tsv"
+
+log "writing the report to $RESULTS"
+python3 "$BENCH_DIR/report.py" --data "$DATA" --results "$RESULTS"
+log "done: $RESULTS/results.md"
