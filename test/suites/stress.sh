@@ -74,6 +74,16 @@ CREATE TABLE stress_results (client integer, round integer, kind text,
 							 done boolean);  -- idem_commit's or idem_release's result
 SQL
 
+# Room for the clients, the gate and the checks, beside whatever else is
+# connected
+room=$(q -c "SELECT current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')")
+if ((room < CLIENTS + 2)); then
+	fail "the server has room for $CLIENTS clients" \
+		"only $room connections are free; lower STRESS_CLIENTS or raise max_connections"
+	finish
+	exit 1
+fi
+
 # --- the clients' scripts ---------------------------------------------------
 
 # reserve_into R: reserve round R's key into :fresh, :attempt, :body
@@ -97,6 +107,9 @@ SQL
 
 replay() { printf '\\echo %d|%d|replay|:attempt|:body|:waited|\n' "$2" "$1"; }
 
+# say LINE: print LINE as it is (psql meta-commands keep their backslash)
+say() { printf '%s\n' "$1"; }
+
 write_client()
 {
 	local c=$1 r
@@ -106,28 +119,28 @@ write_client()
 		echo "SELECT pg_advisory_unlock_shared($GATE_KEY) AS gate \\gset"
 		for ((r = 1; r <= ROUNDS; r++)); do
 			reserve_into "$r"
-			echo "\\if :fresh"
+			say "\\if :fresh"
 			if ((r % 5 == 0)); then
 				# the first owner of this round fails once and releases
 				echo "WITH f AS (INSERT INTO stress_failures VALUES ($r) ON CONFLICT DO NOTHING RETURNING 1) SELECT count(*) = 1 AS failed FROM f \\gset"
-				echo "\\if :failed"
+				say "\\if :failed"
 				echo "SELECT idem_release('stress-$r') AS released \\gset"
-				echo "\\echo $c|$r|released|:attempt||:waited|:released"
+				say "\\echo $c|$r|released|:attempt||:waited|:released"
 				reserve_into "$r"
-				echo "\\if :fresh"
+				say "\\if :fresh"
 				handler "$r" "$c"
-				echo "\\else"
+				say "\\else"
 				replay "$r" "$c"
-				echo "\\endif"
-				echo "\\else"
+				say "\\endif"
+				say "\\else"
 				handler "$r" "$c"
-				echo "\\endif"
+				say "\\endif"
 			else
 				handler "$r" "$c"
 			fi
-			echo "\\else"
+			say "\\else"
 			replay "$r" "$c"
-			echo "\\endif"
+			say "\\endif"
 		done
 	} >"$work/client-$c.sql"
 }
@@ -145,7 +158,7 @@ psql -XAtq -v ON_ERROR_STOP=1 -d "$DB" <"$work/gate.fifo" >"$work/gate.out" 2>&1
 gate_pid=$!
 exec 7>"$work/gate.fifo"
 echo "SELECT pg_advisory_lock($GATE_KEY);" >&7
-echo "\\echo locked" >&7
+say "\\echo locked" >&7
 for ((i = 0; i < 100; i++)); do
 	grep -q locked "$work/gate.out" 2>/dev/null && break
 	sleep 0.05
@@ -159,7 +172,7 @@ done
 
 queued=0
 for ((i = 0; i < 200; i++)); do
-	queued=$(q -c "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = $GATE_KEY AND NOT granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
+	queued=$(q -c "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = $GATE_KEY AND NOT granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())" 2>/dev/null) || queued=0
 	((queued >= CLIENTS)) && break
 	sleep 0.05
 done
