@@ -47,18 +47,23 @@ all install installcheck:
 endif
 
 # The client library and the idem tool (client/): built and installed with
-# the extension.  PREFIX and DESTDIR are passed on.
-.PHONY: client client-install client-clean
+# the extension (PREFIX and DESTDIR are passed on) unless NO_CLIENT=1, which
+# the Debian packaging sets to build the two separately.
+.PHONY: client client-install client-clean check-client
+ifndef NO_CLIENT
 all: client
+install: client-install
+clean: client-clean
+endif
 client:
 	$(MAKE) -C client
-install: client-install
 client-install: client
 	$(MAKE) -C client install
-	@if [ -z "$(DESTDIR)" ] && command -v ldconfig >/dev/null; then ldconfig; fi
-clean: client-clean
 client-clean:
 	$(MAKE) -C client clean
+# the client's C tests, against the cluster in libpq's environment
+check-client: client
+	$(MAKE) -C client check
 
 .PHONY: deps test demo
 
