@@ -384,23 +384,59 @@ header_version=$(sed -n 's/^#define IDEM_VERSION_\(MAJOR\|MINOR\|PATCH\)[[:space
 check_eq "pkg-config --modversion libidem matches the installed header" \
 	"$header_version" "$(pkg-config --modversion libidem 2>&1)"
 
+# `make install` also installs the client under /usr/local, which the
+# compiler, the linker and the loader search before /usr: let pkg-config
+# name the system directories (-L/usr/lib/<multiarch> comes before the
+# default ones), link the static library by its path, run with
+# LD_LIBRARY_PATH when a /usr/local libidem.so.1 would be loaded, and
+# check that the header the compiler takes is the package's (when another
+# one, different, comes first, put the package's first with -I).
+export PKG_CONFIG_ALLOW_SYSTEM_LIBS=1 PKG_CONFIG_ALLOW_SYSTEM_CFLAGS=1
+extra_cflags=
+which_header()
+{
+	printf '#include <idem.h>\n' | cc $(pkg-config --cflags libidem) $extra_cflags -M -x c - 2>&1 |
+		grep -o '[^ ]*/idem\.h' | head -n 1
+}
+hdr=$(which_header)
+if [[ $hdr != /usr/include/idem.h ]] && ! cmp -s "${hdr:-/nonexistent}" /usr/include/idem.h; then
+	note "the compiler finds ${hdr:-no idem.h} first (not from a package, and different): putting the package's first"
+	mkdir -p "$TMP/c/inc"
+	ln -sf /usr/include/idem.h "$TMP/c/inc/idem.h"
+	extra_cflags="-I$TMP/c/inc"
+	hdr=$(readlink -f "$(which_header)")
+fi
+if [[ $hdr == /usr/include/idem.h ]] || cmp -s "${hdr:-/nonexistent}" /usr/include/idem.h; then
+	ok "the compiler takes idem.h from libidem-dev"
+else
+	fail "the compiler takes idem.h from libidem-dev" "it takes ${hdr:-none}"
+fi
+export extra_cflags
+
+run_env=()
 if check "cc pkgtest.c \$(pkg-config --cflags --libs libidem)" \
-	bash -c 'cc -Wall -Werror -o "$1/pkgtest" "$1/pkgtest.c" $(pkg-config --cflags --libs libidem)' \
+	bash -c 'cc -Wall -Werror $extra_cflags -o "$1/pkgtest" "$1/pkgtest.c" $(pkg-config --cflags --libs libidem)' \
 	_ "$TMP/c"; then
 	# (the loader may name it through /lib, a link to /usr/lib)
+	pkglib=$(readlink -f "/usr/lib/$MA/libidem.so.1")
 	lib=$(ldd "$TMP/c/pkgtest" | sed -n 's/^[[:space:]]*libidem\.so\.1 => \([^ ]*\).*/\1/p')
-	check_eq "the program loads libidem.so.1 from libidem1" \
-		"$(readlink -f "/usr/lib/$MA/libidem.so.1")" "$(readlink -f "${lib:-none}")"
+	if [[ -n $lib && $(readlink -f "$lib") != "$pkglib" ]]; then
+		note "the loader finds $lib first (not from a package): running with LD_LIBRARY_PATH=/usr/lib/$MA"
+		run_env=(env "LD_LIBRARY_PATH=/usr/lib/$MA")
+		lib=$("${run_env[@]}" ldd "$TMP/c/pkgtest" |
+			sed -n 's/^[[:space:]]*libidem\.so\.1 => \([^ ]*\).*/\1/p')
+	fi
+	check_eq "the program loads libidem.so.1 from libidem1" "$pkglib" "$(readlink -f "${lib:-none}")"
 	check_eq "the program reserves, commits and replays on the cluster" \
-		"fresh replay from C" "$("$TMP/c/pkgtest" pkg-c-shared 2>&1)"
+		"fresh replay from C" "$("${run_env[@]}" "$TMP/c/pkgtest" pkg-c-shared 2>&1)"
 fi
 
 # The static library: linked in, with libidem's own dependencies from
 # pkg-config's Requires.private.
 if check "cc pkgtest.c with libidem.a (pkg-config --static)" \
-	bash -c 'cc -Wall -Werror -o "$1/pkgtest-static" "$1/pkgtest.c" $(pkg-config --cflags libidem) \
-		-Wl,-Bstatic -lidem -Wl,-Bdynamic $(pkg-config --static --libs libidem | sed "s/-lidem\b//")' \
-	_ "$TMP/c"; then
+	bash -c 'cc -Wall -Werror $extra_cflags -o "$1/pkgtest-static" "$1/pkgtest.c" $(pkg-config --cflags libidem) \
+		"/usr/lib/$2/libidem.a" $(pkg-config --static --libs libidem | sed "s/-lidem\b//")' \
+	_ "$TMP/c" "$MA"; then
 	if ldd "$TMP/c/pkgtest-static" | grep -q libidem; then
 		fail "the static build does not load libidem.so" "$(ldd "$TMP/c/pkgtest-static")"
 	else
