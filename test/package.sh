@@ -17,7 +17,9 @@
 # and runs the idem tool.  Ends with "N passed, M failed"; exit 1 when M > 0.
 #
 # The packages install into the same directories as `make install` of the
-# extension and overwrite what it put there.  At the end the packages are
+# extension and overwrite what it put there (the client that `make install`
+# puts under /usr/local stays; the C checks make sure they use the
+# package's header and libraries, not those).  At the end the packages are
 # purged and `make install` runs again at the top of the repository, so
 # that the other suites find the extension of the work tree as before
 # (KEEP_PACKAGES=1 leaves the packages installed instead).
