@@ -217,7 +217,7 @@ sub alive
 sub poll
 {
 	my ($self) = @_;
-	$self->{h}->pump_nb if $self->{h}->pumpable;
+	eval { $self->{h}->pump_nb if $self->{h}->pumpable; };
 	return;
 }
 
@@ -334,24 +334,35 @@ package IdemTest::Client;
 use strict;
 use warnings;
 use IPC::Run;
+use PostgreSQL::Test::Utils ();
 use Time::HiRes qw(usleep);
+
+my $client_counter = 0;
 
 sub new
 {
 	my ($class, $psql, $connstr, $script, %o) = @_;
 	my $self = bless {
-		in => "$script\n\\q\n",
 		out => '',
 		err => '',
 		name => $o{name} // 'client',
 		started => Time::HiRes::time(),
 	}, $class;
-	my @cmd = ($psql, '-XAtq', '-v', 'VERBOSITY=verbose', '-d', $connstr);
+
+	# The script goes to a file, so that psql reads it at its own pace and
+	# nothing breaks when it stops early.
+	$self->{file} = sprintf '%s/client-%d-%d.sql',
+	  PostgreSQL::Test::Utils::tempdir_short(), $$, ++$client_counter;
+	open my $fh, '>', $self->{file} or die "cannot write $self->{file}: $!";
+	print $fh $script;
+	close $fh;
+
+	my @cmd = ($psql, '-XAtq', '-v', 'VERBOSITY=verbose', '-d', $connstr,
+		'-f', $self->{file});
 	push @cmd, '-v', 'ON_ERROR_STOP=1' unless $o{keep_going};
-	$self->{h} = IPC::Run::start(\@cmd, '<', \$self->{in}, '>', \$self->{out},
+	$self->{h} = IPC::Run::start(\@cmd, '<', '/dev/null', '>', \$self->{out},
 		'2>', \$self->{err});
 	IdemTest::register($self);
-	$self->{h}->pump_nb;
 	return $self;
 }
 
@@ -362,7 +373,7 @@ sub poll
 	return 1 if defined $self->{rc};
 	if ($self->{h}->pumpable)
 	{
-		$self->{h}->pump_nb;
+		eval { $self->{h}->pump_nb; };
 		return 0 if $self->{h}->pumpable;
 	}
 	eval { $self->{h}->finish; };
