@@ -77,3 +77,15 @@ test: deps
 
 demo: deps
 	@bash test/demo.sh
+
+# Debian packages (postgresql-15-idempotency, libidem1, libidem-dev,
+# idem-tools) in build/deb/: installs the build dependencies, then runs
+# dpkg-buildpackage -us -uc -b in a copy of the tree (debian/build-deb.sh)
+.PHONY: deb check-package
+deb:
+	@bash debian/build-deb.sh
+
+# installs those packages on this machine and tests them (test/package.sh),
+# then purges them and runs make install again
+check-package:
+	@bash test/package.sh

@@ -27,6 +27,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
+#include "utils/guc.h"
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
 
@@ -276,6 +277,22 @@ ms_left(TimestampTz deadline)
 }
 
 /*
+ * A new reservation made in a transaction of its own may skip the wait for
+ * its WAL flush when idem.async_reserve is on: after a server crash such a
+ * reservation may be lost, and the key comes back absent (attempt 1)
+ * instead of taken over (attempt 2); either way the handler runs again,
+ * and committed responses are as durable as ever.
+ */
+static void
+maybe_commit_async(void)
+{
+	if (idem_async_reserve && !IsTransactionBlock())
+		(void) set_config_option("synchronous_commit", "off",
+								 PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_LOCAL, true, 0, false);
+}
+
+/*
  * Counts a reserve that returned: what it returned (a counter, or -1 for a
  * re-entrant reserve), and whether and how long it waited.
  */
@@ -420,6 +437,7 @@ idem_reserve(PG_FUNCTION_ARGS)
 			rec.committed = false;
 			rec.created_at = now;
 			rec.expires_at = expires_at;
+			maybe_commit_async();
 			count_reserve(st == REC_ORPHAN ? IDEM_C_TAKEOVERS : IDEM_C_FRESH,
 						  wait_started);
 			PG_RETURN_DATUM(make_reservation(fcinfo, true, &rec));
@@ -473,6 +491,7 @@ idem_reserve(PG_FUNCTION_ARGS)
 					rec.attempt = 1;
 					rec.created_at = now;
 					rec.expires_at = expires_at;
+					maybe_commit_async();
 					count_reserve(IDEM_C_FRESH, wait_started);
 					PG_RETURN_DATUM(make_reservation(fcinfo, true, &rec));
 				}
@@ -593,6 +612,16 @@ idem_commit(PG_FUNCTION_ARGS)
 	else
 		headers = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
 													 CStringGetDatum("{}")));
+
+	/* the common case: our own reservation, in one query */
+	if (idem_own_holds(&k) && !RecoveryInProgress() &&
+		idem_storage_commit_mine(&k, hash, PG_ARGISNULL(2), PG_GETARG_INT32(2),
+								 headers, body, now))
+	{
+		idem_own_finished(&k);
+		idem_count(IDEM_C_COMMITS, 1);
+		PG_RETURN_BOOL(true);
+	}
 
 	idem_storage_read(&k, &rec);
 	st = classify(&rec, now, false);

@@ -228,6 +228,21 @@ idem_own_forget(const IdemKey *k)
 }
 
 /*
+ * Does this session hold k's lock for a reservation it owns (and has not
+ * committed or released in this transaction)?  Only a hint: the record
+ * decides.
+ */
+bool
+idem_own_holds(const IdemKey *k)
+{
+	OwnedKey   *entry;
+	bool		found;
+
+	entry = owned_lookup(k, HASH_FIND, &found);
+	return entry != NULL && entry->finished == InvalidSubTransactionId;
+}
+
+/*
  * Is the session that made a reservation still there?  A backend with that
  * PID and that start time must exist.  refresh = false lets a caller that
  * checks many owners in a row (idem_purge) reuse one snapshot of the

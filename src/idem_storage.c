@@ -44,6 +44,7 @@ typedef enum StorageQuery
 	Q_INSERT,
 	Q_RENEW,
 	Q_COMMIT,
+	Q_COMMIT_MINE,
 	Q_DELETE,
 	Q_ABANDON,
 	Q_EVICT,
@@ -93,6 +94,18 @@ static const QueryDef query_defs[NUM_QUERIES] = {
 		" WHERE scope" EQ "$1 AND key" EQ "$2 AND state" EQ "'in_flight'",
 		8, {TEXTOID, TEXTOID, TEXTOID, INT4OID, JSONBOID, BYTEAOID,
 		TIMESTAMPTZOID, TIMESTAMPTZOID}
+	},
+	[Q_COMMIT_MINE] = {
+		"UPDATE %s SET state = 'committed',"
+		" request_hash = COALESCE(request_hash, $3),"
+		" status = $4, headers = $5, body = $6, committed_at = $7,"
+		" expires_at = $7 OPERATOR(pg_catalog.+) ttl,"
+		" owner_pid = NULL, owner_started = NULL"
+		" WHERE scope" EQ "$1 AND key" EQ "$2 AND state" EQ "'in_flight'"
+		" AND owner_pid" EQ "$8 AND owner_started" EQ "$9"
+		" AND ($3 IS NULL OR request_hash IS NULL OR request_hash" EQ "$3)",
+		9, {TEXTOID, TEXTOID, TEXTOID, INT4OID, JSONBOID, BYTEAOID,
+		TIMESTAMPTZOID, INT4OID, TIMESTAMPTZOID}
 	},
 	[Q_DELETE] = {
 		"DELETE FROM %s"
@@ -460,6 +473,47 @@ idem_storage_commit(const IdemKey *k, const char *request_hash,
 
 	storage_begin(&call);
 	run(Q_COMMIT, values, nulls, false, SPI_OK_UPDATE);
+	done = (SPI_processed == 1);
+	storage_end(&call);
+	return done;
+}
+
+/*
+ * The common commit in one query: the record is in flight, this session
+ * owns it, and the hashes agree.  Returns false when any of that does not
+ * hold, for the caller to find out why.
+ */
+bool
+idem_storage_commit_mine(const IdemKey *k, const char *request_hash,
+						 bool status_null, int32 status, Jsonb *headers,
+						 bytea *body, TimestampTz now)
+{
+	StorageCall call;
+	Datum		values[9];
+	char		nulls[9] = "         ";
+	bool		done;
+
+	values[0] = text_datum(k->scope, k->scope_len);
+	values[1] = text_datum(k->key, k->key_len);
+	if (request_hash)
+		values[2] = CStringGetTextDatum(request_hash);
+	else
+		nulls[2] = 'n';
+	values[3] = Int32GetDatum(status);
+	if (status_null)
+		nulls[3] = 'n';
+	values[4] = JsonbPGetDatum(headers);
+	if (headers == NULL)
+		nulls[4] = 'n';
+	values[5] = PointerGetDatum(body);
+	if (body == NULL)
+		nulls[5] = 'n';
+	values[6] = TimestampTzGetDatum(now);
+	values[7] = Int32GetDatum(MyProcPid);
+	values[8] = TimestampTzGetDatum(MyStartTimestamp);
+
+	storage_begin(&call);
+	run(Q_COMMIT_MINE, values, nulls, false, SPI_OK_UPDATE);
 	done = (SPI_processed == 1);
 	storage_end(&call);
 	return done;

@@ -25,6 +25,7 @@ PG_MODULE_MAGIC;
 int			idem_default_ttl = 24 * 60 * 60;
 int			idem_wait_timeout = 30 * 1000;
 int			idem_max_body_bytes = 1024 * 1024;
+bool		idem_async_reserve = false;
 
 static ProcessUtility_hook_type prev_ProcessUtility = NULL;
 
@@ -81,6 +82,14 @@ _PG_init(void)
 							1024 * 1024, 0, MaxAllocSize - VARHDRSZ,
 							PGC_USERSET, GUC_UNIT_BYTE,
 							NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("idem.async_reserve",
+							 "Commits new reservations made in autocommit mode without waiting for the WAL flush.",
+							 "Saves one WAL flush per request; after a server crash a reservation may be lost, so its key is absent (attempt 1) instead of taken over (attempt 2). Committed responses stay durable.",
+							 &idem_async_reserve,
+							 false,
+							 PGC_USERSET, 0,
+							 NULL, NULL, NULL);
 
 	/* counters and the purge worker need shared_preload_libraries */
 	if (process_shared_preload_libraries_in_progress)

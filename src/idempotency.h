@@ -30,6 +30,7 @@
 extern int	idem_default_ttl;		/* seconds */
 extern int	idem_wait_timeout;		/* milliseconds, 0 = do not wait */
 extern int	idem_max_body_bytes;	/* bytes */
+extern bool idem_async_reserve;
 
 /* A (scope, key) pair, already validated */
 typedef struct IdemKey
@@ -104,6 +105,10 @@ extern bool idem_storage_commit(const IdemKey *k, const char *request_hash,
 								bool status_null, int32 status,
 								Jsonb *headers, bytea *body,
 								TimestampTz now, TimestampTz expires_at);
+extern bool idem_storage_commit_mine(const IdemKey *k, const char *request_hash,
+									 bool status_null, int32 status,
+									 Jsonb *headers, bytea *body,
+									 TimestampTz now);
 extern bool idem_storage_delete(const IdemKey *k);
 extern bool idem_storage_evict(const IdemKey *k);
 extern void idem_storage_abandon(const IdemKey *k);
@@ -120,6 +125,7 @@ extern void idem_own_acquired(const IdemKey *k, const LOCKTAG *tag,
 							  bool newly);
 extern void idem_own_finished(const IdemKey *k);
 extern void idem_own_forget(const IdemKey *k);
+extern bool idem_own_holds(const IdemKey *k);
 extern bool idem_owner_alive(int32 pid, TimestampTz started, bool refresh);
 extern void idem_abandon_all(void);
 
