@@ -35,3 +35,23 @@ SHOW idem.max_body_bytes;
 
 -- the prefix is reserved: a typo is an error, not a silent placeholder
 SET idem.default_tll = '1h';
+
+-- idem.async_reserve: a new reservation made in a transaction of its own
+-- is committed without waiting for the WAL flush ...
+SHOW idem.async_reserve;
+SET idem.async_reserve = on;
+SELECT r.fresh, current_setting('synchronous_commit') AS sync
+  FROM idem_reserve('set-5') r;
+SHOW synchronous_commit;
+-- ... but never inside an explicit transaction, whose other writes must
+-- stay durable
+BEGIN;
+SELECT r.fresh, current_setting('synchronous_commit') AS sync
+  FROM idem_reserve('set-6') r;
+COMMIT;
+-- a replay or a commit changes nothing either
+SELECT idem_commit('set-5', NULL, 200, 'five'::bytea);
+SELECT r.fresh, current_setting('synchronous_commit') AS sync
+  FROM idem_reserve('set-5') r;
+RESET idem.async_reserve;
+SELECT idem_release('set-6');
