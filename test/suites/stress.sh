@@ -31,7 +31,7 @@ ROUNDS=${STRESS_ROUNDS:-50}
 DB=${STRESS_DB:-idem_stress}
 HOLD=${STRESS_HOLD:-0.002}		# seconds the handler holds the key
 AFTER=${STRESS_AFTER:-0.005}	# seconds the executor lags after its commit
-LIMIT=${STRESS_TIME_LIMIT:-90}	# seconds before the clients are stopped
+LIMIT=${STRESS_TIME_LIMIT:-50}	# seconds before the clients are stopped
 GATE_KEY=4242					# the start gate (an application advisory lock)
 
 work=$IDEM_TMP
@@ -89,7 +89,7 @@ fi
 # reserve_into R: reserve round R's key into :fresh, :attempt, :body
 reserve_into()
 {
-	printf "SELECT fresh, attempt, coalesce(convert_from(body, 'UTF8'), '') AS body, round(extract(epoch FROM clock_timestamp() - statement_timestamp()) * 1000, 3) AS waited FROM idem_reserve('stress-%d', wait_timeout => '60s') \\\\gset\n" "$1"
+	printf "SELECT fresh, attempt, coalesce(convert_from(body, 'UTF8'), '') AS body, round(extract(epoch FROM clock_timestamp() - statement_timestamp()) * 1000, 3) AS waited FROM idem_reserve('stress-%d', wait_timeout => '30s') \\\\gset\n" "$1"
 }
 
 # handler R C: run the handler of round R as client C and say so
@@ -212,7 +212,7 @@ else
 fi
 
 cat "$work"/client-*.out >"$work/results.txt"
-check "the clients' results load" q -c "\\copy stress_results FROM '$work/results.txt' WITH (DELIMITER '|', NULL '')"
+check "the clients' results load" q -c "\\copy stress_results FROM pstdin WITH (DELIMITER '|', NULL '')" <"$work/results.txt"
 
 got() { q -c "$1"; }
 
