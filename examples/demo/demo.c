@@ -798,9 +798,13 @@ main(int argc, char **argv)
 	/* the extension must be there: a look at some key tells */
 	opts.scope = SCOPE;
 	if (idem_get(ic, "demo-probe", &opts, &rec) == IDEM_ERROR)
-		die("%s%s", idem_errmsg(ic),
-			idem_errcode(ic) == IDEM_ERR_NO_EXTENSION ?
-			" (run CREATE EXTENSION idempotency in this database)" : "");
+	{
+		if (idem_errcode(ic) == IDEM_ERR_NO_EXTENSION)
+			die("the idempotency extension is not installed in database %s "
+				"(%s): run CREATE EXTENSION idempotency there", PQdb(pg),
+				idem_errmsg(ic));
+		die("%s", idem_errmsg(ic));
+	}
 	idem_record_free(rec);
 
 	/* the application's own table, beside the keys */
