@@ -6,7 +6,8 @@
 # Builds it (warnings are errors), runs it and checks its exit code, the
 # key lines of its report (one execution, identical responses, one charge
 # row, the takeover with attempt 2, the mismatch) and what it left in the
-# database; runs it again in the same database with other settings; and
+# database; runs it again in the same database with other settings, and
+# under valgrind (no error, no leak); and
 # checks that it fails when it should: exit 2 without the extension, exit 1
 # with "[FAILED]" when the database holds two charge rows for a key.
 
@@ -149,6 +150,24 @@ has "$T/run2" "second run: 1 fresh, 31 replays" 'handler ran once: 1 fresh, 31 r
 has "$T/run2" "second run: 32 identical responses" ': 32 of 32 +\[ok\]$'
 check_eq "charges after two runs: four keys, one row each" "4|4" \
 	"$(psql_q -d "$DB" -c "SELECT count(*), count(DISTINCT idem_key) FROM charges")"
+
+# ---- under valgrind ------------------------------------------------------------
+
+if command -v valgrind >/dev/null 2>&1; then
+	timeout -k 5 300 valgrind --error-exitcode=99 --leak-check=full \
+		--show-leak-kinds=definite,indirect,possible \
+		--errors-for-leak-kinds=definite,indirect,possible --quiet \
+		"$DEMO" -n 4 -s 50 "dbname=$DB" >"$T/valgrind" 2>&1
+	rc=$?
+	if [[ $rc == 0 ]] && grep -q '^demo: all 10 checks passed' "$T/valgrind"; then
+		ok "the demo runs clean under valgrind (no error, no leak)"
+	else
+		fail "the demo runs clean under valgrind (no error, no leak)" "exit $rc" \
+			"$(tail -n 40 "$T/valgrind")"
+	fi
+else
+	fail "the demo runs clean under valgrind" "valgrind is not installed (test/deps.sh installs it)"
+fi
 
 # ---- the demo's checks fail when the database disagrees ----------------------
 
