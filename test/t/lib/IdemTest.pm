@@ -31,7 +31,8 @@ use Test::More;
 use Time::HiRes qw(usleep);
 
 our @EXPORT = qw(idem_node run_sql sql_ok sqlstate_of wait_until
-  lock_waiters backend_pid_of hires_now psql_bin pump_all);
+  lock_waiters backend_pid_of hires_now psql_bin pump_all start_tcp_proxy
+  stop_tcp_proxy);
 
 # Every live Session and Client, so that any wait moves their data: a
 # psql process only gets its input while its harness is pumped.
@@ -173,6 +174,87 @@ sub backend_pid_of
 		db => $db // 'postgres', timeout => 10);
 	chomp(my $pid = $r->{out});
 	return $pid =~ /^\d+$/ ? $pid : undef;
+}
+
+# A TCP proxy in a child process: listens on 127.0.0.1 (a free port) and
+# forwards every connection to 127.0.0.1:$target_port.  Killing it with
+# SIGKILL cuts every connection through it the way a crashed client host
+# process would (the kernel closes both sides); SIGSTOP freezes it (its
+# kernel still acknowledges packets and keepalive probes).
+# Returns { pid, port }.  Start proxies before psql sessions, so that the
+# child holds none of their pipes.
+sub start_tcp_proxy
+{
+	my ($target_port) = @_;
+	require IO::Select;
+	require IO::Socket::INET;
+	require POSIX;
+	my $listen = IO::Socket::INET->new(
+		LocalAddr => '127.0.0.1',
+		LocalPort => 0,
+		Listen => 16,
+		ReuseAddr => 1) or die "proxy: cannot listen: $!";
+	my $port = $listen->sockport;
+	my $pid = fork();
+	die "proxy: cannot fork: $!" unless defined $pid;
+	if ($pid == 0)
+	{
+		my $sel = IO::Select->new($listen);
+		my %peer;
+		while (1)
+		{
+			for my $fh ($sel->can_read)
+			{
+				if ($fh == $listen)
+				{
+					my $c = $listen->accept or next;
+					my $srv = IO::Socket::INET->new(
+						PeerAddr => '127.0.0.1',
+						PeerPort => $target_port);
+					if (!$srv)
+					{
+						close $c;
+						next;
+					}
+					$peer{"$c"} = $srv;
+					$peer{"$srv"} = $c;
+					$sel->add($c, $srv);
+					next;
+				}
+				my $to = $peer{"$fh"} or next;
+				my $n = sysread($fh, my $buf, 65536);
+				if (!$n)
+				{
+					$sel->remove($fh, $to);
+					delete @peer{ "$fh", "$to" };
+					close $fh;
+					close $to;
+					next;
+				}
+				my $off = 0;
+				while ($off < $n)
+				{
+					my $w = syswrite($to, $buf, $n - $off, $off);
+					last unless defined $w;
+					$off += $w;
+				}
+			}
+		}
+		POSIX::_exit(0);
+	}
+	close $listen;
+	return { pid => $pid, port => $port };
+}
+
+sub stop_tcp_proxy
+{
+	my ($proxy) = @_;
+	return unless $proxy->{pid};
+	kill 'KILL', $proxy->{pid};
+	kill 'CONT', $proxy->{pid};
+	waitpid($proxy->{pid}, 0);
+	delete $proxy->{pid};
+	return;
 }
 
 package IdemTest::Session;
