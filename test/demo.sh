@@ -61,7 +61,18 @@ cleanup()
 	cluster_dir=
 }
 trap cleanup EXIT
-trap 'echo "demo: interrupted" >&2; exit 130' INT TERM
+demo_pid=
+# shellcheck disable=SC2317 # called by the trap
+interrupted()
+{
+	echo "demo: interrupted" >&2
+	if [[ -n $demo_pid ]]; then
+		kill -TERM "$demo_pid" 2>/dev/null
+		wait "$demo_pid" 2>/dev/null
+	fi
+	exit 130
+}
+trap interrupted INT TERM
 
 # step NAME LOG CMD...: runs CMD with its output in LOG, says how long it
 # took; on failure shows the end of LOG and stops.
@@ -106,9 +117,14 @@ step "CREATE EXTENSION idempotency" "$LOGDIR/extension.log" \
 	psql -XAtq -v ON_ERROR_STOP=1 -c 'CREATE EXTENSION idempotency'
 echo "demo: cluster in ${cluster_dir#"$ROOT"/}, port $PGPORT, as $user"
 
+# In the background, so that an interrupt stops it at once (wait returns
+# when a trapped signal arrives; the trap ends the program).
 echo
-timeout -k 5 120 examples/demo/build/demo -n "$DEMO_REQUESTS" -s "$DEMO_HANDLER_MS"
+timeout -k 5 120 examples/demo/build/demo -n "$DEMO_REQUESTS" -s "$DEMO_HANDLER_MS" &
+demo_pid=$!
+wait "$demo_pid"
 rc=$?
+demo_pid=
 echo
 if ((rc == 124 || rc == 137)); then
 	echo "demo: the demo program ran out of time (120 s)" >&2

@@ -789,6 +789,9 @@ main(int argc, char **argv)
 		return 2;
 	}
 
+	/* the report comes line by line, also through a pipe */
+	setvbuf(stdout, NULL, _IOLBF, 0);
+
 	t0 = now_ms();
 	pg = connect_db();
 	ic = idem_wrap(pg);
