@@ -439,18 +439,20 @@ scenario_concurrent(PGconn *main_pg, idem_conn *main_ic, const char *key,
 	{
 		request    *r = &reqs[i];
 		char		cell[40];
+		int			w_idx = n_requests > 99 ? 3 : 2;
 
 		if (r->outcome == IDEM_FRESH)
-			snprintf(cell, sizeof(cell), "#%02d fresh  ran it", r->idx);
+			snprintf(cell, sizeof(cell), "#%0*d fresh  ran it", w_idx, r->idx);
 		else if (r->outcome == IDEM_REPLAY && owner >= 0)
 		{
 			double		w = r->t_answer - reqs[owner].t_commit_sent;
 
 			wakes[nwakes++] = w;
-			snprintf(cell, sizeof(cell), "#%02d replay %5.1f ms", r->idx, w);
+			snprintf(cell, sizeof(cell), "#%0*d replay %5.1f ms", w_idx, r->idx,
+					 w);
 		}
 		else
-			snprintf(cell, sizeof(cell), "#%02d %-6s", r->idx,
+			snprintf(cell, sizeof(cell), "#%0*d %-6s", w_idx, r->idx,
 					 idem_outcome_name(r->outcome));
 		if (i % 4 == 3 || i == n_requests - 1)
 			printf("%s%s\n", i % 4 == 0 ? "      " : "", cell);
@@ -465,7 +467,7 @@ scenario_concurrent(PGconn *main_pg, idem_conn *main_ic, const char *key,
 	{
 		request    *o = &reqs[owner];
 
-		printf("    owner #%02d: answered at %.0f ms (handler %d ms + "
+		printf("    owner #%d: answered at %.0f ms (handler %d ms + "
 			   "reserve, insert, commit); COMMIT took %.1f ms\n",
 			   o->idx, o->t_answer - t_start, handler_ms,
 			   o->t_commit_done - o->t_commit_sent);
