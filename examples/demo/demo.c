@@ -461,15 +461,16 @@ scenario_concurrent(PGconn *main_pg, idem_conn *main_ic, const char *key,
 	}
 	for (int i = 0; i < n_requests; i++)
 		if (reqs[i].err[0])
-			printf("    #%02d: %s\n", reqs[i].idx, reqs[i].err);
+			printf("    #%0*d: %s\n", n_requests > 99 ? 3 : 2, reqs[i].idx,
+				   reqs[i].err);
 
 	if (owner >= 0)
 	{
 		request    *o = &reqs[owner];
 
-		printf("    owner #%d: answered at %.0f ms (handler %d ms + "
+		printf("    owner #%0*d: answered at %.0f ms (handler %d ms + "
 			   "reserve, insert, commit); COMMIT took %.1f ms\n",
-			   o->idx, o->t_answer - t_start, handler_ms,
+			   n_requests > 99 ? 3 : 2, o->idx, o->t_answer - t_start, handler_ms,
 			   o->t_commit_done - o->t_commit_sent);
 	}
 	if (nwakes > 0)
