@@ -331,6 +331,7 @@ idem_reserve(PG_FUNCTION_ARGS)
 	bool		took = false;	/* ... and took it in this call */
 	int			backoff_ms = 1;
 	TimestampTz wait_started = 0;	/* when we first waited, or 0 */
+	int			renew_failures = 0;
 
 	get_key_args(fcinfo, 0, 4, &k);
 	hash = get_hash_arg(fcinfo, 1);
@@ -429,7 +430,16 @@ idem_reserve(PG_FUNCTION_ARGS)
 					newhash = rec.request_hash;
 				if (!idem_storage_renew(&k, newhash, attempt, &ttl, now,
 										expires_at))
-					continue;	/* purged meanwhile: read again */
+				{
+					/* purged meanwhile: read again, but not forever */
+					if (++renew_failures > 3)
+						ereport(ERROR,
+								(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+								 errmsg("could not serialize access to idempotency key"),
+								 KEY_DETAIL(&k),
+								 errhint("The transaction might succeed if retried.")));
+					continue;
+				}
 				rec.attempt = attempt;
 			}
 			idem_own_acquired(&k, &tag, false);

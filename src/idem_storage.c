@@ -18,6 +18,7 @@
 #include "postgres.h"
 
 #include "access/genam.h"
+#include "access/xact.h"
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "catalog/namespace.h"
@@ -286,15 +287,31 @@ storage_end(StorageCall *call)
 		elog(ERROR, "SPI_finish failed");
 }
 
+/*
+ * Runs a kept plan.  Reads see the latest committed state.  Writes in READ
+ * COMMITTED see it too (the executor takes a new snapshot per query); under
+ * REPEATABLE READ and SERIALIZABLE they run on the latest snapshot and are
+ * cross-checked against the transaction's, as foreign-key checks are, so
+ * that a record the transaction cannot see raises a serialization failure
+ * (40001, retryable) instead of silently updating nothing.
+ */
 static int
 run(StorageQuery q, Datum *values, const char *nulls, bool read_only,
 	int expected)
 {
 	int			rc;
+	Snapshot	snapshot = InvalidSnapshot;
+	Snapshot	crosscheck = InvalidSnapshot;
 
-	rc = SPI_execute_snapshot(get_plan(q), values, nulls,
-							  read_only ? GetLatestSnapshot() : InvalidSnapshot,
-							  InvalidSnapshot, read_only, false, 0);
+	if (read_only)
+		snapshot = GetLatestSnapshot();
+	else if (IsolationUsesXactSnapshot())
+	{
+		snapshot = GetLatestSnapshot();
+		crosscheck = GetTransactionSnapshot();
+	}
+	rc = SPI_execute_snapshot(get_plan(q), values, nulls, snapshot,
+							  crosscheck, read_only, false, 0);
 	if (rc != expected)
 		elog(ERROR, "idempotency storage query %d failed: %s",
 			 (int) q, SPI_result_code_string(rc));
