@@ -1,6 +1,7 @@
 /*
- * example.c: the "use from C" example of client/README.md, verbatim;
- * test/suites/client.sh compiles it against the installed library with
+ * example.c: the "use from C" example of README.md, verbatim;
+ * test/suites/client.sh checks that, compiles it against the installed
+ * library with
  *   cc example.c $(pkg-config --cflags --libs libidem) -o example
  * and runs it twice: the first run charges, the second replays.
  */

@@ -79,6 +79,13 @@ done
 check_eq "libidem.pc names the prefix" "/opt/idem/lib" \
 	"$(PKG_CONFIG_PATH=$inst/opt/idem/lib/pkgconfig pkg-config --variable=libdir libidem)"
 
+# the README example is this file, verbatim
+readme_example=$(sed -n '/^### Use from C$/,/^### /p' "$IDEM_ROOT/README.md" |
+	sed -n '/^```c$/,/^```$/p' | sed '1d;$d')
+file_example=$(sed '1,/^ \*\//d' "$CLIENT/test/example.c")
+check_eq "README's \"use from C\" example is client/test/example.c" \
+	"$file_example" "$readme_example"
+
 # the README example, built with pkg-config against the installed copy
 export PKG_CONFIG_PATH=$inst/opt/idem/lib/pkgconfig
 export PKG_CONFIG_SYSROOT_DIR=$inst
