@@ -90,6 +90,23 @@ for my $round (1 .. $ROUNDS)
 		't|1', "round $round: the owner reserves $k (fresh, attempt 1)");
 	my $owner_pid = $owner->query_safe('SELECT pg_backend_pid()');
 
+	# What the owner is doing when it dies: round 1 idles after the
+	# reserve; round 2 idles in an open transaction that has called
+	# idem_commit (never committed); round 3 runs a statement.
+	my $doing = 'idle';
+	if ($round % 3 == 2)
+	{
+		$doing = 'in a transaction that called idem_commit';
+		is( $owner->query_safe(
+				"BEGIN; SELECT idem_commit('$k', 'h-$k', 299, '\\xdead'::bytea)"),
+			't', "round $round: the owner calls idem_commit in a transaction left open");
+	}
+	elsif ($round % 3 == 0)
+	{
+		$doing = 'running a statement';
+		$owner->send('SELECT pg_sleep(60)');
+	}
+
 	my @waiters = map {
 		IdemTest::Client->new($psql, "$cs application_name=waiter$round$_",
 			"SELECT 'fresh=' || fresh || ' attempt=' || attempt || ' state=' || state "
@@ -97,7 +114,7 @@ for my $round (1 .. $ROUNDS)
 			name => "waiter$_")
 	} 1 .. 2;
 	my $waited = wait_until(30, sub { lock_waiters($node) == 2 });
-	ok(defined $waited, "round $round: two waiters block on $k")
+	ok(defined $waited, "round $round: two waiters block on $k (owner $doing)")
 	  or diag('lock waiters: ' . lock_waiters($node));
 
 	my $probe = run_sql($node,
@@ -144,7 +161,8 @@ for my $round (1 .. $ROUNDS)
 	is( $node->safe_psql('postgres',
 			"SELECT fresh, state, attempt FROM idem_get('$k')"),
 		'f|in_flight|1',
-		"round $round: $k is still in flight (attempt 1) after the restart");
+		"round $round: $k is still in flight (attempt 1) after the restart "
+		  . "(owner was $doing)");
 
 	# Three reservers race for the orphaned key: the winner runs the
 	# "handler" (a one-second sleep) and commits; the others wait and replay.
@@ -195,6 +213,52 @@ SELECT idem_commit('$k', 'h-$k', 201, '\\x00ff00fe'::bytea, '{"round": $round}')
 	push @committed,
 	  { scope => '', key => $k, status => 201, hex => '00ff00fe' };
 	$before = replay_all(\@committed);
+}
+
+# The owner terminated cleanly (pg_terminate_backend: SIGTERM, no crash
+# restart): the waiters survive, and exactly one of them becomes the owner
+# (attempt 2) while the other waits for it and replays.
+{
+	my $k = 'terminated';
+	my $owner = IdemTest::Session->new($psql, "$cs application_name=owner_t",
+		name => 'owner_t');
+	is($owner->query_safe("SELECT fresh, attempt FROM idem_reserve('$k', 'h-$k')"),
+		't|1', 'SIGTERM: the owner reserves the key');
+	my $owner_pid = $owner->query_safe('SELECT pg_backend_pid()');
+	my $script = qq(
+SELECT fresh AS got, attempt AS att FROM idem_reserve('$k', 'h-$k', NULL, '30s') \\gset
+\\if :got
+SELECT pg_sleep(1);
+SELECT idem_commit('$k', 'h-$k', 202, '\\x0102'::bytea);
+\\echo RAN attempt=:att
+\\else
+\\echo REPLAY attempt=:att
+\\endif
+);
+	my @waiters = map {
+		IdemTest::Client->new($psql, "$cs application_name=twaiter$_", $script,
+			name => "twaiter$_")
+	} 1 .. 2;
+	ok(defined wait_until(30, sub { lock_waiters($node) == 2 }),
+		'SIGTERM: two waiters block on the key');
+	is($node->safe_psql('postgres', "SELECT pg_terminate_backend($owner_pid)"),
+		't', 'SIGTERM: the owner backend is terminated');
+	$_->wait(60) for @waiters;
+	my $d = join "\n",
+	  map { "$_->{name}: rc $_->{rc} out [$_->{out}] err [$_->{err}]" } @waiters;
+	is(scalar(grep { $_->{out} =~ /^RAN attempt=2$/m } @waiters),
+		1, 'SIGTERM: exactly one waiter became the owner, with attempt 2')
+	  or diag($d);
+	is(scalar(grep { $_->{out} =~ /^REPLAY attempt=2$/m } @waiters),
+		1, 'SIGTERM: the other waited for it and replayed')
+	  or diag($d);
+	is(scalar(grep { $_->{rc} != 0 || $_->{err} ne '' } @waiters),
+		0, 'SIGTERM: no waiter saw an error')
+	  or diag($d);
+	is( $node->safe_psql('postgres',
+			"SELECT state, status, encode(body, 'hex'), attempt FROM idem_get('$k')"),
+		'committed|202|0102|2', 'SIGTERM: the key is committed once, by attempt 2');
+	$owner->close;
 }
 
 diag(sprintf('owner SIGKILL: %d rounds; kill to accepting connections: %s s; '
