@@ -1,0 +1,520 @@
+#!/usr/bin/env bash
+#
+# http.sh: the HTTP example (examples/http) end to end, with curl.
+#
+# Starts the mail API stand-in (mailsink) and the service on free loopback
+# ports against the suite's cluster, then: 20 concurrent identical POSTs
+# make one charge and 20 identical responses (status, headers but Date and
+# Idempotent-Replayed, body); the same key with another body or path is
+# 422; GET bypasses; a missing key is 400; with waiting disabled the
+# duplicate of a request in flight gets 409; 5xx and 429 are not stored
+# (the charge rolls back and a retry runs again), a 402 is; Set-Cookie and
+# Authorization reach the first client only and are never stored or
+# replayed; keys are scoped by tenant; and after `kill -9` of the service in
+# the middle of a request, a retry makes the charge once and the email is
+# sent once to the counting mail API.
+
+# shellcheck source=../lib.sh
+. "$(dirname "$0")/../lib.sh"
+
+EX=$IDEM_ROOT/examples/http
+T=$IDEM_TMP
+P="http-$$-$RANDOM"				# keys of this run
+SVC_PID=
+SINK_PID=
+SVC2_PID=
+
+cleanup()
+{
+	local pid
+	for pid in "$SVC_PID" "$SVC2_PID" "$SINK_PID"; do
+		if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
+			kill -TERM "$pid" 2>/dev/null
+			{ wait "$pid"; } 2>/dev/null
+		fi
+	done
+}
+trap cleanup EXIT
+
+if ! out=$(make -s --no-print-directory -C "$EX" 2>&1); then
+	fail "examples/http builds (-Wall -Wextra -Werror)" "$out"
+	finish
+	exit 1
+fi
+ok "examples/http builds (-Wall -Wextra -Werror)"
+
+# wait_file FILE SECONDS: until FILE is non-empty
+wait_file()
+{
+	local i
+	for ((i = 0; i < $2 * 20; i++)); do
+		[[ -s $1 ]] && return 0
+		sleep 0.05
+	done
+	return 1
+}
+
+# start_service PORT [ARGS...]: starts the service on PORT (0 = free),
+# sets SVC_PID and SVC_PORT.  Retries a few times when PORT is busy.
+start_service()
+{
+	local port=$1 try
+	shift
+	for try in 1 2 3 4 5; do
+		rm -f "$T/service.port"
+		"$EX/service" --port "$port" --port-file "$T/service.port" \
+			--mail "127.0.0.1:$SINK_PORT" --test-hooks --threads 24 --wait 20s "$@" \
+			>>"$T/service.out" 2>>"$T/service.err" &
+		SVC_PID=$!
+		if wait_file "$T/service.port" 10; then
+			SVC_PORT=$(cat "$T/service.port")
+			BASE=http://127.0.0.1:$SVC_PORT
+			return 0
+		fi
+		kill -9 "$SVC_PID" 2>/dev/null
+		{ wait "$SVC_PID"; } 2>/dev/null
+		SVC_PID=
+		echo "# service did not start (try $try)"
+		tail -n 5 "$T/service.err"
+		sleep 0.5
+	done
+	return 1
+}
+
+# kill9_service: kill -9 the service, reaping it quietly
+kill9_service()
+{
+	kill -9 "$SVC_PID" 2>/dev/null
+	{ wait "$SVC_PID"; } 2>/dev/null
+	SVC_PID=
+}
+
+# hook_lines: how many times a test hook has started sleeping so far
+hook_lines()
+{
+	grep -c 'test hook: sleeping' "$T/service.err" 2>/dev/null || true
+}
+
+# wait_hook N: until more than N hook lines (the handler is asleep)
+wait_hook()
+{
+	local i
+	for ((i = 0; i < 200; i++)); do
+		(($(hook_lines) > $1)) && return 0
+		sleep 0.05
+	done
+	return 1
+}
+
+# req NAME METHOD PATH [CURL ARGS...]: prints the status; headers in
+# $T/NAME.h, body in $T/NAME.b
+req()
+{
+	local name=$1 method=$2 path=$3
+	shift 3
+	curl -sS --max-time 40 -o "$T/$name.b" -D "$T/$name.h" -w '%{http_code}' \
+		-X "$method" "$BASE$path" "$@" 2>"$T/$name.err"
+}
+
+# the response without the headers that may differ between a response
+# and its replay (Date, Idempotent-Replayed): status line, headers, body
+canon()
+{
+	grep -v -i -e '^date:' -e '^idempotent-replayed:' "$T/$1.h"
+	cat "$T/$1.b"
+}
+
+replayed() { grep -qi '^idempotent-replayed: true' "$T/$1.h"; }
+header() { grep -i "^$2:" "$T/$1.h" | head -n 1 | cut -d' ' -f2- | tr -d '\r'; }
+rows() { psql_q -c "SELECT count(*) FROM charges WHERE tenant = '$1' AND idempotency_key = '$2'"; }
+# a field of a flat JSON body: "name": "value" or "name": 123
+field()
+{
+	sed -n 's/.*"'"$2"'": *"\{0,1\}\([^",}]*\)"\{0,1\}.*/\1/p' "$T/$1.b" | head -n 1
+}
+sink() { curl -sS --max-time 10 "http://127.0.0.1:$SINK_PORT$1"; }
+sink_calls() { sink "/stats/$1" | sed -n 's/.*"calls": \([0-9]*\).*/\1/p'; }
+sink_sent() { sink "/stats/$1" | sed -n 's/.*"sent": \([0-9]*\).*/\1/p'; }
+downstream_key()
+{
+	psql_q -c "SELECT idem_derive_key(idem_derive_key('emails', '$1', '$2'), 'send')"
+}
+
+: >"$T/service.err"
+: >"$T/service.out"
+rm -f "$T/sink.port"
+"$EX/mailsink" --port 0 --port-file "$T/sink.port" >"$T/sink.out" 2>&1 &
+SINK_PID=$!
+if wait_file "$T/sink.port" 10; then
+	SINK_PORT=$(cat "$T/sink.port")
+	ok "mailsink listens on 127.0.0.1:$SINK_PORT"
+else
+	fail "mailsink starts" "$(cat "$T/sink.out")"
+	finish
+	exit 1
+fi
+if start_service 0 && [[ $(curl -sS --max-time 5 "$BASE/healthz") == '{"ok": true}' ]]; then
+	ok "service listens on 127.0.0.1:$SVC_PORT"
+else
+	fail "service starts" "$(tail -n 20 "$T/service.err")"
+	finish
+	exit 1
+fi
+
+# ---- 20 concurrent identical POSTs ---------------------------------------
+
+key=$P-twenty
+body='{"amount": 2000, "currency": "usd", "description": "twenty at once"}'
+pids=()
+for i in $(seq 1 20); do
+	# the one that runs sleeps 1 s in the handler: the others arrive while
+	# it is in flight and wait for it
+	req "c20.$i" POST /charges -H "Idempotency-Key: $key" -H "X-Tenant: acme" \
+		-H "X-Test-Sleep-Ms: 1000" -H "Content-Type: application/json" \
+		-d "$body" >"$T/c20.$i.status" &
+	pids+=($!)
+done
+wait "${pids[@]}"
+check_eq "20 concurrent POST /charges with one key: one charge row" 1 "$(rows acme "$key")"
+statuses=$(for i in $(seq 1 20); do printf "%s\n" "$(<"$T/c20.$i.status")"; done | sort | uniq -c | awk '{print $1 "x" $2}')
+check_eq "all 20 answered 201" "20x201" "$statuses"
+same=1
+canon c20.1 >"$T/c20.canon"
+for i in $(seq 2 20); do
+	canon "c20.$i" | cmp -s - "$T/c20.canon" || { same=0; echo "# response $i differs:"; diff <(canon "c20.$i") "$T/c20.canon" | sed 's/^/#   /'; }
+done
+if ((same)) && [[ -n $(field c20.1 id) ]]; then
+	ok "20 identical responses: status line, headers (but Date, Idempotent-Replayed) and body byte for byte ($(field c20.1 id))"
+else
+	fail "20 identical responses"
+fi
+nrep=0
+for i in $(seq 1 20); do replayed "c20.$i" && nrep=$((nrep + 1)); done
+check_eq "19 of them carry Idempotent-Replayed: true, the one that ran does not" 19 "$nrep"
+for i in $(seq 1 20); do replayed "c20.$i" || first=c20.$i; done
+s=$(req c20.later POST /charges -H "Idempotency-Key: $key" -H "X-Tenant: acme" -d "$body")
+if [[ $s == 201 ]] && replayed c20.later && cmp -s <(canon c20.later) <(canon "$first"); then
+	ok "a later retry replays the first response byte for byte"
+else
+	fail "a later retry replays the first response byte for byte" "status $s" "$(diff <(canon c20.later) <(canon "$first"))"
+fi
+check_eq "the stored record: committed, status 201" "committed|201" \
+	"$(psql_q -c "SELECT state, status FROM idem_get('$key', 'acme')")"
+charge_id=$(field c20.1 id)
+
+# ---- 422: same key, another request ---------------------------------------
+
+s=$(req mis POST /charges -H "Idempotency-Key: $key" -H "X-Tenant: acme" \
+	-d '{"amount": 2001, "currency": "usd", "description": "twenty at once"}')
+if [[ $s == 422 ]] && grep -q idempotency_key_reused "$T/mis.b"; then
+	ok "same key, another body: 422 idempotency_key_reused"
+else
+	fail "same key, another body: 422" "status $s" "$(cat "$T/mis.b")"
+fi
+check_eq "... and no second charge" 1 "$(rows acme "$key")"
+both='{"amount": 300, "currency": "usd", "to": "x@example.com", "subject": "both"}'
+s1=$(req path1 POST /charges -H "Idempotency-Key: $P-path" -H "X-Tenant: acme" -d "$both")
+s2=$(req path2 POST /emails -H "Idempotency-Key: $P-path" -H "X-Tenant: acme" -d "$both")
+check_eq "same key and body on another path: 422 (the path is in the request hash)" "201 422" "$s1 $s2"
+
+# ---- GET bypasses ----------------------------------------------------------
+
+s1=$(req get1 GET "/charges/$charge_id" -H "X-Tenant: acme" -H "Idempotency-Key: $P-get")
+s2=$(req get2 GET "/charges/$charge_id" -H "X-Tenant: acme" -H "Idempotency-Key: $P-get")
+if [[ "$s1 $s2" == "200 200" ]] && ! replayed get1 && ! replayed get2 &&
+	[[ $(field get1 id) == "$charge_id" && $(field get1 amount) == 2000 ]]; then
+	ok "GET /charges/$charge_id with an Idempotency-Key: 200 twice, never replayed"
+else
+	fail "GET bypasses" "status $s1 $s2" "$(cat "$T/get1.h" "$T/get1.b")"
+fi
+check_eq "... and nothing stored under the GET's key" "" \
+	"$(psql_q -c "SELECT state FROM idem_get('$P-get', 'acme')")"
+check_eq "GET of another tenant's charge: 404" 404 \
+	"$(req get3 GET "/charges/$charge_id" -H "X-Tenant: globex")"
+
+# ---- 400: the key is required ---------------------------------------------
+
+s=$(req nokey POST /charges -H "X-Tenant: acme" -d '{"amount": 100, "currency": "usd", "description": "'"$P"'-nokey"}')
+if [[ $s == 400 ]] && grep -q idempotency_key_missing "$T/nokey.b"; then
+	ok "POST /charges without Idempotency-Key: 400 idempotency_key_missing"
+else
+	fail "missing key: 400" "status $s" "$(cat "$T/nokey.b")"
+fi
+check_eq "... and no charge" 0 \
+	"$(psql_q -c "SELECT count(*) FROM charges WHERE description = '$P-nokey'")"
+check_eq "an empty key: 400" 400 \
+	"$(req emptykey POST /charges -H "X-Tenant: acme" -H "Idempotency-Key;" -d '{"amount": 100, "currency": "usd"}')"
+check_eq "a key over 255 bytes: 400" 400 \
+	"$(req longkey POST /charges -H "X-Tenant: acme" -H "Idempotency-Key: $(printf 'k%.0s' $(seq 1 256))" -d '{"amount": 100, "currency": "usd"}')"
+s1=$(req unp1 POST /charges-unprotected -H "X-Tenant: acme" -d '{"amount": 100, "currency": "usd"}')
+s2=$(req unp2 POST /charges-unprotected -H "X-Tenant: acme" -H "Idempotency-Key: $P-unp" -d '{"amount": 100, "currency": "usd"}')
+s3=$(req unp3 POST /charges-unprotected -H "X-Tenant: acme" -H "Idempotency-Key: $P-unp" -d '{"amount": 100, "currency": "usd"}')
+if [[ "$s1 $s2 $s3" == "201 201 201" ]] && ! replayed unp3 && [[ $(field unp2 id) != "$(field unp3 id)" ]]; then
+	ok "the excluded route POST /charges-unprotected runs every time, key or not"
+else
+	fail "excluded route" "status $s1 $s2 $s3"
+fi
+
+# ---- waiting disabled: 409 ------------------------------------------------
+
+key=$P-wait
+body='{"amount": 700, "currency": "usd", "description": "slow"}'
+n=$(hook_lines)
+req w1 POST /charges -H "Idempotency-Key: $key" -H "X-Tenant: acme" -H "X-Test-Sleep-Ms: 2000" -d "$body" >"$T/w1.status" &
+w1=$!
+if wait_hook "$n"; then
+	req w3 POST /charges -H "Idempotency-Key: $key" -H "X-Tenant: acme" -d "$body" >"$T/w3.status" &
+	w3=$!
+	s=$(req w2 POST /charges -H "Idempotency-Key: $key" -H "X-Tenant: acme" -H "X-Idempotency-Wait: 0" -d "$body")
+	if [[ $s == 409 ]] && grep -q idempotency_key_in_use "$T/w2.b" && [[ $(header w2 Retry-After) == 1 ]]; then
+		ok "X-Idempotency-Wait: 0 while the key is in flight: 409 at once, Retry-After: 1"
+	else
+		fail "waiting disabled: 409" "status $s" "$(cat "$T/w2.h" "$T/w2.b")"
+	fi
+	wait "$w1" "$w3"
+	if [[ $(cat "$T/w1.status") == 201 && $(cat "$T/w3.status") == 201 ]] && ! replayed w1 && replayed w3 &&
+		cmp -s <(canon w1) <(canon w3); then
+		ok "the request in flight got 201, a waiting duplicate got the same response replayed"
+	else
+		fail "in flight and waiting duplicate" "$(cat "$T/w1.status" "$T/w3.status")"
+	fi
+	s=$(req w4 POST /charges -H "Idempotency-Key: $key" -H "X-Tenant: acme" -H "X-Idempotency-Wait: 0" -d "$body")
+	if [[ $s == 201 ]] && replayed w4; then ok "the 409'd client's retry gets the replay"; else fail "retry after 409" "status $s"; fi
+	check_eq "... one charge" 1 "$(rows acme "$key")"
+else
+	fail "the slow request started" "$(tail -n 5 "$T/service.err")"
+	wait "$w1"
+fi
+
+# the same with the service's --no-wait flag: a second instance
+SVC_MAIN_PID=$SVC_PID
+SVC_MAIN_PORT=$SVC_PORT
+if start_service 0 --no-wait; then
+	SVC2_PID=$SVC_PID
+	key=$P-nowait
+	n=$(hook_lines)
+	req nw1 POST /charges -H "Idempotency-Key: $key" -H "X-Tenant: acme" -H "X-Test-Sleep-Ms: 1500" -d "$body" >"$T/nw1.status" &
+	nw1=$!
+	if wait_hook "$n"; then
+		s=$(req nw2 POST /charges -H "Idempotency-Key: $key" -H "X-Tenant: acme" -d "$body")
+		check_eq "service --no-wait: a duplicate of a request in flight gets 409" 409 "$s"
+	else
+		fail "service --no-wait: the slow request started"
+	fi
+	wait "$nw1"
+	check_eq "... the request in flight 201" 201 "$(cat "$T/nw1.status")"
+	kill -TERM "$SVC2_PID"
+	{ wait "$SVC2_PID"; } 2>/dev/null
+	SVC2_PID=
+else
+	fail "a second service with --no-wait starts"
+fi
+SVC_PID=$SVC_MAIN_PID
+SVC_PORT=$SVC_MAIN_PORT
+BASE=http://127.0.0.1:$SVC_PORT
+
+# ---- 5xx and 429 are not stored; 4xx is --------------------------------------
+
+for st in 500 503 429; do
+	key=$P-fail-$st
+	body='{"amount": 900, "currency": "usd", "description": "fails first"}'
+	s1=$(req "f$st.1" POST /charges -H "Idempotency-Key: $key" -H "X-Tenant: acme" -H "X-Test-Status: $st" -d "$body")
+	r1=$(rows acme "$key")
+	stored=$(psql_q -c "SELECT coalesce(state, 'absent') FROM idem_get('$key', 'acme')")
+	s2=$(req "f$st.2" POST /charges -H "Idempotency-Key: $key" -H "X-Tenant: acme" -d "$body")
+	if [[ "$s1 $r1 ${stored:-absent} $s2" == "$st 0 absent 201" ]] && ! replayed "f$st.2" && [[ $(rows acme "$key") == 1 ]]; then
+		ok "a $st from the handler is not stored (charge rolled back, key released); the retry runs again: 201, one charge"
+	else
+		fail "$st not stored" "first $s1, rows $r1, stored '$stored', retry $s2, rows $(rows acme "$key")"
+	fi
+done
+key=$P-declined
+body='{"amount": 900, "currency": "usd", "card": "tok_chargeDeclined"}'
+s1=$(req dec1 POST /charges -H "Idempotency-Key: $key" -H "X-Tenant: acme" -d "$body")
+s2=$(req dec2 POST /charges -H "Idempotency-Key: $key" -H "X-Tenant: acme" -d "$body")
+if [[ "$s1 $s2" == "402 402" ]] && replayed dec2 && cmp -s <(canon dec1) <(canon dec2); then
+	ok "a 402 card_declined is a result: stored and replayed"
+else
+	fail "402 stored" "status $s1 $s2"
+fi
+key=$P-invalid
+s1=$(req inv1 POST /charges -H "Idempotency-Key: $key" -H "X-Tenant: acme" -d '{"amount": -5, "currency": "usd"}')
+s2=$(req inv2 POST /charges -H "Idempotency-Key: $key" -H "X-Tenant: acme" -d '{"amount": 5, "currency": "usd"}')
+s3=$(req inv3 POST /charges -H "Idempotency-Key: $key" -H "X-Tenant: acme" -d '{"amount": 5, "currency": "usd"')
+if [[ "$s1 $s2 $s3" == "400 201 400" ]] && grep -q parameter_invalid "$T/inv1.b"; then
+	ok "a request failing validation (400) stores nothing: the corrected request with the key runs"
+else
+	fail "validation 400 not stored" "status $s1 $s2 $s3"
+fi
+
+# ---- Set-Cookie and Authorization ----------------------------------------------
+
+key=$P-cookie
+body='{"amount": 100, "currency": "usd", "remember": true}'
+s1=$(req ck1 POST /charges -H "Idempotency-Key: $key" -H "Authorization: Bearer sk_test_acme" -d "$body")
+s2=$(req ck2 POST /charges -H "Idempotency-Key: $key" -H "Authorization: Bearer sk_test_acme" -d "$body")
+if [[ $s1 == 201 ]] && [[ -n $(header ck1 Set-Cookie) && -n $(header ck1 Authorization) ]]; then
+	ok "the first response sets its cookie and token for its own client ($(header ck1 Set-Cookie | cut -d';' -f1))"
+else
+	fail "first response has Set-Cookie and Authorization" "$(cat "$T/ck1.h")"
+fi
+if [[ $s2 == 201 ]] && replayed ck2 && [[ -z $(header ck2 Set-Cookie) && -z $(header ck2 Authorization) ]] &&
+	[[ $(header ck2 Location) == "$(header ck1 Location)" ]]; then
+	ok "the replay carries neither Set-Cookie nor Authorization"
+else
+	fail "replay without Set-Cookie/Authorization" "$(cat "$T/ck2.h")"
+fi
+hdrs=$(psql_q -c "SELECT headers::text FROM idem_get('$key', 'acme')")
+if [[ $hdrs == *Location* ]] && ! grep -qiE 'cookie|authorization|sid_|tok_|sk_test' <<<"$hdrs"; then
+	ok "the stored headers hold neither: $hdrs"
+else
+	fail "stored headers without Set-Cookie/Authorization" "$hdrs"
+fi
+
+# ---- tenants -----------------------------------------------------------------
+
+key=$P-tenant
+body='{"amount": 4200, "currency": "eur"}'
+s1=$(req t1 POST /charges -H "Idempotency-Key: $key" -H "X-Tenant: acme" -d "$body")
+s2=$(req t2 POST /charges -H "Idempotency-Key: $key" -H "Authorization: Bearer sk_test_globex" -d "$body")
+s3=$(req t3 POST /charges -H "Idempotency-Key: $key" -H "Authorization: Bearer sk_test_acme" -d "$body")
+if [[ "$s1 $s2" == "201 201" ]] && ! replayed t1 && ! replayed t2 &&
+	[[ $(field t1 id) != "$(field t2 id)" && $(rows acme "$key") == 1 && $(rows globex "$key") == 1 ]]; then
+	ok "one key in two tenants (X-Tenant: acme, Bearer key of globex): two charges"
+else
+	fail "tenant scoping" "status $s1 $s2, rows $(rows acme "$key") $(rows globex "$key")"
+fi
+if [[ $s3 == 201 ]] && replayed t3 && [[ $(field t3 id) == "$(field t1 id)" ]]; then
+	ok "acme's API key maps to acme's scope: replay of acme's charge"
+else
+	fail "API key maps to the tenant" "status $s3"
+fi
+check_eq "an unknown API key: 401" 401 \
+	"$(req t4 POST /charges -H "Idempotency-Key: $key" -H "Authorization: Bearer sk_nope" -d "$body")"
+
+# ---- emails: the step and its derived key downstream ------------------------------
+
+key=$P-mail
+body='{"to": "ada@example.com", "subject": "Your receipt", "text": "Thanks."}'
+dk=$(downstream_key acme "$key")
+s1=$(req m1 POST /emails -H "Idempotency-Key: $key" -H "X-Tenant: acme" -d "$body")
+s2=$(req m2 POST /emails -H "Idempotency-Key: $key" -H "X-Tenant: acme" -d "$body")
+if [[ "$s1 $s2" == "202 202" ]] && replayed m2 && cmp -s <(canon m1) <(canon m2) &&
+	[[ $(field m1 downstream_key) == "$dk" ]]; then
+	ok "POST /emails: 202, replayed; the mail API got the derived key idem_derive_key(run, 'send')"
+else
+	fail "POST /emails" "status $s1 $s2" "$(cat "$T/m1.b")" "want downstream key $dk"
+fi
+check_eq "the mail API: called once, sent once" "1 1" "$(sink_calls "$dk") $(sink_sent "$dk")"
+
+# ---- kill -9 in the middle of a request ---------------------------------------------
+
+# restart_service: same port, so the client retries the same URL
+restart_service()
+{
+	start_service "$SVC_PORT"
+}
+
+key=$P-kill-charge
+body='{"amount": 12345, "currency": "usd", "description": "killed mid-flight"}'
+n=$(hook_lines)
+req k1 POST /charges -H "Idempotency-Key: $key" -H "X-Tenant: acme" -H "X-Test-Sleep-Ms: 10000" -d "$body" >"$T/k1.status" &
+k1=$!
+if wait_hook "$n"; then
+	kill9_service
+	wait "$k1"
+	check_eq "kill -9 while the charge handler sleeps after its insert: the client gets no answer" 000 "$(cat "$T/k1.status")"
+	check_eq "... and the insert rolled back with the reservation" 0 "$(rows acme "$key")"
+	if restart_service; then
+		s1=$(req k2 POST /charges -H "Idempotency-Key: $key" -H "X-Tenant: acme" -d "$body")
+		s2=$(req k3 POST /charges -H "Idempotency-Key: $key" -H "X-Tenant: acme" -d "$body")
+		if [[ "$s1 $s2" == "201 201" ]] && ! replayed k2 && replayed k3 && [[ $(rows acme "$key") == 1 ]]; then
+			ok "after restarting, the retry charges once (201) and the next replays: one charge row"
+		else
+			fail "retry after kill -9 (charge)" "status $s1 $s2, rows $(rows acme "$key")"
+		fi
+	else
+		fail "the service restarts on port $SVC_PORT" "$(tail -n 5 "$T/service.err")"
+	fi
+else
+	fail "the slow charge started" "$(tail -n 5 "$T/service.err")"
+fi
+
+# killed between the mail API's answer and the step's commit: the retry
+# calls the mail API again with the same derived key, which does not send
+key=$P-kill-in-step
+body='{"to": "bob@example.com", "subject": "Welcome"}'
+dk=$(downstream_key acme "$key")
+n=$(hook_lines)
+req ks1 POST /emails -H "Idempotency-Key: $key" -H "X-Tenant: acme" -H "X-Test-Sleep-Ms: 10000" \
+	-H "X-Test-Sleep-At: in-step" -d "$body" >"$T/ks1.status" &
+ks1=$!
+if [[ -n $SVC_PID ]] && wait_hook "$n"; then
+	check_eq "kill -9 between the mail API call and the step's commit: the mail API was called" "1 1" \
+		"$(sink_calls "$dk") $(sink_sent "$dk")"
+	kill9_service
+	wait "$ks1"
+	if restart_service; then
+		s1=$(req ks2 POST /emails -H "Idempotency-Key: $key" -H "X-Tenant: acme" -d "$body")
+		s2=$(req ks3 POST /emails -H "Idempotency-Key: $key" -H "X-Tenant: acme" -d "$body")
+		if [[ "$s1 $s2" == "202 202" ]] && ! replayed ks2 && replayed ks3 && [[ $(field ks2 attempt) == 2 ]]; then
+			ok "the retry takes the key over (attempt 2) and answers 202; the next replays"
+		else
+			fail "retry after kill -9 (in step)" "status $s1 $s2" "$(cat "$T/ks2.b")"
+		fi
+		check_eq "the mail API: called twice with the same key, the email sent once" "2 1" \
+			"$(sink_calls "$dk") $(sink_sent "$dk")"
+	else
+		fail "the service restarts on port $SVC_PORT"
+	fi
+else
+	fail "the slow email started" "$(tail -n 5 "$T/service.err")"
+	wait "$ks1"
+fi
+
+# killed after the step's commit, before the request's: the retry replays
+# the step and does not call the mail API at all
+key=$P-kill-after-step
+body='{"to": "cy@example.com", "subject": "Invoice"}'
+dk=$(downstream_key acme "$key")
+n=$(hook_lines)
+req ka1 POST /emails -H "Idempotency-Key: $key" -H "X-Tenant: acme" -H "X-Test-Sleep-Ms: 10000" \
+	-H "X-Test-Sleep-At: after-step" -d "$body" >"$T/ka1.status" &
+ka1=$!
+if [[ -n $SVC_PID ]] && wait_hook "$n"; then
+	kill9_service
+	wait "$ka1"
+	if restart_service; then
+		s1=$(req ka2 POST /emails -H "Idempotency-Key: $key" -H "X-Tenant: acme" -d "$body")
+		if [[ $s1 == 202 ]] && [[ $(field ka2 attempt) == 2 && $(field ka2 message_id) == "$(sink "/stats/$dk" | sed -n 's/.*"id": "\([^"]*\)".*/\1/p')" ]]; then
+			ok "kill -9 after the step's commit: the retry answers 202 with the same message id"
+		else
+			fail "retry after kill -9 (after step)" "status $s1" "$(cat "$T/ka2.b")"
+		fi
+		check_eq "the mail API: called once, the email sent once (the step replayed)" "1 1" \
+			"$(sink_calls "$dk") $(sink_sent "$dk")"
+	else
+		fail "the service restarts on port $SVC_PORT"
+	fi
+else
+	fail "the slow email started" "$(tail -n 5 "$T/service.err")"
+	wait "$ka1"
+fi
+
+check_eq "the mail API over the whole run: 3 emails sent for 3 keys, 4 calls" \
+	'{"calls": 4, "sent": 3, "keys": 3}' "$(sink /stats)"
+
+# ---- stop -----------------------------------------------------------------------
+
+if [[ -n $SVC_PID ]]; then
+	kill -TERM "$SVC_PID"
+	wait "$SVC_PID"
+	rc=$?
+	SVC_PID=
+	check_eq "the service stops on SIGTERM with exit 0" 0 "$rc"
+fi
+kill -TERM "$SINK_PID"
+wait "$SINK_PID"
+SINK_PID=
+
+finish
