@@ -21,6 +21,33 @@
 #   G  client SIGSTOPped, idle_session_timeout = 2s       -> ~2 s
 #
 # The delays are printed at the end (diag).
+#
+# What decides how long a dead client keeps its key:
+#   - The client process dies, or its host closes or resets the connection:
+#     an idle backend reads EOF/RST at once and exits; the key is taken over
+#     within milliseconds.  A backend busy in a statement notices only when
+#     the statement ends, unless client_connection_check_interval (server,
+#     PG 14+, settable per session/role/database) is set: then it polls the
+#     socket that often during the statement (cases D, E).
+#   - The client is alive but silent (process frozen, handler stuck outside
+#     the database): nothing at the TCP level changes; the server must not
+#     and does not take the key away.  idle_session_timeout (PG 14+) ends a
+#     session idle that long (case G), but also the session of a healthy
+#     owner whose handler runs outside the database for longer: set it
+#     above the slowest handler.  idle_in_transaction_session_timeout does
+#     the same for a session idle inside a transaction.
+#   - The client's host vanishes (power off, cable pulled, partition): no
+#     FIN or RST ever arrives.  An idle backend then waits for TCP
+#     keepalives: server settings tcp_keepalives_idle, tcp_keepalives_interval,
+#     tcp_keepalives_count (0 = the kernel's defaults, on Linux 7200 s, 75 s,
+#     9: about 2 h 11 min), and tcp_user_timeout (for data sent and not
+#     acknowledged).  E.g. tcp_keepalives_idle = 30, tcp_keepalives_interval
+#     = 10, tcp_keepalives_count = 3 frees the key about 60 s after the
+#     host vanished.  These cannot be shown without dropping packets (root);
+#     case F shows that they do not fire while the peer's kernel still
+#     answers.  On the client side, libpq's keepalives, keepalives_idle,
+#     keepalives_interval, keepalives_count and tcp_user_timeout make the
+#     client notice a vanished server; they do not free the key sooner.
 
 use strict;
 use warnings;

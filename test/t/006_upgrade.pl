@@ -1,0 +1,137 @@
+
+# Upgrade path, with sessions using the extension while it is updated.
+#
+# For every older version with an update path to the default version:
+# install it, commit keys (binary bodies, headers, scopes), leave a key in
+# flight in an idle owner session with a waiter blocked on it, leave an
+# orphaned in-flight key, then ALTER EXTENSION idempotency UPDATE while the
+# owner and the waiter are connected.  Afterwards:
+#   - the update finished promptly (it does not wait on the sessions);
+#   - every committed key replays as before;
+#   - the live owner still owns its key (IK409 for others), commits it, and
+#     the waiter that began waiting before the update gets that response;
+#   - the orphan is taken over at once (attempt 2); new keys work;
+#   - everything still holds after a server restart;
+#   - a dump of the old-version database restores on the current version
+#     with every key intact.
+# Skipped while there is a single version.
+
+use strict;
+use warnings;
+use FindBin;
+use lib "$FindBin::RealBin/lib";
+use IdemTest;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $node = idem_node('upgrade', no_extension => 1);
+my $psql = psql_bin($node);
+my $dir = PostgreSQL::Test::Utils::tempdir();
+
+my $default = $node->safe_psql('postgres',
+	q{SELECT default_version FROM pg_available_extensions WHERE name = 'idempotency'});
+my @old = split /\n/, $node->safe_psql('postgres', qq{
+	SELECT source FROM pg_extension_update_paths('idempotency')
+	WHERE target = '$default' AND path IS NOT NULL AND source <> '$default'
+	ORDER BY source});
+if (!@old)
+{
+	$node->stop;
+	plan skip_all => "no older version of the extension updates to $default";
+}
+note("default version $default; updating from: @old");
+
+my $REPLAY = q{
+	SELECT k.scope, k.key, r.fresh, r.state, r.status, encode(r.body, 'hex'),
+	       r.headers::text, r.attempt, r.expires_at
+	FROM (VALUES ('', 'c1'), ('', 'c2'), ('t-é', 'c3'), ('t-é', 'c4')) AS k(scope, key),
+	     LATERAL idem_reserve(k.key, NULL, NULL, '0', k.scope) AS r
+	ORDER BY 1, 2};
+
+for my $v (@old)
+{
+	my $db = "upg_" . ($v =~ s/\W/_/gr);
+	$node->safe_psql('postgres', "CREATE DATABASE $db");
+	$node->safe_psql($db, "CREATE EXTENSION idempotency VERSION '$v'");
+	is($node->safe_psql($db, q{SELECT extversion FROM pg_extension WHERE extname = 'idempotency'}),
+		$v, "$v: installed");
+
+	$node->safe_psql($db, q{
+		SELECT idem_reserve('c1', 'h1'); SELECT idem_commit('c1', 'h1', 200, '\x00ff0080'::bytea, '{"a": 1}');
+		SELECT idem_reserve('c2'); SELECT idem_commit('c2', NULL, 204, NULL);
+		SELECT idem_reserve('c3', scope => 't-é');
+		SELECT idem_commit('c3', NULL, 201, convert_to('é', 'UTF8'), '{"é": [1, {"b": null}]}', 't-é');
+		SELECT idem_reserve('c4', scope => 't-é');
+		SELECT idem_commit('c4', NULL, NULL, ''::bytea, '{}', 't-é');
+		SELECT idem_reserve('orphan');
+	});
+	my $before = $node->safe_psql($db, $REPLAY);
+
+	my $owner = IdemTest::Session->new($psql, $node->connstr($db), name => "owner-$v");
+	is($owner->query_safe(q{SELECT fresh, attempt FROM idem_reserve('held', 'hh')}),
+		't|1', "$v: a live owner holds a key");
+	my $waiter = IdemTest::Client->new($psql, $node->connstr($db),
+		q{SELECT fresh, state, status, encode(body, 'hex'), attempt
+		  FROM idem_reserve('held', 'hh', NULL, '60s');},
+		name => "waiter-$v");
+	ok(defined wait_until(20, sub { lock_waiters($node, $db) == 1 }),
+		"$v: a waiter blocks on it");
+
+	my $dump = "$dir/$db.dump";
+	$node->command_ok([ 'pg_dump', '-Fc', '-d', $db, '-f', $dump ],
+		"$v: pg_dump of the $v database");
+
+	my $r = run_sql($node,
+		"SET lock_timeout = '20s'; ALTER EXTENSION idempotency UPDATE",
+		db => $db, timeout => 30);
+	ok($r->{rc} == 0 && $r->{elapsed} < 5,
+		sprintf('%s: ALTER EXTENSION UPDATE with the sessions connected (%.2f s)',
+			$v, $r->{elapsed}))
+	  or diag("rc $r->{rc}\n$r->{err}");
+	is($node->safe_psql($db, q{SELECT extversion FROM pg_extension WHERE extname = 'idempotency'}),
+		$default, "$v: updated to $default");
+
+	is($node->safe_psql($db, $REPLAY), $before, "$v: committed keys replay as before");
+	$r = run_sql($node, q{SELECT * FROM idem_reserve('held', 'hh', NULL, '0')}, db => $db);
+	is($r->{sqlstate}, 'IK409', "$v: the live owner still owns its key")
+	  or diag($r->{err});
+	ok(!$waiter->finished, "$v: the waiter is still waiting");
+	is($owner->query_safe(q{SELECT idem_commit('held', 'hh', 200, '\x0a0b'::bytea)}),
+		't', "$v: the owner commits after the update");
+	$waiter->wait(30);
+	is($waiter->{out} =~ s{\n\z}{}r, 'f|committed|200|0a0b|1',
+		"$v: the waiter from before the update replays that commit")
+	  or diag("rc $waiter->{rc} err $waiter->{err}");
+	is($node->safe_psql($db, q{SELECT fresh, attempt FROM idem_reserve('orphan', NULL, NULL, '0')}),
+		't|2', "$v: the orphaned key is taken over at once");
+	is( $node->safe_psql($db,
+			q{SELECT fresh, attempt FROM idem_reserve('new');
+			  SELECT idem_commit('new', NULL, 200, '\x01'::bytea);
+			  SELECT fresh, status FROM idem_reserve('new')}),
+		"t|1\nt\nf|200", "$v: new keys reserve, commit and replay");
+	$owner->close;
+
+	$node->restart;
+	is($node->safe_psql($db, $REPLAY), $before, "$v: after a restart the keys still replay");
+	is( $node->safe_psql($db,
+			q{SELECT state, status, encode(body, 'hex') FROM idem_get('held')}),
+		'committed|200|0a0b', "$v: ... and the key committed after the update too");
+
+	# The old version's dump, restored where the default version is installed.
+	my $rdb = "${db}_restored";
+	$node->safe_psql('postgres', "CREATE DATABASE $rdb");
+	$node->command_ok([ 'pg_restore', '--exit-on-error', '-d', $rdb, $dump ],
+		"$v: its dump restores on the current installation");
+	my $rv = $node->safe_psql($rdb,
+		q{SELECT extversion FROM pg_extension WHERE extname = 'idempotency'});
+	note("$v: the restored database has version $rv");
+	is($node->safe_psql($rdb, $REPLAY), $before,
+		"$v: every committed key of the old dump replays (restored as version $rv)");
+	is( $node->safe_psql($rdb,
+			q{SELECT fresh, attempt FROM idem_reserve('orphan', NULL, NULL, '0')}),
+		't|2', "$v: the dump's orphaned key is taken over at once");
+}
+
+$node->stop;
+done_testing();
