@@ -293,6 +293,46 @@ maybe_commit_async(void)
 }
 
 /*
+ * Makes the reservation whose key's lock this session has just taken: a new
+ * record, a new start over an expired one, or a takeover (attempt + 1) of
+ * one whose owner is gone.  Fills rec with the result.  Returns false when
+ * the record changed meanwhile (created, or deleted by a purge), for the
+ * caller to read it again.
+ */
+static bool
+make_fresh(const IdemKey *k, const char *hash, const Interval *ttl,
+		   TimestampTz now, RecordState st, IdemRecord *rec)
+{
+	TimestampTz expires_at = add_interval(now, ttl);
+	int32		attempt = (st == REC_ORPHAN) ? rec->attempt + 1 : 1;
+
+	prevent_in_recovery(k, "reserve");
+	if (!rec->found)
+	{
+		if (!idem_storage_insert(k, hash, ttl, now, expires_at))
+			return false;
+	}
+	else
+	{
+		/* a takeover keeps the first request's hash unless given one */
+		const char *newhash = hash;
+
+		if (st == REC_ORPHAN && newhash == NULL)
+			newhash = rec->request_hash;
+		if (!idem_storage_renew(k, newhash, attempt, ttl, now, expires_at))
+			return false;
+	}
+
+	memset(rec, 0, sizeof(IdemRecord));
+	rec->found = true;
+	rec->attempt = attempt;
+	rec->created_at = now;
+	rec->expires_at = expires_at;
+	maybe_commit_async();
+	return true;
+}
+
+/*
  * Counts a reserve that returned: what it returned (a counter, or -1 for a
  * re-entrant reserve), and whether and how long it waited.
  */
@@ -331,7 +371,7 @@ idem_reserve(PG_FUNCTION_ARGS)
 	bool		took = false;	/* ... and took it in this call */
 	int			backoff_ms = 1;
 	TimestampTz wait_started = 0;	/* when we first waited, or 0 */
-	int			renew_failures = 0;
+	int			retries = 0;
 
 	get_key_args(fcinfo, 0, 4, &k);
 	hash = get_hash_arg(fcinfo, 1);
@@ -411,46 +451,21 @@ idem_reserve(PG_FUNCTION_ARGS)
 
 		if (held && st != REC_OTHER)
 		{
-			TimestampTz expires_at = add_interval(now, &ttl);
-
-			prevent_in_recovery(&k, "reserve");
-			if (st == REC_ABSENT && !rec.found)
+			if (make_fresh(&k, hash, &ttl, now, st, &rec))
 			{
-				if (!idem_storage_insert(&k, hash, &ttl, now, expires_at))
-					elog(ERROR, "record of key \"%s\" in scope \"%s\" appeared while its lock was held",
-						 k.key, k.scope);
-				rec.attempt = 1;
+				idem_own_acquired(&k, &tag, false);
+				count_reserve(st == REC_ORPHAN ? IDEM_C_TAKEOVERS : IDEM_C_FRESH,
+							  wait_started);
+				PG_RETURN_DATUM(make_reservation(fcinfo, true, &rec));
 			}
-			else
-			{
-				int32		attempt = (st == REC_ORPHAN) ? rec.attempt + 1 : 1;
-				const char *newhash = hash;
-
-				if (st == REC_ORPHAN && newhash == NULL)
-					newhash = rec.request_hash;
-				if (!idem_storage_renew(&k, newhash, attempt, &ttl, now,
-										expires_at))
-				{
-					/* purged meanwhile: read again, but not forever */
-					if (++renew_failures > 3)
-						ereport(ERROR,
-								(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-								 errmsg("could not serialize access to idempotency key"),
-								 KEY_DETAIL(&k),
-								 errhint("The transaction might succeed if retried.")));
-					continue;
-				}
-				rec.attempt = attempt;
-			}
-			idem_own_acquired(&k, &tag, false);
-			rec.found = true;
-			rec.committed = false;
-			rec.created_at = now;
-			rec.expires_at = expires_at;
-			maybe_commit_async();
-			count_reserve(st == REC_ORPHAN ? IDEM_C_TAKEOVERS : IDEM_C_FRESH,
-						  wait_started);
-			PG_RETURN_DATUM(make_reservation(fcinfo, true, &rec));
+			/* the record changed under us (a purge): read it again */
+			if (++retries > 3)
+				ereport(ERROR,
+						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+						 errmsg("could not serialize access to idempotency key"),
+						 KEY_DETAIL(&k),
+						 errhint("The transaction might succeed if retried.")));
+			continue;
 		}
 
 		if (held && !took)
@@ -489,22 +504,11 @@ idem_reserve(PG_FUNCTION_ARGS)
 			 * again.  If a record appeared between our read and the lock,
 			 * the insert does nothing and we read it under the lock.
 			 */
-			if (st == REC_ABSENT && !rec.found)
+			if (st == REC_ABSENT && !rec.found &&
+				make_fresh(&k, hash, &ttl, now, st, &rec))
 			{
-				TimestampTz expires_at = add_interval(now, &ttl);
-
-				prevent_in_recovery(&k, "reserve");
-				if (idem_storage_insert(&k, hash, &ttl, now, expires_at))
-				{
-					memset(&rec, 0, sizeof(rec));
-					rec.found = true;
-					rec.attempt = 1;
-					rec.created_at = now;
-					rec.expires_at = expires_at;
-					maybe_commit_async();
-					count_reserve(IDEM_C_FRESH, wait_started);
-					PG_RETURN_DATUM(make_reservation(fcinfo, true, &rec));
-				}
+				count_reserve(IDEM_C_FRESH, wait_started);
+				PG_RETURN_DATUM(make_reservation(fcinfo, true, &rec));
 			}
 			continue;
 		}
