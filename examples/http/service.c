@@ -1,7 +1,7 @@
 /*
  * service.c: a JSON HTTP service protected by libidem, Stripe style.
  *
- *   POST /charges              creates a charge: a row in the charges table,
+ *   POST /charges              creates a charge: a row in http_example.charges,
  *                              written in the same transaction as the
  *                              reservation of the Idempotency-Key and the
  *                              stored response, so it happens exactly once
@@ -32,12 +32,16 @@
  *   - Requests that fail validation (bad JSON, bad amount) get 400 before
  *     the key is looked at, so nothing is stored for them (as Stripe).
  *
- * Threads: libmicrohttpd's internal thread pool (--threads, default 16);
- * each pool thread opens its own PostgreSQL connection on first use (from
- * libpq's environment, or --dsn) and wraps it in its own libidem handle
- * (idem_wrap): one handle per thread, as libidem requires, and the
- * application's SQL and the library's calls share that session and its
- * transaction.
+ * Threads: libmicrohttpd's internal polling thread pool (--io-threads,
+ * default 2) only reads requests and writes responses.  Each complete
+ * request is suspended (MHD_suspend_connection) and queued to a pool of
+ * worker threads (--threads, default 16).  Each worker opens its own
+ * PostgreSQL connection (libpq's environment, or --dsn) and wraps it in its
+ * own libidem handle (idem_wrap): one handle per thread, as libidem
+ * requires, and the application's SQL and the library's calls share that
+ * session and its transaction.  The worker builds the response and resumes
+ * the connection.  So a duplicate that waits in the database for the
+ * request in flight holds one worker, never the other connections.
  *
  * Test hooks (only with --test-hooks): X-Test-Sleep-Ms: N sleeps N ms in
  * the handler after its side effect (POST /emails: X-Test-Sleep-At:
@@ -89,6 +93,7 @@ static struct config
 	long		port;
 	const char *port_file;
 	unsigned	threads;
+	unsigned	io_threads;
 	const char *dsn;
 	char		mail_host[256];
 	char		mail_port[16];
@@ -104,6 +109,7 @@ static struct config
 	.listen = "127.0.0.1",
 	.port = 8080,
 	.threads = 16,
+	.io_threads = 2,
 	.mail_host = "127.0.0.1",
 	.mail_port = "8025",
 };
@@ -120,8 +126,6 @@ typedef struct worker
 	idem_conn  *idem;			/* wraps pg: the same session */
 } worker;
 
-static pthread_key_t worker_key;
-
 static void
 worker_close(worker *w)
 {
@@ -130,15 +134,6 @@ worker_close(worker *w)
 	if (w->pg)
 		PQfinish(w->pg);
 	w->pg = NULL;
-}
-
-static void
-worker_destroy(void *p)
-{
-	worker	   *w = p;
-
-	worker_close(w);
-	free(w);
 }
 
 static PGconn *
@@ -152,45 +147,32 @@ db_connect(void)
 	return PQconnectdbParams(keys, vals, 1);
 }
 
-/* This thread's session, connected (again) when needed; NULL with errbuf
- * set when the database cannot be reached. */
-static worker *
-get_worker(char *errbuf, size_t errlen)
+/* Connects the worker's session (again) when needed; -1 with errbuf set
+ * when the database cannot be reached. */
+static int
+worker_ready(worker *w, char *errbuf, size_t errlen)
 {
-	worker	   *w = pthread_getspecific(worker_key);
-
-	if (w == NULL)
-	{
-		w = calloc(1, sizeof(worker));
-		if (w == NULL || pthread_setspecific(worker_key, w) != 0)
-		{
-			free(w);
-			snprintf(errbuf, errlen, "out of memory");
-			return NULL;
-		}
-	}
 	if (w->pg && PQstatus(w->pg) != CONNECTION_OK)
 		worker_close(w);
-	if (w->pg == NULL)
+	if (w->pg)
+		return 0;
+	w->pg = db_connect();
+	if (w->pg == NULL || PQstatus(w->pg) != CONNECTION_OK)
 	{
-		w->pg = db_connect();
-		if (w->pg == NULL || PQstatus(w->pg) != CONNECTION_OK)
-		{
-			snprintf(errbuf, errlen, "%s",
-					 w->pg ? PQerrorMessage(w->pg) : "out of memory");
-			errbuf[strcspn(errbuf, "\n")] = '\0';
-			worker_close(w);
-			return NULL;
-		}
-		w->idem = idem_wrap(w->pg);
-		if (w->idem == NULL)
-		{
-			snprintf(errbuf, errlen, "out of memory");
-			worker_close(w);
-			return NULL;
-		}
+		snprintf(errbuf, errlen, "%s",
+				 w->pg ? PQerrorMessage(w->pg) : "out of memory");
+		errbuf[strcspn(errbuf, "\n")] = '\0';
+		worker_close(w);
+		return -1;
 	}
-	return w;
+	w->idem = idem_wrap(w->pg);
+	if (w->idem == NULL)
+	{
+		snprintf(errbuf, errlen, "out of memory");
+		worker_close(w);
+		return -1;
+	}
+	return 0;
 }
 
 /* Runs a statement without parameters; 0 when it succeeded. */
@@ -221,16 +203,41 @@ typedef enum route
 } route;
 
 /* what libmicrohttpd keeps for us between the calls of one request */
-typedef struct upload
+/* one request, from its first byte to its response */
+typedef enum job_state
 {
+	JOB_RECEIVING,				/* libmicrohttpd is reading it */
+	JOB_QUEUED,					/* suspended, queued or with a worker */
+	JOB_DONE,					/* the worker left a response */
+	JOB_SENT
+} job_state;
+
+typedef struct job
+{
+	struct MHD_Connection *conn;
+	char	   *method;
+	char	   *url;
 	strbuf		body;
 	int			too_large;
-} upload;
+	idem_header *headers;		/* copies, owned */
+	size_t		nheaders;
+	job_state	state;			/* under queue_lock */
+	int			orphaned;		/* the connection went while queued */
+	unsigned	status;
+	struct MHD_Response *response;
+	struct job *next;
+} job;
+
+static pthread_mutex_t queue_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t queue_cond = PTHREAD_COND_INITIALIZER;
+static job *queue_head;
+static job *queue_tail;
+static int	stopping;
 
 /* everything a handler needs: passed as the handler's arg */
 typedef struct call
 {
-	struct MHD_Connection *conn;
+	job		   *j;
 	worker	   *w;
 	route		route;
 	const char *tenant;
@@ -259,11 +266,6 @@ typedef struct call
 	char		set_cookie[128];	/* for this client only: never stored */
 	char		authorization[128];
 	char		step_key[IDEM_HASH_SIZE];
-
-	/* headers handed to libidem */
-	idem_header headers[MAX_HEADERS];
-	size_t		nheaders;
-	char		unquoted_key[IDEM_MAX_KEY_BYTES + 3];
 } call;
 
 static void
@@ -406,7 +408,7 @@ charge_create(idem_response *resp, void *arg)
 	params[3] = c->currency;
 	params[4] = c->description;
 	r = PQexecParams(c->w->pg,
-					 "INSERT INTO charges (tenant, idempotency_key, amount, currency, description) "
+					 "INSERT INTO http_example.charges (tenant, idempotency_key, amount, currency, description) "
 					 "VALUES ($1, $2, $3::bigint, $4, $5) "
 					 "RETURNING id, extract(epoch FROM created_at)::bigint",
 					 5, NULL, params, NULL, NULL, 0);
@@ -477,7 +479,7 @@ charge_get(idem_response *resp, void *arg)
 	r = PQexecParams(c->w->pg,
 					 "SELECT amount, currency, description, "
 					 "extract(epoch FROM created_at)::bigint "
-					 "FROM charges WHERE id = $1::bigint AND tenant = $2",
+					 "FROM http_example.charges WHERE id = $1::bigint AND tenant = $2",
 					 2, NULL, params, NULL, NULL, 0);
 	if (PQresultStatus(r) != PGRES_TUPLES_OK)
 	{
@@ -765,39 +767,51 @@ email_send(idem_response *resp, void *arg)
 	return rc;
 }
 
-/* ---- responses ---------------------------------------------------------- */
+/* ---- responses (built by the workers) ------------------------------------ */
 
-static enum MHD_Result
-send_buffer(struct MHD_Connection *conn, unsigned status, const char *body,
-			size_t len, const char *const *extra)
+static const char *
+job_header(const job *j, const char *name)
 {
-	struct MHD_Response *r;
-	enum MHD_Result ret;
+	size_t		i;
 
-	r = MHD_create_response_from_buffer(len, (void *) body, MHD_RESPMEM_MUST_COPY);
-	if (r == NULL)
-		return MHD_NO;
-	MHD_add_response_header(r, "Content-Type", "application/json");
-	for (; extra && extra[0]; extra += 2)
-		MHD_add_response_header(r, extra[0], extra[1]);
-	ret = MHD_queue_response(conn, status, r);
-	MHD_destroy_response(r);
-	return ret;
+	for (i = 0; i < j->nheaders; i++)
+		if (strcasecmp(j->headers[i].name, name) == 0)
+			return j->headers[i].value;
+	return NULL;
 }
 
-static enum MHD_Result
-send_error(struct MHD_Connection *conn, unsigned status, const char *type,
-		   const char *code, const char *message, const char *const *extra)
+static void
+respond_buffer(job *j, unsigned status, const char *body, size_t len,
+			   const char *const *extra)
+{
+	struct MHD_Response *r;
+
+	r = MHD_create_response_from_buffer(len, (void *) body, MHD_RESPMEM_MUST_COPY);
+	if (r)
+	{
+		MHD_add_response_header(r, "Content-Type", "application/json");
+		for (; extra && extra[0]; extra += 2)
+			MHD_add_response_header(r, extra[0], extra[1]);
+	}
+	j->status = status;
+	j->response = r;
+}
+
+static void
+respond_error(job *j, unsigned status, const char *type, const char *code,
+			  const char *message, const char *const *extra)
 {
 	strbuf		sb = {0};
-	enum MHD_Result ret;
 
 	error_body(&sb, type, code, message);
 	if (sb.oom)
-		return MHD_NO;
-	ret = send_buffer(conn, status, sb.buf, sb.len, extra);
+	{
+		free(sb.buf);
+		j->response = NULL;
+		return;
+	}
+	respond_buffer(j, status, sb.buf, sb.len, extra);
 	free(sb.buf);
-	return ret;
 }
 
 typedef struct hdr_ref
@@ -820,30 +834,30 @@ cmp_hdr(const void *a, const void *b)
 }
 
 /*
- * Sends a response the middleware produced, fresh or replayed.  Headers go
- * out sorted by name (values of one name in their order), so a fresh
- * response and its replays are byte for byte the same whatever order the
- * store keeps them in.
+ * The response the middleware produced, fresh or replayed.  Headers go out
+ * sorted by name (values of one name in their order), so a fresh response
+ * and its replays are byte for byte the same whatever order the store
+ * keeps them in.
  */
-static enum MHD_Result
-send_record(call *c, const idem_record *rec, unsigned status, int replayed)
+static void
+respond_record(call *c, const idem_record *rec, unsigned status, int replayed)
 {
 	struct MHD_Response *r;
-	enum MHD_Result ret;
 	size_t		len = 0,
 				n = idem_record_header_count(rec),
 				i;
 	const void *body = idem_record_body(rec, &len);
 	hdr_ref    *h = calloc(n ? n : 1, sizeof(hdr_ref));
 
+	c->j->response = NULL;
 	if (h == NULL)
-		return MHD_NO;
+		return;
 	r = MHD_create_response_from_buffer(len, (void *) (body ? body : ""),
 										MHD_RESPMEM_MUST_COPY);
 	if (r == NULL)
 	{
 		free(h);
-		return MHD_NO;
+		return;
 	}
 	for (i = 0; i < n; i++)
 	{
@@ -865,41 +879,11 @@ send_record(call *c, const idem_record *rec, unsigned status, int replayed)
 		if (c->authorization[0])
 			MHD_add_response_header(r, "Authorization", c->authorization);
 	}
-	ret = MHD_queue_response(c->conn, status, r);
-	MHD_destroy_response(r);
-	return ret;
+	c->j->status = status;
+	c->j->response = r;
 }
 
-/* ---- dispatch ----------------------------------------------------------- */
-
-static enum MHD_Result
-collect_header(void *cls, enum MHD_ValueKind kind, const char *key,
-			   const char *value)
-{
-	call	   *c = cls;
-
-	(void) kind;
-	if (c->nheaders >= MAX_HEADERS)
-		return MHD_YES;
-	/* the IETF draft sends the key as a quoted string: "abc" and abc are
-	 * the same key */
-	if (strcasecmp(key, "Idempotency-Key") == 0 && value)
-	{
-		size_t		n = strlen(value);
-
-		if (n >= 2 && value[0] == '"' && value[n - 1] == '"' &&
-			n - 2 < sizeof(c->unquoted_key))
-		{
-			memcpy(c->unquoted_key, value + 1, n - 2);
-			c->unquoted_key[n - 2] = '\0';
-			value = c->unquoted_key;
-		}
-	}
-	c->headers[c->nheaders].name = key;
-	c->headers[c->nheaders].value = value ? value : "";
-	c->nheaders++;
-	return MHD_YES;
-}
+/* ---- dispatch (in a worker) ----------------------------------------------- */
 
 static int
 valid_tenant(const char *t)
@@ -914,10 +898,10 @@ valid_tenant(const char *t)
 
 /* The tenant of the request; NULL after answering 400/401. */
 static const char *
-resolve_tenant(struct MHD_Connection *conn, enum MHD_Result *ret)
+resolve_tenant(job *j)
 {
-	const char *auth = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization");
-	const char *t = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Tenant");
+	const char *auth = job_header(j, "Authorization");
+	const char *t = job_header(j, "X-Tenant");
 	static const char *const bearer[] = {"WWW-Authenticate", "Bearer", NULL};
 
 	if (auth)
@@ -928,17 +912,17 @@ resolve_tenant(struct MHD_Connection *conn, enum MHD_Result *ret)
 			for (i = 0; i < cfg.nkeys; i++)
 				if (strcmp(auth + 7, cfg.keys[i].token) == 0)
 					return cfg.keys[i].tenant;
-		*ret = send_error(conn, 401, "authentication_error", "invalid_api_key",
-						  "Invalid API key provided.", bearer);
+		respond_error(j, 401, "authentication_error", "invalid_api_key",
+					  "Invalid API key provided.", bearer);
 		return NULL;
 	}
 	if (t == NULL)
 		return "default";
 	if (!valid_tenant(t))
 	{
-		*ret = send_error(conn, 400, "invalid_request_error", "tenant_invalid",
-						  "X-Tenant must be 1 to 64 letters, digits, '.', '-' or '_'.",
-						  NULL);
+		respond_error(j, 400, "invalid_request_error", "tenant_invalid",
+					  "X-Tenant must be 1 to 64 letters, digits, '.', '-' or '_'.",
+					  NULL);
 		return NULL;
 	}
 	return t;
@@ -1048,13 +1032,13 @@ read_test_hooks(call *c)
 
 	if (!cfg.test_hooks)
 		return;
-	v = MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, "X-Test-Sleep-Ms");
+	v = job_header(c->j, "X-Test-Sleep-Ms");
 	if (v)
 		c->sleep_ms = strtol(v, NULL, 10);
 	if (c->sleep_ms < 0 || c->sleep_ms > 600000)
 		c->sleep_ms = 0;
-	c->sleep_at = MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, "X-Test-Sleep-At");
-	v = MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, "X-Test-Status");
+	c->sleep_at = job_header(c->j, "X-Test-Sleep-At");
+	v = job_header(c->j, "X-Test-Status");
 	if (v)
 	{
 		int			s = atoi(v);
@@ -1087,15 +1071,16 @@ error_type(int status, const char **code)
 	}
 }
 
-static enum MHD_Result
-dispatch(struct MHD_Connection *conn, const char *url, const char *method,
-		 upload *up)
+/* Runs one request on worker w; leaves the response in j. */
+static void
+dispatch(worker *w, job *j)
 {
 	static const char *const allow_post[] = {"Allow", "POST", NULL};
 	static const char *const allow_get[] = {"Allow", "GET", NULL};
 	static const char *const retry_after[] = {"Retry-After", "1", NULL};
+	const char *url = j->url;
+	const char *method = j->method;
 	call	   *c;
-	enum MHD_Result ret = MHD_NO;
 	char		msg[512];
 	const char *v;
 	const idem_http *policy;
@@ -1106,13 +1091,11 @@ dispatch(struct MHD_Connection *conn, const char *url, const char *method,
 	int			status = 500;
 	int			tx;
 
-	if (strcmp(url, "/healthz") == 0)
-		return send_buffer(conn, 200, "{\"ok\": true}\n", 13, NULL);
-
 	c = calloc(1, sizeof(call));
 	if (c == NULL)
-		return MHD_NO;
-	c->conn = conn;
+		return;
+	c->j = j;
+	c->w = w;
 	c->method = method;
 	c->url = url;
 
@@ -1128,62 +1111,61 @@ dispatch(struct MHD_Connection *conn, const char *url, const char *method,
 			c->charge_id = strtoll(url + 12, NULL, 10);
 	else if (strncmp(url, "/charges/", 9) == 0)
 	{
-		ret = send_error(conn, 404, "invalid_request_error", "resource_missing",
-						 "No such charge.", NULL);
+		respond_error(j, 404, "invalid_request_error", "resource_missing",
+					  "No such charge.", NULL);
 		goto done;
 	}
 	else
 	{
-		ret = send_error(conn, 404, "invalid_request_error", "not_found",
-						 "Unrecognized request URL.", NULL);
+		respond_error(j, 404, "invalid_request_error", "not_found",
+					  "Unrecognized request URL.", NULL);
 		goto done;
 	}
 	if (c->route == ROUTE_CHARGE_GET ? strcmp(method, "GET") != 0
 		: strcmp(method, "POST") != 0)
 	{
-		ret = send_error(conn, 405, "invalid_request_error", "method_not_allowed",
-						 "Method not allowed.",
-						 c->route == ROUTE_CHARGE_GET ? allow_get : allow_post);
+		respond_error(j, 405, "invalid_request_error", "method_not_allowed",
+					  "Method not allowed.",
+					  c->route == ROUTE_CHARGE_GET ? allow_get : allow_post);
 		goto done;
 	}
-	if (up->too_large)
+	if (j->too_large)
 	{
-		ret = send_error(conn, 413, "invalid_request_error", "body_too_large",
-						 "The body is larger than 64 KiB.", NULL);
+		respond_error(j, 413, "invalid_request_error", "body_too_large",
+					  "The body is larger than 64 KiB.", NULL);
 		goto done;
 	}
-	c->tenant = resolve_tenant(conn, &ret);
+	c->tenant = resolve_tenant(j);
 	if (c->tenant == NULL)
 		goto done;
+	/* invalid requests are answered before the key is looked at: nothing
+	 * is stored for them, as Stripe does */
 	if (c->route != ROUTE_CHARGE_GET &&
-		validate(c, up->body.buf ? up->body.buf : "", up->body.len, msg, sizeof(msg)) < 0)
+		validate(c, j->body.buf ? j->body.buf : "", j->body.len, msg, sizeof(msg)) < 0)
 	{
-		ret = send_error(conn, 400, "invalid_request_error", "parameter_invalid",
-						 msg, NULL);
+		respond_error(j, 400, "invalid_request_error", "parameter_invalid", msg, NULL);
 		goto done;
 	}
 	read_test_hooks(c);
 
-	c->w = get_worker(msg, sizeof(msg));
-	if (c->w == NULL)
+	if (worker_ready(w, msg, sizeof(msg)) < 0)
 	{
 		logf_("database unreachable: %s", msg);
-		ret = send_error(conn, 503, "api_error", "database_unavailable",
-						 "The database is unreachable; retry with the same key.",
-						 retry_after);
+		respond_error(j, 503, "api_error", "database_unavailable",
+					  "The database is unreachable; retry with the same key.",
+					  retry_after);
 		goto done;
 	}
 
-	v = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Idempotency-Wait");
+	v = job_header(j, "X-Idempotency-Wait");
 	policy = cfg.no_wait || (v && strcmp(v, "0") == 0) ? policy_nowait : policy_wait;
-	MHD_get_connection_values(conn, MHD_HEADER_KIND, collect_header, c);
 	memset(&hr, 0, sizeof(hr));
 	hr.method = method;
 	hr.path = url;
-	hr.headers = c->headers;
-	hr.nheaders = c->nheaders;
-	hr.body = up->body.buf;
-	hr.body_len = up->body.len;
+	hr.headers = j->headers;
+	hr.nheaders = j->nheaders;
+	hr.body = j->body.buf;
+	hr.body_len = j->body.len;
 	hr.scope = c->tenant;
 
 	/*
@@ -1192,21 +1174,22 @@ dispatch(struct MHD_Connection *conn, const char *url, const char *method,
 	 * of this request (the point of the step).
 	 */
 	tx = c->route == ROUTE_CHARGE_CREATE || c->route == ROUTE_CHARGE_UNPROTECTED;
-	if (tx && exec_simple(c->w->pg, "BEGIN", msg, sizeof(msg)) < 0)
+	if (tx && exec_simple(w->pg, "BEGIN", msg, sizeof(msg)) < 0)
 	{
 		logf_("BEGIN failed: %s", msg);
-		ret = send_error(conn, 503, "api_error", "database_unavailable",
-						 "The database is unreachable; retry with the same key.",
-						 retry_after);
+		respond_error(j, 503, "api_error", "database_unavailable",
+					  "The database is unreachable; retry with the same key.",
+					  retry_after);
+		worker_close(w);
 		goto done;
 	}
-	o = idem_http_run(c->w->idem, policy, &hr, handler, c, &rec, &status);
+	o = idem_http_run(w->idem, policy, &hr, handler, c, &rec, &status);
 	if (tx)
 	{
 		int			keep = o == IDEM_FRESH && status < 500 && status != 429 &&
 			strcmp(idem_record_state(rec), "released") != 0;
 
-		if (exec_simple(c->w->pg, keep ? "COMMIT" : "ROLLBACK", msg, sizeof(msg)) < 0 &&
+		if (exec_simple(w->pg, keep ? "COMMIT" : "ROLLBACK", msg, sizeof(msg)) < 0 &&
 			keep)
 		{
 			/* we cannot tell whether it committed: the retry will know */
@@ -1219,16 +1202,17 @@ dispatch(struct MHD_Connection *conn, const char *url, const char *method,
 	}
 
 	if (!cfg.quiet)
+	{
+		v = job_header(j, "Idempotency-Key");
 		logf_("%s %s tenant=%s key=%s -> %d %s%s", method, url, c->tenant,
-			  MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Idempotency-Key")
-			  ? MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Idempotency-Key") : "-",
-			  status, idem_outcome_name(o),
-			  rec && strcmp(idem_record_state(rec), "committed") != 0 && o == IDEM_FRESH
+			  v ? v : "-", status, idem_outcome_name(o),
+			  rec && o == IDEM_FRESH && strcmp(idem_record_state(rec), "committed") != 0
 			  ? (strcmp(idem_record_state(rec), "bypassed") == 0 ? " (bypassed)" : " (not stored)")
 			  : "");
+	}
 
 	if ((o == IDEM_FRESH || o == IDEM_REPLAY) && rec)
-		ret = send_record(c, rec, (unsigned) status, o == IDEM_REPLAY);
+		respond_record(c, rec, (unsigned) status, o == IDEM_REPLAY);
 	else
 	{
 		const char *code = NULL;
@@ -1247,26 +1231,127 @@ dispatch(struct MHD_Connection *conn, const char *url, const char *method,
 				text = "The database is unreachable; retry with the same key.";
 				break;
 			case 400:
-				snprintf(msg, sizeof(msg), "%s (header Idempotency-Key).",
-						 idem_errmsg(c->w->idem));
+				snprintf(msg, sizeof(msg), "Send an Idempotency-Key header of 1 to 255 "
+						 "bytes with %s %s (%s).", method, url, idem_errmsg(w->idem));
 				text = msg;
 				break;
 			default:
 				text = "An internal error occurred; retry with the same key.";
-				logf_("%s %s: %s: %s", method, url, idem_error_name(idem_errcode(c->w->idem)),
-					  idem_errmsg(c->w->idem));
+				logf_("%s %s: %s: %s", method, url, idem_error_name(idem_errcode(w->idem)),
+					  idem_errmsg(w->idem));
 		}
-		ret = send_error(conn, (unsigned) status, type, code, text,
-						 status == 409 || status == 503 ? retry_after : NULL);
+		respond_error(j, (unsigned) status, type, code, text,
+					  status == 409 || status == 503 ? retry_after : NULL);
 	}
 	idem_record_free(rec);
-	if (PQstatus(c->w->pg) != CONNECTION_OK)
-		worker_close(c->w);
+	if (w->pg && PQstatus(w->pg) != CONNECTION_OK)
+		worker_close(w);
 
 done:
 	json_object_free(&c->json);
 	free(c);
-	return ret;
+}
+
+static void job_free(job *j);
+
+static void *
+worker_main(void *arg)
+{
+	worker		w = {NULL, NULL};
+
+	(void) arg;
+	for (;;)
+	{
+		job		   *j;
+		int			orphaned;
+
+		pthread_mutex_lock(&queue_lock);
+		while (queue_head == NULL && !stopping)
+			pthread_cond_wait(&queue_cond, &queue_lock);
+		j = queue_head;
+		if (j)
+		{
+			queue_head = j->next;
+			if (queue_head == NULL)
+				queue_tail = NULL;
+		}
+		pthread_mutex_unlock(&queue_lock);
+		if (j == NULL)
+			break;				/* stopping, and the queue is drained */
+
+		dispatch(&w, j);
+
+		pthread_mutex_lock(&queue_lock);
+		j->state = JOB_DONE;
+		orphaned = j->orphaned;
+		pthread_mutex_unlock(&queue_lock);
+		if (!orphaned)
+			MHD_resume_connection(j->conn);
+		else
+			job_free(j);
+	}
+	worker_close(&w);
+	return NULL;
+}
+
+/* ---- libmicrohttpd callbacks (in its polling threads) ---------------------- */
+
+static void
+job_free(job *j)
+{
+	size_t		i;
+
+	if (j->response)
+		MHD_destroy_response(j->response);
+	for (i = 0; i < j->nheaders; i++)
+	{
+		free((char *) j->headers[i].name);
+		free((char *) j->headers[i].value);
+	}
+	free(j->headers);
+	free(j->body.buf);
+	free(j->method);
+	free(j->url);
+	free(j);
+}
+
+static enum MHD_Result
+copy_header(void *cls, enum MHD_ValueKind kind, const char *key,
+			const char *value)
+{
+	job		   *j = cls;
+	char	   *name,
+			   *val;
+	size_t		n;
+
+	(void) kind;
+	if (j->nheaders >= MAX_HEADERS)
+		return MHD_NO;
+	if (value == NULL)
+		value = "";
+	n = strlen(value);
+	/* the IETF draft sends the key as a quoted string: "abc" and abc are
+	 * the same key */
+	if (strcasecmp(key, "Idempotency-Key") == 0 && n >= 2 &&
+		value[0] == '"' && value[n - 1] == '"')
+	{
+		value++;
+		n -= 2;
+	}
+	name = strdup(key);
+	val = malloc(n + 1);
+	if (name == NULL || val == NULL)
+	{
+		free(name);
+		free(val);
+		return MHD_NO;
+	}
+	memcpy(val, value, n);
+	val[n] = '\0';
+	j->headers[j->nheaders].name = name;
+	j->headers[j->nheaders].value = val;
+	j->nheaders++;
+	return MHD_YES;
 }
 
 static enum MHD_Result
@@ -1274,54 +1359,113 @@ handle(void *cls, struct MHD_Connection *conn, const char *url,
 	   const char *method, const char *version, const char *upload_data,
 	   size_t *upload_data_size, void **con_cls)
 {
-	upload	   *up = *con_cls;
+	job		   *j = *con_cls;
+	job_state	state;
+	enum MHD_Result ret;
 
 	(void) cls;
 	(void) version;
-	if (up == NULL)
+	if (j == NULL)
 	{
-		up = calloc(1, sizeof(upload));
-		if (up == NULL)
+		j = calloc(1, sizeof(job));
+		if (j == NULL)
 			return MHD_NO;
-		*con_cls = up;
+		j->conn = conn;
+		j->method = strdup(method);
+		j->url = strdup(url);
+		j->headers = calloc(MAX_HEADERS, sizeof(idem_header));
+		*con_cls = j;
+		if (j->method == NULL || j->url == NULL || j->headers == NULL)
+			return MHD_NO;
 		return MHD_YES;
 	}
 	if (*upload_data_size)
 	{
-		if (up->body.len + *upload_data_size > MAX_BODY)
-			up->too_large = 1;
-		else if (!up->too_large)
-			sb_append(&up->body, upload_data, *upload_data_size);
+		if (j->body.len + *upload_data_size > MAX_BODY)
+			j->too_large = 1;
+		else if (!j->too_large)
+			sb_append(&j->body, upload_data, *upload_data_size);
 		*upload_data_size = 0;
 		return MHD_YES;
 	}
-	if (up->body.oom)
-		return MHD_NO;
-	return dispatch(conn, url, method, up);
+
+	pthread_mutex_lock(&queue_lock);
+	state = j->state;
+	pthread_mutex_unlock(&queue_lock);
+	switch (state)
+	{
+		case JOB_RECEIVING:
+			if (strcmp(url, "/healthz") == 0)
+			{
+				struct MHD_Response *r =
+					MHD_create_response_from_buffer(13, (void *) "{\"ok\": true}\n",
+													MHD_RESPMEM_PERSISTENT);
+
+				if (r == NULL)
+					return MHD_NO;
+				MHD_add_response_header(r, "Content-Type", "application/json");
+				ret = MHD_queue_response(conn, 200, r);
+				MHD_destroy_response(r);
+				return ret;
+			}
+			if (j->body.oom)
+				return MHD_NO;
+			MHD_get_connection_values(conn, MHD_HEADER_KIND, copy_header, j);
+			/* hand it to a worker; it resumes the connection when done */
+			MHD_suspend_connection(conn);
+			pthread_mutex_lock(&queue_lock);
+			j->state = JOB_QUEUED;
+			if (queue_tail)
+				queue_tail->next = j;
+			else
+				queue_head = j;
+			queue_tail = j;
+			pthread_cond_signal(&queue_cond);
+			pthread_mutex_unlock(&queue_lock);
+			return MHD_YES;
+		case JOB_DONE:
+			if (j->response == NULL)
+				return MHD_NO;	/* out of memory: drop the connection */
+			ret = MHD_queue_response(conn, j->status, j->response);
+			MHD_destroy_response(j->response);
+			j->response = NULL;
+			pthread_mutex_lock(&queue_lock);
+			j->state = JOB_SENT;
+			pthread_mutex_unlock(&queue_lock);
+			return ret;
+		default:
+			return MHD_YES;
+	}
 }
 
 static void
 completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 		  enum MHD_RequestTerminationCode toe)
 {
-	upload	   *up = *con_cls;
+	job		   *j = *con_cls;
+	int			busy;
 
 	(void) cls;
 	(void) conn;
 	(void) toe;
-	if (up)
-	{
-		free(up->body.buf);
-		free(up);
-		*con_cls = NULL;
-	}
+	if (j == NULL)
+		return;
+	*con_cls = NULL;
+	pthread_mutex_lock(&queue_lock);
+	busy = j->state == JOB_QUEUED;
+	if (busy)
+		j->orphaned = 1;		/* the worker frees it */
+	pthread_mutex_unlock(&queue_lock);
+	if (!busy)
+		job_free(j);
 }
 
 /* ---- start-up ----------------------------------------------------------- */
 
 static const char *const schema_sql =
 "SELECT pg_advisory_xact_lock(hashtext('idem-http-example'));"
-"CREATE TABLE IF NOT EXISTS charges ("
+"CREATE SCHEMA IF NOT EXISTS http_example;"
+"CREATE TABLE IF NOT EXISTS http_example.charges ("
 "  id bigserial PRIMARY KEY,"
 "  tenant text NOT NULL,"
 "  idempotency_key text,"
@@ -1359,7 +1503,7 @@ prepare_database(void)
 		exec_simple(pg, schema_sql, err, sizeof(err)) < 0 ||
 		exec_simple(pg, "COMMIT", err, sizeof(err)) < 0)
 	{
-		fprintf(stderr, "service: cannot create the charges table: %s\n", err);
+		fprintf(stderr, "service: cannot create the table http_example.charges: %s\n", err);
 		PQfinish(pg);
 		return -1;
 	}
@@ -1395,7 +1539,9 @@ usage(FILE *f)
 			"  --listen ADDR         IPv4 address to listen on (default 127.0.0.1)\n"
 			"  --port N              port (default 8080; 0 = a free one, printed)\n"
 			"  --port-file FILE      write the port to FILE once listening\n"
-			"  --threads N           worker threads, one database session each (default 16)\n"
+			"  --threads N           worker threads, one database session and libidem\n"
+			"                        handle each (default 16)\n"
+			"  --io-threads N        libmicrohttpd polling threads (default 2)\n"
 			"  --dsn CONNINFO        database (default: libpq's environment, PGHOST ...)\n"
 			"  --mail HOST:PORT      the mail API (default 127.0.0.1:8025)\n"
 			"  --wait INTERVAL       how long a duplicate waits for the request in flight\n"
@@ -1454,6 +1600,8 @@ main(int argc, char **argv)
 	int			sig,
 				i;
 	long		port;
+	pthread_t  *workers;
+	unsigned	nworkers;
 
 	for (i = 1; i < argc; i++)
 	{
@@ -1487,6 +1635,8 @@ main(int argc, char **argv)
 			cfg.port_file = argv[++i];
 		else if (strcmp(a, "--threads") == 0)
 			cfg.threads = (unsigned) parse_long(argv[++i], 1, 1024);
+		else if (strcmp(a, "--io-threads") == 0)
+			cfg.io_threads = (unsigned) parse_long(argv[++i], 1, 64);
 		else if (strcmp(a, "--dsn") == 0)
 			cfg.dsn = argv[++i];
 		else if (strcmp(a, "--wait") == 0)
@@ -1553,8 +1703,6 @@ main(int argc, char **argv)
 	}
 	if (prepare_database() < 0)
 		return 69;
-	if (pthread_key_create(&worker_key, worker_destroy) != 0)
-		return 1;
 
 	/* the pool threads inherit this mask: only main takes the signals */
 	sigemptyset(&sigs);
@@ -1563,10 +1711,21 @@ main(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
-	d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_USE_ERROR_LOG,
+	workers = calloc(cfg.threads, sizeof(pthread_t));
+	if (workers == NULL)
+		return 1;
+	for (nworkers = 0; nworkers < cfg.threads; nworkers++)
+		if (pthread_create(&workers[nworkers], NULL, worker_main, NULL) != 0)
+		{
+			fprintf(stderr, "service: cannot start worker threads\n");
+			return 1;
+		}
+
+	d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO |
+						 MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG,
 						 0, NULL, NULL, handle, NULL,
 						 MHD_OPTION_SOCK_ADDR, (struct sockaddr *) &sa,
-						 MHD_OPTION_THREAD_POOL_SIZE, cfg.threads,
+						 MHD_OPTION_THREAD_POOL_SIZE, cfg.io_threads,
 						 MHD_OPTION_NOTIFY_COMPLETED, completed, NULL,
 						 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int) 120,
 						 MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned int) 1024,
@@ -1578,8 +1737,8 @@ main(int argc, char **argv)
 	}
 	info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
 	port = info ? info->port : cfg.port;
-	printf("service: listening on http://%s:%ld (%u threads, mail API %s:%s%s)\n",
-		   cfg.listen, port, cfg.threads, cfg.mail_host, cfg.mail_port,
+	printf("service: listening on http://%s:%ld (%u workers, %u I/O threads, mail API %s:%s%s)\n",
+		   cfg.listen, port, cfg.threads, cfg.io_threads, cfg.mail_host, cfg.mail_port,
 		   cfg.test_hooks ? ", test hooks on" : "");
 	fflush(stdout);
 	if (cfg.port_file)
@@ -1597,6 +1756,16 @@ main(int argc, char **argv)
 	while (sigwait(&sigs, &sig) != 0)
 		;
 	fprintf(stderr, "service: stopping (signal %d)\n", sig);
+	/* no new connections; the workers finish what is queued and resume
+	 * those connections; then everything closes */
+	MHD_quiesce_daemon(d);
+	pthread_mutex_lock(&queue_lock);
+	stopping = 1;
+	pthread_cond_broadcast(&queue_cond);
+	pthread_mutex_unlock(&queue_lock);
+	for (i = 0; i < (int) nworkers; i++)
+		pthread_join(workers[i], NULL);
+	free(workers);
 	MHD_stop_daemon(d);
 	idem_http_free(policy_wait);
 	idem_http_free(policy_nowait);

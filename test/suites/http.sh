@@ -23,6 +23,7 @@ P="http-$$-$RANDOM"				# keys of this run
 SVC_PID=
 SINK_PID=
 SVC2_PID=
+DB=
 
 cleanup()
 {
@@ -33,6 +34,9 @@ cleanup()
 			{ wait "$pid"; } 2>/dev/null
 		fi
 	done
+	if [[ -n $DB ]]; then
+		psql_q -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1
+	fi
 }
 trap cleanup EXIT
 
@@ -42,6 +46,18 @@ if ! out=$(make -s --no-print-directory -C "$EX" 2>&1); then
 	exit 1
 fi
 ok "examples/http builds (-Wall -Wextra -Werror)"
+
+# a database of the suite's own: the service and psql find it in PGDATABASE
+if out=$(psql_q -d postgres -c "DROP DATABASE IF EXISTS idem_http_suite WITH (FORCE)" 2>&1 &&
+	psql_q -d postgres -c "CREATE DATABASE idem_http_suite" 2>&1 &&
+	psql_q -d idem_http_suite -c "CREATE EXTENSION idempotency" 2>&1); then
+	DB=idem_http_suite
+	export PGDATABASE=$DB
+else
+	fail "a database with the extension for the suite" "$out"
+	finish
+	exit 1
+fi
 
 # wait_file FILE SECONDS: until FILE is non-empty
 wait_file()
@@ -126,7 +142,7 @@ canon()
 
 replayed() { grep -qi '^idempotent-replayed: true' "$T/$1.h"; }
 header() { grep -i "^$2:" "$T/$1.h" | head -n 1 | cut -d' ' -f2- | tr -d '\r'; }
-rows() { psql_q -c "SELECT count(*) FROM charges WHERE tenant = '$1' AND idempotency_key = '$2'"; }
+rows() { psql_q -c "SELECT count(*) FROM http_example.charges WHERE tenant = '$1' AND idempotency_key = '$2'"; }
 # a field of a flat JSON body: "name": "value" or "name": 123
 field()
 {
@@ -241,7 +257,7 @@ else
 	fail "missing key: 400" "status $s" "$(cat "$T/nokey.b")"
 fi
 check_eq "... and no charge" 0 \
-	"$(psql_q -c "SELECT count(*) FROM charges WHERE description = '$P-nokey'")"
+	"$(psql_q -c "SELECT count(*) FROM http_example.charges WHERE description = '$P-nokey'")"
 check_eq "an empty key: 400" 400 \
 	"$(req emptykey POST /charges -H "X-Tenant: acme" -H "Idempotency-Key;" -d '{"amount": 100, "currency": "usd"}')"
 check_eq "a key over 255 bytes: 400" 400 \
