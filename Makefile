@@ -15,6 +15,7 @@ OBJS = \
 	src/idem_ops.o \
 	src/idem_stats.o \
 	src/idem_storage.o \
+	src/idem_tenant.o \
 	src/idem_worker.o
 PGFILEDESC = "idempotency - idempotency keys stored beside the data"
 
@@ -23,7 +24,7 @@ DATA = $(wildcard sql/idempotency--*.sql)
 # pg_regress: scripts in sql/ (beside the install scripts), expected output
 # in expected/; results go to test/out
 REGRESS = init reserve commit release get_purge hashing errors transactions \
-	settings privileges logged ops upgrade
+	settings privileges tenants logged ops upgrade
 REGRESS_OPTS = --outputdir=test/out
 
 # pg_isolation_regress: specs and expected output in test/isolation

@@ -161,3 +161,56 @@ GRANT EXECUTE ON FUNCTION idem_table_counts() TO pg_monitor;
 GRANT EXECUTE ON FUNCTION idem_list(text, text, integer) TO pg_monitor;
 GRANT EXECUTE ON FUNCTION idem_hung(interval) TO pg_monitor;
 GRANT SELECT ON idem_stats TO pg_monitor;
+
+--
+-- Tenant confinement: a role bound to scopes may use only those scopes.
+--
+CREATE TABLE idem_confinement (
+	role	regrole	NOT NULL,
+	scope	text	NOT NULL,
+	PRIMARY KEY (role, scope)
+);
+
+COMMENT ON TABLE idem_confinement IS
+'scopes a confined role may use; roles without rows are not confined (use idem_confine / idem_unconfine)';
+
+REVOKE ALL ON TABLE idem_confinement FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('idem_confinement', '');
+
+CREATE FUNCTION idem_confinement_changed()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'idem_confinement_changed'
+LANGUAGE C;
+
+CREATE TRIGGER idem_confinement_changed
+	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON idem_confinement
+	FOR EACH STATEMENT EXECUTE FUNCTION idem_confinement_changed();
+
+CREATE FUNCTION idem_confine(role regrole, VARIADIC scopes text[])
+RETURNS void
+LANGUAGE sql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+	INSERT INTO @extschema@.idem_confinement (role, scope)
+	SELECT $1, s FROM unnest($2) s
+	ON CONFLICT DO NOTHING
+$$;
+
+COMMENT ON FUNCTION idem_confine(regrole, text[]) IS
+'bind a role to scopes: from then on it may reserve, commit, release, get and purge only in its scopes';
+
+CREATE FUNCTION idem_unconfine(role regrole, VARIADIC scopes text[] DEFAULT NULL)
+RETURNS void
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+	DELETE FROM @extschema@.idem_confinement
+	 WHERE role = $1 AND ($2 IS NULL OR scope = ANY ($2))
+$$;
+
+COMMENT ON FUNCTION idem_unconfine(regrole, text[]) IS
+'unbind a role from some scopes, or from all (then it is no longer confined)';
+
+REVOKE ALL ON FUNCTION idem_confine(regrole, text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION idem_unconfine(regrole, text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION idem_confinement_changed() FROM PUBLIC;

@@ -111,14 +111,26 @@ get_key_args(FunctionCallInfo fcinfo, int keyarg, int scopearg, IdemKey *k)
 				 errdetail("Scope \"%.*s...\" of key \"%s\" is %d bytes; the limit is %d bytes.",
 						   pg_mbcliplen(k->scope, k->scope_len, 32), k->scope,
 						   k->key, k->scope_len, IDEM_MAX_KEY_BYTES)));
+
+	idem_check_scope(k->scope);
 }
 
 static char *
-get_hash_arg(FunctionCallInfo fcinfo, int arg)
+get_hash_arg(FunctionCallInfo fcinfo, int arg, const IdemKey *k)
 {
+	text	   *t;
+
 	if (PG_ARGISNULL(arg))
 		return NULL;
-	return text_to_cstring(PG_GETARG_TEXT_PP(arg));
+	t = PG_GETARG_TEXT_PP(arg);
+	if (VARSIZE_ANY_EXHDR(t) > IDEM_MAX_HASH_BYTES)
+		user_error(
+				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
+				 errmsg("request hash is too long"),
+				 errdetail("Key \"%s\" in scope \"%s\" was given a request hash of %d bytes; the limit is %d bytes.",
+						   k->key, k->scope, (int) VARSIZE_ANY_EXHDR(t),
+						   IDEM_MAX_HASH_BYTES)));
+	return text_to_cstring(t);
 }
 
 /* Microseconds of an interval, months counted as 30 days */
@@ -374,7 +386,7 @@ idem_reserve(PG_FUNCTION_ARGS)
 	int			retries = 0;
 
 	get_key_args(fcinfo, 0, 4, &k);
-	hash = get_hash_arg(fcinfo, 1);
+	hash = get_hash_arg(fcinfo, 1, &k);
 
 	if (PG_ARGISNULL(2))
 	{
@@ -383,6 +395,15 @@ idem_reserve(PG_FUNCTION_ARGS)
 	}
 	else
 		ttl = *PG_GETARG_INTERVAL_P(2);
+	if (interval_usecs(&ttl) > (int64) idem_max_ttl * USECS_PER_SEC)
+		user_error(
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("ttl is longer than idem.max_ttl"),
+				 errdetail("Key \"%s\" in scope \"%s\" was given ttl %s; idem.max_ttl is %d seconds.",
+						   k.key, k.scope,
+						   DatumGetCString(DirectFunctionCall1(interval_out,
+															   IntervalPGetDatum(&ttl))),
+						   idem_max_ttl)));
 	if (add_interval(now, &ttl) <= now)
 		user_error(
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -601,7 +622,7 @@ idem_commit(PG_FUNCTION_ARGS)
 	RecordState st;
 
 	get_key_args(fcinfo, 0, 5, &k);
-	hash = get_hash_arg(fcinfo, 1);
+	hash = get_hash_arg(fcinfo, 1, &k);
 
 	if (!PG_ARGISNULL(3))
 	{
@@ -617,6 +638,13 @@ idem_commit(PG_FUNCTION_ARGS)
 	if (!PG_ARGISNULL(4))
 	{
 		headers = PG_GETARG_JSONB_P(4);
+		if (VARSIZE(headers) - VARHDRSZ > (Size) idem_max_header_bytes)
+			user_error(
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("response headers are too large"),
+					 errdetail("Key \"%s\" in scope \"%s\": the headers take %zu bytes; idem.max_header_bytes is %d bytes.",
+							   k.key, k.scope, (Size) (VARSIZE(headers) - VARHDRSZ),
+							   idem_max_header_bytes)));
 		if (!JB_ROOT_IS_OBJECT(headers) || JB_ROOT_IS_SCALAR(headers))
 			user_error(
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -756,7 +784,9 @@ idem_purge(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
 				 errmsg("cannot purge idempotency keys during recovery")));
 
-	n = idem_storage_purge(limit, GetCurrentTransactionStartTimestamp());
+	/* a confined role purges its own scopes only */
+	n = idem_storage_purge(limit, GetCurrentTransactionStartTimestamp(),
+						   idem_confined_scopes());
 	idem_count(IDEM_C_PURGED, (uint64) n);
 	PG_RETURN_INT64(n);
 }

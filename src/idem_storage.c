@@ -29,6 +29,7 @@
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/inval.h"
@@ -51,12 +52,13 @@ typedef enum StorageQuery
 	Q_EVICT,
 	Q_PURGE_SCAN,
 	Q_PURGE_DELETE,
+	Q_CONFINED,
 	NUM_QUERIES
 } StorageQuery;
 
 typedef struct QueryDef
 {
-	const char *sql;			/* %s = qualified table name */
+	const char *sql;			/* %s = the extension's schema, quoted */
 	int			nargs;
 	Oid			argtypes[10];
 } QueryDef;
@@ -67,11 +69,11 @@ static const QueryDef query_defs[NUM_QUERIES] = {
 	[Q_READ] = {
 		"SELECT state, request_hash, status, headers, body, attempt, ttl,"
 		" created_at, expires_at, owner_pid, owner_started"
-		" FROM %s WHERE scope" EQ "$1 AND key" EQ "$2",
+		" FROM %s.idem_keys WHERE scope" EQ "$1 AND key" EQ "$2",
 		2, {TEXTOID, TEXTOID}
 	},
 	[Q_INSERT] = {
-		"INSERT INTO %s (scope, key, state, request_hash, attempt, ttl,"
+		"INSERT INTO %s.idem_keys (scope, key, state, request_hash, attempt, ttl,"
 		" created_at, expires_at, owner_pid, owner_started)"
 		" VALUES ($1, $2, 'in_flight', $3, 1, $4, $5, $6, $7, $8)"
 		" ON CONFLICT (scope, key) DO NOTHING",
@@ -79,7 +81,7 @@ static const QueryDef query_defs[NUM_QUERIES] = {
 		TIMESTAMPTZOID, INT4OID, TIMESTAMPTZOID}
 	},
 	[Q_RENEW] = {
-		"UPDATE %s SET state = 'in_flight', request_hash = $3, status = NULL,"
+		"UPDATE %s.idem_keys SET state = 'in_flight', request_hash = $3, status = NULL,"
 		" headers = NULL, body = NULL, attempt = $4, ttl = $5,"
 		" created_at = $6, expires_at = $7, committed_at = NULL,"
 		" owner_pid = $8, owner_started = $9"
@@ -88,7 +90,7 @@ static const QueryDef query_defs[NUM_QUERIES] = {
 		TIMESTAMPTZOID, INT4OID, TIMESTAMPTZOID}
 	},
 	[Q_COMMIT] = {
-		"UPDATE %s SET state = 'committed',"
+		"UPDATE %s.idem_keys SET state = 'committed',"
 		" request_hash = COALESCE(request_hash, $3),"
 		" status = $4, headers = $5, body = $6, committed_at = $7,"
 		" expires_at = $8, owner_pid = NULL, owner_started = NULL"
@@ -97,7 +99,7 @@ static const QueryDef query_defs[NUM_QUERIES] = {
 		TIMESTAMPTZOID, TIMESTAMPTZOID}
 	},
 	[Q_COMMIT_MINE] = {
-		"UPDATE %s SET state = 'committed',"
+		"UPDATE %s.idem_keys SET state = 'committed',"
 		" request_hash = COALESCE(request_hash, $3),"
 		" status = $4, headers = $5, body = $6, committed_at = $7,"
 		" expires_at = $7 OPERATOR(pg_catalog.+) ttl,"
@@ -109,30 +111,36 @@ static const QueryDef query_defs[NUM_QUERIES] = {
 		TIMESTAMPTZOID, INT4OID, TIMESTAMPTZOID}
 	},
 	[Q_DELETE] = {
-		"DELETE FROM %s"
+		"DELETE FROM %s.idem_keys"
 		" WHERE scope" EQ "$1 AND key" EQ "$2 AND state" EQ "'in_flight'",
 		2, {TEXTOID, TEXTOID}
 	},
 	[Q_ABANDON] = {
-		"UPDATE %s SET owner_pid = NULL, owner_started = NULL"
+		"UPDATE %s.idem_keys SET owner_pid = NULL, owner_started = NULL"
 		" WHERE scope" EQ "$1 AND key" EQ "$2 AND state" EQ "'in_flight'"
 		" AND owner_pid" EQ "$3 AND owner_started" EQ "$4",
 		4, {TEXTOID, TEXTOID, INT4OID, TIMESTAMPTZOID}
 	},
 	[Q_EVICT] = {
-		"DELETE FROM %s"
+		"DELETE FROM %s.idem_keys"
 		" WHERE scope" EQ "$1 AND key" EQ "$2 AND state" EQ "'committed'",
 		2, {TEXTOID, TEXTOID}
 	},
 	[Q_PURGE_SCAN] = {
 		"SELECT ctid, state" EQ "'committed', owner_pid, owner_started"
-		" FROM %s WHERE expires_at OPERATOR(pg_catalog.<=) $1",
-		1, {TIMESTAMPTZOID}
+		" FROM %s.idem_keys WHERE expires_at OPERATOR(pg_catalog.<=) $1"
+		" AND ($2 IS NULL OR scope" EQ "ANY ($2))",
+		2, {TIMESTAMPTZOID, TEXTARRAYOID}
 	},
 	[Q_PURGE_DELETE] = {
-		"DELETE FROM %s WHERE ctid" EQ "ANY ($1)"
+		"DELETE FROM %s.idem_keys WHERE ctid" EQ "ANY ($1)"
 		" AND expires_at OPERATOR(pg_catalog.<=) $2",
 		2, {TIDARRAYOID, TIMESTAMPTZOID}
+	},
+	[Q_CONFINED] = {
+		"SELECT scope FROM %s.idem_confinement"
+		" WHERE role" EQ "$1",
+		1, {REGROLEOID}
 	},
 };
 
@@ -142,7 +150,8 @@ static struct
 	bool		valid;
 	Oid			relid;
 	Oid			owner;
-	char	   *qualname;
+	Oid			confinement_relid;	/* InvalidOid before version 1.1 */
+	char	   *schema;			/* quoted */
 	SPIPlanPtr	plans[NUM_QUERIES];
 } cache;
 
@@ -198,9 +207,9 @@ refresh_cache(void)
 			SPI_freeplan(cache.plans[i]);
 		cache.plans[i] = NULL;
 	}
-	if (cache.qualname != NULL)
-		pfree(cache.qualname);
-	cache.qualname = NULL;
+	if (cache.schema != NULL)
+		pfree(cache.schema);
+	cache.schema = NULL;
 
 	extoid = get_extension_oid("idempotency", true);
 	if (!OidIsValid(extoid))
@@ -223,10 +232,10 @@ refresh_cache(void)
 	ReleaseSysCache(tuple);
 
 	oldcxt = MemoryContextSwitchTo(TopMemoryContext);
-	cache.qualname = quote_qualified_identifier(get_namespace_name(nspid),
-												"idem_keys");
+	cache.schema = pstrdup(quote_identifier(get_namespace_name(nspid)));
 	MemoryContextSwitchTo(oldcxt);
 	cache.relid = relid;
+	cache.confinement_relid = get_relname_relid("idem_confinement", nspid);
 
 	if (!callback_registered)
 	{
@@ -242,7 +251,7 @@ get_plan(StorageQuery q)
 	if (cache.plans[q] == NULL)
 	{
 		const QueryDef *def = &query_defs[q];
-		char	   *sql = psprintf(def->sql, cache.qualname);
+		char	   *sql = psprintf(def->sql, cache.schema);
 		SPIPlanPtr	plan;
 
 		plan = SPI_prepare(sql, def->nargs, (Oid *) def->argtypes);
@@ -598,26 +607,30 @@ idem_storage_abandon(const IdemKey *k)
 #define PURGE_BATCH 1000
 
 /*
- * Deletes up to limit (< 0: all) expired records: committed ones, and
- * in-flight ones whose owner is gone.  A record renewed meanwhile has a new
+ * Deletes up to limit (< 0: all) expired records of the given scopes (NULL:
+ * all): committed ones, and in-flight ones whose owner is gone.  A record renewed meanwhile has a new
  * ctid and a new expiry, and is left alone.
  */
 int64
-idem_storage_purge(int64 limit, TimestampTz now)
+idem_storage_purge(int64 limit, TimestampTz now, ArrayType *scopes)
 {
 	StorageCall call;
 	Portal		portal;
-	Datum		scan_values[1];
+	Datum		scan_values[2];
+	char		scan_nulls[2] = "  ";
 	int64		deleted = 0;
 	bool		first_check = true;
 	ItemPointer tids;
 
 	scan_values[0] = TimestampTzGetDatum(now);
+	scan_values[1] = PointerGetDatum(scopes);
+	if (scopes == NULL)
+		scan_nulls[1] = 'n';
 
 	storage_begin(&call);
 	tids = palloc(sizeof(ItemPointerData) * PURGE_BATCH);
-	portal = SPI_cursor_open(NULL, get_plan(Q_PURGE_SCAN), scan_values, NULL,
-							 true);
+	portal = SPI_cursor_open(NULL, get_plan(Q_PURGE_SCAN), scan_values,
+							 scan_nulls, true);
 
 	while (limit < 0 || deleted < limit)
 	{
@@ -698,11 +711,51 @@ idem_storage_set_logged(bool logged)
 	int			rc;
 
 	storage_begin(&call);
-	sql = psprintf("ALTER TABLE %s SET %s", cache.qualname,
+	sql = psprintf("ALTER TABLE %s.idem_keys SET %s", cache.schema,
 				   logged ? "LOGGED" : "UNLOGGED");
 	rc = SPI_execute(sql, false, 0);
 	if (rc != SPI_OK_UTILITY)
 		elog(ERROR, "SPI_execute failed for \"%s\": %s",
 			 sql, SPI_result_code_string(rc));
 	storage_end(&call);
+}
+
+/*
+ * The scopes role is confined to, palloc'd in the caller's context; *n = 0
+ * when it is not confined, or when the installed version of the extension
+ * has no bindings.
+ */
+char **
+idem_storage_confined_scopes(Oid role, int *n, Oid *confinement_relid)
+{
+	StorageCall call;
+	MemoryContext callercxt = CurrentMemoryContext;
+	Datum		values[1];
+	char	  **scopes = NULL;
+
+	*n = 0;
+	if (!cache.valid)
+		refresh_cache();
+	*confinement_relid = cache.confinement_relid;
+	if (!OidIsValid(cache.confinement_relid))
+		return NULL;
+
+	values[0] = ObjectIdGetDatum(role);
+	storage_begin(&call);
+	run(Q_CONFINED, values, NULL, true, SPI_OK_SELECT);
+	if (SPI_processed > 0)
+	{
+		*n = (int) SPI_processed;
+		scopes = MemoryContextAlloc(callercxt, sizeof(char *) * *n);
+		for (int i = 0; i < *n; i++)
+		{
+			bool		isnull;
+			Datum		d = SPI_getbinval(SPI_tuptable->vals[i],
+										  SPI_tuptable->tupdesc, 1, &isnull);
+
+			scopes[i] = MemoryContextStrdup(callercxt, TextDatumGetCString(d));
+		}
+	}
+	storage_end(&call);
+	return scopes;
 }

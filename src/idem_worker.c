@@ -52,7 +52,7 @@ purge_batch(void)
 		n = -1;
 	else
 		n = idem_storage_purge(idem_purge_batch_size,
-							   GetCurrentTransactionStartTimestamp());
+							   GetCurrentTransactionStartTimestamp(), NULL);
 
 	PopActiveSnapshot();
 	CommitTransactionCommand();

@@ -26,6 +26,8 @@ int			idem_default_ttl = 24 * 60 * 60;
 int			idem_wait_timeout = 30 * 1000;
 int			idem_max_body_bytes = 1024 * 1024;
 bool		idem_async_reserve = false;
+int			idem_max_ttl = 366 * 24 * 60 * 60;
+int			idem_max_header_bytes = 64 * 1024;
 
 static ProcessUtility_hook_type prev_ProcessUtility = NULL;
 
@@ -81,6 +83,22 @@ _PG_init(void)
 							&idem_max_body_bytes,
 							1024 * 1024, 0, MaxAllocSize - VARHDRSZ,
 							PGC_USERSET, GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("idem.max_ttl",
+							"Longest ttl idem_reserve accepts.",
+							NULL,
+							&idem_max_ttl,
+							366 * 24 * 60 * 60, 1, INT_MAX,
+							PGC_SUSET, GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("idem.max_header_bytes",
+							"Largest response headers idem_commit stores, as jsonb.",
+							NULL,
+							&idem_max_header_bytes,
+							64 * 1024, 0, MaxAllocSize - VARHDRSZ,
+							PGC_SUSET, GUC_UNIT_BYTE,
 							NULL, NULL, NULL);
 
 	DefineCustomBoolVariable("idem.async_reserve",

@@ -17,8 +17,9 @@
 #define ERRCODE_IDEM_IN_FLIGHT		MAKE_SQLSTATE('I','K','4','0','9')
 #define ERRCODE_IDEM_NOT_FOUND		MAKE_SQLSTATE('I','K','4','0','4')
 
-/* Longest key and scope, in bytes */
+/* Longest key and scope, and longest request hash, in bytes */
 #define IDEM_MAX_KEY_BYTES		255
+#define IDEM_MAX_HASH_BYTES		1024
 
 /*
  * The field4 of our advisory lock tags.  pg_advisory_lock() and friends use
@@ -31,6 +32,8 @@ extern int	idem_default_ttl;		/* seconds */
 extern int	idem_wait_timeout;		/* milliseconds, 0 = do not wait */
 extern int	idem_max_body_bytes;	/* bytes */
 extern bool idem_async_reserve;
+extern int	idem_max_ttl;			/* seconds */
+extern int	idem_max_header_bytes;	/* bytes */
 
 /* A (scope, key) pair, already validated */
 typedef struct IdemKey
@@ -112,8 +115,15 @@ extern bool idem_storage_commit_mine(const IdemKey *k, const char *request_hash,
 extern bool idem_storage_delete(const IdemKey *k);
 extern bool idem_storage_evict(const IdemKey *k);
 extern void idem_storage_abandon(const IdemKey *k);
-extern int64 idem_storage_purge(int64 limit, TimestampTz now);
+extern int64 idem_storage_purge(int64 limit, TimestampTz now,
+								 struct ArrayType *scopes);
+extern char **idem_storage_confined_scopes(Oid role, int *n,
+										  Oid *confinement_relid);
 extern void idem_storage_set_logged(bool logged);
+
+/* idem_tenant.c */
+extern void idem_check_scope(const char *scope);
+extern struct ArrayType *idem_confined_scopes(void);
 
 /* idem_lock.c */
 extern void idem_lock_init(void);
