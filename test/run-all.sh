@@ -22,7 +22,7 @@
 #
 # Other knobs: SKIP_BUILD=1 (use what is installed), KEEP_CLUSTER=1 (leave
 # the cluster running afterwards), CLUSTER_OPTS (extra server settings, see
-# test/cluster.sh), TEST_TIME_LIMIT (seconds for the whole run, default 780,
+# test/cluster.sh), TEST_TIME_LIMIT (seconds for the whole run, default 720,
 # 0 = none), SUITE_TIMEOUT (seconds per step, default 600).
 
 set -uo pipefail
@@ -31,7 +31,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT" || exit 1
 
 SUITES=${SUITES:-regress,isolation,suites,tap}
-TEST_TIME_LIMIT=${TEST_TIME_LIMIT:-780}
+TEST_TIME_LIMIT=${TEST_TIME_LIMIT:-720}
 SUITE_TIMEOUT=${SUITE_TIMEOUT:-600}
 TMP=$ROOT/test/tmp		# logs
 WORK=$TMP			# what the unprivileged user must reach: see pick_work
@@ -91,8 +91,17 @@ stop_cluster()
 	fi
 }
 
+# shellcheck disable=SC2317 # called by the traps below
+interrupted()
+{
+	echo "run-all: interrupted by SIG$1" >&2
+	stop_cluster
+	exit 130
+}
+
 trap stop_cluster EXIT
-trap 'echo "run-all: interrupted" >&2; stop_cluster; exit 130' INT TERM
+trap 'interrupted INT' INT
+trap 'interrupted TERM' TERM
 
 sudo=()
 if [[ $(id -u) -ne 0 ]]; then
@@ -143,6 +152,25 @@ run_as()
 	else
 		runuser -u "$user" -- "$@"
 	fi
+}
+
+# Servers that a suite or a TAP test started under DIR and left running
+# (it timed out or died): stopped, so that they hold no port or memory.
+stop_stray_servers()
+{
+	local dir=$1 pidfile data pid
+	[[ -d $dir ]] || return 0
+	while IFS= read -r pidfile; do
+		data=$(dirname "$pidfile")
+		pid=$(head -n 1 "$pidfile" 2>/dev/null) || continue
+		if [[ ! $pid =~ ^[0-9]+$ ]] || ! kill -0 "$pid" 2>/dev/null; then
+			continue
+		fi
+		echo "run-all: stopping a server left running in $data"
+		run_as "$(stat -c %U "$data")" "$PG_BINDIR/pg_ctl" -D "$data" \
+			-m immediate -w -t 30 stop >/dev/null 2>&1 ||
+			kill -KILL "$pid" 2>/dev/null || true
+	done < <(find "$dir" -name postmaster.pid 2>/dev/null)
 }
 
 # Count pg_regress's per-test lines ("test x ... ok", "... FAILED") in a log
@@ -225,6 +253,7 @@ run_suite_scripts()
 			timeout -k 10 "$t" bash "$s" </dev/null 2>&1 | tee "$log" |
 			sed -u 's/^/    /'
 		rc=${PIPESTATUS[0]}
+		stop_stray_servers "$WORK/suites/$(basename "$s" .sh)"
 		line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$log" | tail -n 1)
 		if [[ -z $line ]]; then
 			failed=$((failed + 1))
@@ -276,6 +305,7 @@ run_tap()
 	perl_dir=$PG_PKGLIBDIR/pgxs/src/test/perl
 	pg_regress=$PG_PKGLIBDIR/pgxs/src/test/regress/pg_regress
 	tapdir=$WORK/tap
+	stop_stray_servers "$tapdir"
 	rm -rf "$tapdir"
 	mkdir -p "$tapdir"
 	srcdir=$ROOT
@@ -302,6 +332,7 @@ run_tap()
 		prove -I "$perl_dir" -I "$srcdir/test" "${tests_found[@]#"$ROOT"/test/}" \
 		2>&1 | tee "$log"
 	rc=${PIPESTATUS[0]}
+	stop_stray_servers "$tapdir"
 	files=$(sed -nE 's/^Files=([0-9]+), Tests=([0-9]+).*/\1/p' "$log" | tail -n 1)
 	tests=$(sed -nE 's/^Files=([0-9]+), Tests=([0-9]+).*/\2/p' "$log" | tail -n 1)
 	# Each script in prove's "Test Summary Report" failed: by its count of
