@@ -19,7 +19,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-my $ROUNDS = 3;
+my $ROUNDS = $ENV{IDEM_TAP_ROUNDS} || 3;    # more: IDEM_TAP_ROUNDS=n
 
 my $node = idem_node('owner_killed', conf => ['restart_after_crash = on']);
 my $psql = psql_bin($node);

@@ -24,7 +24,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-my $ROUNDS = 2;
+my $ROUNDS = $ENV{IDEM_TAP_ROUNDS} || 2;    # more: IDEM_TAP_ROUNDS=n
 my $CLIENTS = 4;
 my $ITERATIONS = 20000;    # more than the load gets through before the crash
 
@@ -72,7 +72,8 @@ sub sql_list
 	return join ', ', map { "'$_'" } @_;
 }
 
-my %totals = (acked => 0, released => 0, inflight_taken => 0, ack_lost => 0);
+my %totals = (acked => 0, released => 0, inflight_taken => 0, ack_lost => 0,
+	rel_lost => 0);
 for my $round (1 .. $ROUNDS)
 {
 	# Sessions holding in-flight keys, idle; one inside an open transaction.
@@ -92,7 +93,9 @@ for my $round (1 .. $ROUNDS)
 	} 1 .. $CLIENTS;
 
 	my $loaded = wait_until(30, sub {
-		my $r = run_sql($node, 'SELECT count(*) >= 600 FROM idem_keys', timeout => 5);
+		my $r = run_sql($node,
+			"SELECT count(*) >= 600 FROM idem_keys WHERE key LIKE 'r$round-c%'",
+			timeout => 5);
 		return $r->{out} eq 't';
 	});
 	ok(defined $loaded, "round $round: the load is running");
@@ -156,16 +159,19 @@ for my $round (1 .. $ROUNDS)
 		"round $round: all " . scalar(@released) . ' acknowledged releases stayed released')
 	  or diag("came back: $r->{out}\n$r->{err}");
 
-	# Reserved but not acknowledged as finished: committed (the answer was
-	# lost with the crash) or still in flight.
+	# Reserved but not acknowledged as finished: still in flight, or what
+	# the unacknowledged last step did (committed for a commit step, absent
+	# for a release step: the answer was lost with the crash).
 	$r = run_sql($node, sprintf(q{
-		SELECT coalesce(g.state, 'absent'), count(*)
+		SELECT CASE WHEN split_part(k, '-', 3)::int %% 7 = 0 THEN 'release' ELSE 'commit' END,
+		       coalesce(g.state, 'absent'), count(*), string_agg(k, ' ' ORDER BY k)
 		FROM unnest(ARRAY[%s]::text[]) AS k LEFT JOIN LATERAL idem_get(k) AS g ON true
-		GROUP BY 1 ORDER BY 1}, sql_list(@unacked)));
-	note("round $round: reserved without an acknowledged end, by state now:\n$r->{out}");
-	unlike($r->{out}, qr/^absent/m,
+		GROUP BY 1, 2 ORDER BY 1, 2}, sql_list(@unacked)));
+	note("round $round: reserved without an acknowledged end, by step and state now:\n$r->{out}");
+	unlike($r->{out}, qr/^commit\|absent/m,
 		"round $round: no acknowledged reservation vanished");
-	$totals{ack_lost} += $1 if $r->{out} =~ /^committed\|(\d+)$/m;
+	$totals{ack_lost} += $1 if $r->{out} =~ /^commit\|committed\|(\d+)/m;
+	$totals{rel_lost} += $1 if $r->{out} =~ /^release\|absent\|(\d+)/m;
 
 	is( $node->safe_psql('postgres',
 			"SELECT fresh, attempt FROM idem_reserve('r$round-held-2', 'h2', NULL, '0')"),
@@ -242,9 +248,10 @@ is( $node->safe_psql('postgres',
 
 diag(sprintf 'immediate stop under load: %d rounds, %d acknowledged commits and '
 	  . '%d acknowledged releases checked, %d in-flight records taken over, '
-	  . '%d unacknowledged commits found committed',
+	  . '%d unacknowledged commits found committed, %d unacknowledged releases '
+	  . 'found released',
 	$ROUNDS, $totals{acked}, $totals{released}, $totals{inflight_taken},
-	$totals{ack_lost});
+	$totals{ack_lost}, $totals{rel_lost});
 
 $node->stop;
 done_testing();

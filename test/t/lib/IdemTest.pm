@@ -383,9 +383,10 @@ sub close
 	{
 		$self->{in} .= "\\q\n";
 		my $t0 = Time::HiRes::time();
+		# (psql may have gone already: a write to it then fails)
 		while ($self->{h}->pumpable && Time::HiRes::time() - $t0 < 5)
 		{
-			$self->{h}->pump_nb;
+			last unless eval { $self->{h}->pump_nb; 1 };
 			usleep(5_000);
 		}
 	}
