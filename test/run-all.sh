@@ -323,7 +323,10 @@ run_tap()
 	if [[ $user != "$(id -un)" ]]; then
 		as_user=(runuser -u "$user" --)
 	fi
+	# The TAP clusters take initdb's locale from the environment: make it
+	# UTF-8 (as test/cluster.sh's) whatever the caller's, not SQL_ASCII.
 	timeout -k 10 "$t" "${as_user[@]}" env -C "$srcdir/test" \
+		-u LC_ALL -u LC_CTYPE -u LC_COLLATE LANG=C.UTF-8 \
 		PATH="$PATH" \
 		PERL5LIB="$perl_dir${PERL5LIB:+:$PERL5LIB}" \
 		PG_REGRESS="$pg_regress" \
