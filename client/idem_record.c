@@ -161,8 +161,9 @@ put_utf8(char *dst, unsigned cp)
 }
 
 /*
- * Reads a JSON string at r->p into a new buffer (*out, *len); 0 or -1.
- * The decoded text is never longer than the escaped one.
+ * Reads a JSON string at r->p into a new buffer (*out, *len).  Returns 0,
+ * -1 when the string is malformed, or -2 when out of memory.  The decoded
+ * text is never longer than the escaped one.
  */
 static int
 read_string(jreader *r, char **out, size_t *len)
@@ -180,7 +181,7 @@ read_string(jreader *r, char **out, size_t *len)
 		return -1;
 	buf = malloc((size_t) (r->p - start) + 1);
 	if (buf == NULL)
-		return -1;
+		return -2;
 	for (d = buf; start < r->p; start++)
 	{
 		unsigned	cp,
@@ -280,7 +281,11 @@ skip_value(jreader *r)
 	return 0;
 }
 
-/* reads one header value (string, or any JSON as its text) and pushes it */
+/*
+ * Reads one header value (string, or any JSON as its text) and pushes it.
+ * Returns 0, 1 when the value is malformed (nothing pushed), or -1 when
+ * out of memory.
+ */
 static int
 read_header_value(jreader *r, const char *name, size_t name_len,
 				  idem_hdr **hdrs, size_t *n, size_t *cap)
@@ -292,8 +297,9 @@ read_header_value(jreader *r, const char *name, size_t name_len,
 		size_t		vlen;
 		int			rc;
 
-		if (read_string(r, &v, &vlen) < 0)
-			return -1;
+		rc = read_string(r, &v, &vlen);
+		if (rc < 0)
+			return rc == -2 ? -1 : 1;
 		rc = push_hdr(hdrs, n, cap, name, name_len, v, vlen);
 		free(v);
 		return rc;
@@ -303,7 +309,7 @@ read_header_value(jreader *r, const char *name, size_t name_len,
 		const char *start = r->p;
 
 		if (skip_value(r) < 0)
-			return -1;
+			return 1;
 		return push_hdr(hdrs, n, cap, name, name_len, start,
 						(size_t) (r->p - start));
 	}
@@ -311,7 +317,8 @@ read_header_value(jreader *r, const char *name, size_t name_len,
 
 /*
  * Parses a header object into (name, value) pairs.  Returns 0, or -1 when
- * out of memory; JSON that is not an object gives no headers.
+ * out of memory; JSON that is not an object gives no headers, and
+ * malformed JSON the headers before the fault.
  */
 int
 idem__parse_headers(const char *json, idem_hdr **hdrs_out, size_t *n_out)
@@ -333,11 +340,15 @@ idem__parse_headers(const char *json, idem_hdr **hdrs_out, size_t *n_out)
 	{
 		char	   *name;
 		size_t		name_len;
+		int			rc;
 
 		skip_ws(&r);
 		if (r.p < r.end && *r.p == '}')
 			break;
-		if (read_string(&r, &name, &name_len) < 0)
+		rc = read_string(&r, &name, &name_len);
+		if (rc == -2)
+			goto fail;
+		if (rc < 0)
 			break;
 		skip_ws(&r);
 		if (r.p >= r.end || *r.p != ':')
@@ -358,10 +369,13 @@ idem__parse_headers(const char *json, idem_hdr **hdrs_out, size_t *n_out)
 					r.p++;
 					break;
 				}
-				if (read_header_value(&r, name, name_len, &hdrs, &n, &cap) < 0)
+				rc = read_header_value(&r, name, name_len, &hdrs, &n, &cap);
+				if (rc != 0)
 				{
 					free(name);
-					goto fail;
+					if (rc < 0)
+						goto fail;
+					goto done;
 				}
 				skip_ws(&r);
 				if (r.p < r.end && *r.p == ',')
@@ -375,10 +389,12 @@ idem__parse_headers(const char *json, idem_hdr **hdrs_out, size_t *n_out)
 				}
 			}
 		}
-		else if (read_header_value(&r, name, name_len, &hdrs, &n, &cap) < 0)
+		else if ((rc = read_header_value(&r, name, name_len, &hdrs, &n, &cap)) != 0)
 		{
 			free(name);
-			goto fail;
+			if (rc < 0)
+				goto fail;
+			goto done;
 		}
 		free(name);
 		skip_ws(&r);

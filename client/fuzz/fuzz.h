@@ -1,0 +1,123 @@
+/*-------------------------------------------------------------------------
+ *
+ * fuzz.h
+ *	  Helpers shared by the libFuzzer harnesses of libidem.
+ *
+ * Inputs are mostly line-oriented text so that seeds stay readable and the
+ * fuzzer's mutations keep their shape: lines() splits the input at '\n'
+ * into NUL-terminated copies (a line with an embedded NUL byte is cut
+ * there, which is what a C string argument would see anyway).
+ *
+ * FUZZ_CHECK aborts with a message: libFuzzer counts the abort as a crash
+ * and saves the input, the replay driver (replay.c) reports it and fails.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef IDEM_FUZZ_H
+#define IDEM_FUZZ_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define FUZZ_CHECK(cond, ...) \
+	do { \
+		if (!(cond)) \
+		{ \
+			fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, #cond); \
+			fprintf(stderr, __VA_ARGS__); \
+			fputc('\n', stderr); \
+			abort(); \
+		} \
+	} while (0)
+
+/* the harness entry point (declared here for -Wmissing-prototypes) */
+int			LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+typedef struct fuzz_lines
+{
+	char	  **line;			/* NUL-terminated copies */
+	size_t	   *len;			/* bytes up to the '\n' (embedded NULs kept) */
+	size_t		n;
+} fuzz_lines;
+
+static inline void *
+fuzz_xmalloc(size_t n)
+{
+	void	   *p = malloc(n ? n : 1);
+
+	if (p == NULL)
+		abort();
+	return p;
+}
+
+static inline char *
+fuzz_strndup(const uint8_t *p, size_t n)
+{
+	char	   *s = fuzz_xmalloc(n + 1);
+
+	if (n)
+		memcpy(s, p, n);
+	s[n] = '\0';
+	return s;
+}
+
+/* splits data at '\n'; at most max_lines lines (the rest is dropped) */
+static inline void
+fuzz_split_lines(const uint8_t *data, size_t size, size_t max_lines,
+				 fuzz_lines *out)
+{
+	size_t		start = 0,
+				i;
+
+	out->line = fuzz_xmalloc(sizeof(char *) * (max_lines + 1));
+	out->len = fuzz_xmalloc(sizeof(size_t) * (max_lines + 1));
+	out->n = 0;
+	for (i = 0; i <= size && out->n < max_lines; i++)
+	{
+		if (i == size || data[i] == '\n')
+		{
+			if (i == size && i == start && out->n > 0)
+				break;			/* no empty last line after a final '\n' */
+			out->line[out->n] = fuzz_strndup(data + start, i - start);
+			out->len[out->n] = i - start;
+			out->n++;
+			start = i + 1;
+		}
+	}
+}
+
+static inline void
+fuzz_free_lines(fuzz_lines *l)
+{
+	size_t		i;
+
+	for (i = 0; i < l->n; i++)
+		free(l->line[i]);
+	free(l->line);
+	free(l->len);
+}
+
+/* ASCII case-insensitive equality, written independently of the library */
+static inline int
+fuzz_caseeq(const char *a, const char *b)
+{
+	for (;; a++, b++)
+	{
+		unsigned char x = (unsigned char) *a,
+					y = (unsigned char) *b;
+
+		if (x >= 'A' && x <= 'Z')
+			x = (unsigned char) (x - 'A' + 'a');
+		if (y >= 'A' && y <= 'Z')
+			y = (unsigned char) (y - 'A' + 'a');
+		if (x != y)
+			return 0;
+		if (x == '\0')
+			return 1;
+	}
+}
+
+#endif							/* IDEM_FUZZ_H */
