@@ -193,8 +193,9 @@ classify(const IdemRecord *rec, TimestampTz now, bool check_owner)
 	if (rec->has_owner && rec->owner_pid == MyProcPid &&
 		rec->owner_started == MyStartTimestamp)
 		return REC_MINE;
+	/* a standby cannot see the primary's sessions: assume the owner lives */
 	if (rec->has_owner &&
-		(!check_owner ||
+		(!check_owner || RecoveryInProgress() ||
 		 idem_owner_alive(rec->owner_pid, rec->owner_started, true)))
 		return REC_OTHER;
 	/* owner gone: an expired reservation counts as absent */
@@ -318,7 +319,6 @@ make_fresh(const IdemKey *k, const char *hash, const Interval *ttl,
 	TimestampTz expires_at = add_interval(now, ttl);
 	int32		attempt = (st == REC_ORPHAN) ? rec->attempt + 1 : 1;
 
-	prevent_in_recovery(k, "reserve");
 	if (!rec->found)
 	{
 		if (!idem_storage_insert(k, hash, ttl, now, expires_at))
@@ -459,6 +459,9 @@ idem_reserve(PG_FUNCTION_ARGS)
 			count_reserve(IDEM_C_REPLAYS, wait_started);
 			PG_RETURN_DATUM(make_reservation(fcinfo, false, &rec));
 		}
+
+		/* on a standby only a committed response can be answered */
+		prevent_in_recovery(&k, "reserve");
 
 		if (st == REC_MINE)
 		{
@@ -677,6 +680,7 @@ idem_commit(PG_FUNCTION_ARGS)
 	check_hash(&k, &rec, hash);
 	if (st == REC_COMMITTED)
 		PG_RETURN_BOOL(false);
+	prevent_in_recovery(&k, "commit");
 
 	if (st != REC_MINE)
 	{
@@ -695,7 +699,6 @@ idem_commit(PG_FUNCTION_ARGS)
 		}
 	}
 
-	prevent_in_recovery(&k, "commit");
 	if (!idem_storage_commit(&k, hash, PG_ARGISNULL(2), PG_GETARG_INT32(2),
 							 headers, body, now, add_interval(now, &rec.ttl)))
 		elog(ERROR, "in-flight record of key \"%s\" in scope \"%s\" vanished",
@@ -722,6 +725,7 @@ idem_release(PG_FUNCTION_ARGS)
 	st = classify(&rec, now, false);
 	if (st == REC_ABSENT || st == REC_COMMITTED)
 		PG_RETURN_BOOL(false);
+	prevent_in_recovery(&k, "release");
 
 	if (st != REC_MINE)
 	{
@@ -733,7 +737,6 @@ idem_release(PG_FUNCTION_ARGS)
 		}
 	}
 
-	prevent_in_recovery(&k, "release");
 	if (!idem_storage_delete(&k))
 		PG_RETURN_BOOL(false);
 	idem_own_finished(&k);

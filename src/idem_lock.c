@@ -265,8 +265,14 @@ idem_owner_alive(int32 pid, TimestampTz started, bool refresh)
 	{
 		LocalPgBackendStatus *local = pgstat_fetch_stat_local_beentry(i);
 
+		/*
+		 * The same backend, and in this database: a copy of the record
+		 * restored into another database is not owned by the session that
+		 * still works on the original.
+		 */
 		if (local != NULL && local->backendStatus.st_procpid == pid)
-			return local->backendStatus.st_proc_start_timestamp == started;
+			return local->backendStatus.st_proc_start_timestamp == started &&
+				local->backendStatus.st_databaseid == MyDatabaseId;
 	}
 	return false;
 }

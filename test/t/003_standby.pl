@@ -56,6 +56,9 @@ my $primary_replay = $primary->safe_psql('postgres', $REPLAY_ALL);
 my $owner = IdemTest::Session->new($psql, $primary->connstr('postgres'), name => 'owner');
 is($owner->query_safe(q{SELECT fresh, attempt FROM idem_reserve('flying', 'hf')}),
 	't|1', 'a key is in flight on the primary');
+# ... and one whose ttl runs out while its owner lives: still in flight
+is($owner->query_safe(q{SELECT fresh, attempt FROM idem_reserve('flying-short', NULL, '1 second')}),
+	't|1', 'a key with a 1 s ttl is in flight on the primary');
 
 $primary->backup('b1');
 my $standby = PostgreSQL::Test::Cluster->new('standby');
@@ -72,6 +75,16 @@ is($standby->safe_psql('postgres', $REPLAY_ALL), $primary_replay,
 	'standby: idem_reserve replays every committed key (fresh = f, same response)');
 is($standby->safe_psql('postgres', q{SELECT state, attempt FROM idem_get('flying')}),
 	'in_flight|1', 'standby: idem_get shows the in-flight key');
+# the standby cannot see the primary's sessions: an in-flight record past
+# its ttl is still in flight there, as it is on the primary
+$standby->safe_psql('postgres', 'SELECT pg_sleep(1.2)');
+is($primary->safe_psql('postgres', q{SELECT state, attempt FROM idem_get('flying-short')}),
+	'in_flight|1', 'primary: past its ttl, a live owner\'s key is still in flight');
+is($standby->safe_psql('postgres', q{SELECT state, attempt FROM idem_get('flying-short')}),
+	'in_flight|1', 'standby: the same key is in flight there too, not absent');
+is($owner->query_safe(q{SELECT idem_release('flying-short')}), 't',
+	'the owner releases it again');
+$primary->wait_for_catchup($standby);
 
 # Writes on the standby: class 25 at once.
 my @writes = (
