@@ -1,0 +1,310 @@
+#!/usr/bin/env bash
+#
+# soak.sh: 100 libidem clients on 200 overlapping keys for SOAK_SECONDS,
+# killed and cut off at random; then every committed response is checked
+# against the handler executions behind it.
+#
+# The load is test/soak/soak.c (see its header for the operations): 100
+# clients (SOAK_CLIENTS) reserve, commit, release, replay, get, probe with
+# another request hash and purge on keys soak-0 .. soak-199 (SOAK_KEYS)
+# with ttls of 0.5-2 s, so keys expire, are purged and reserved again all
+# the time.  A client that owns a key runs its "handler" and then, in ONE
+# transaction, idem_commit and the handler's side effect (a row in
+# soak_effects, with the record's attempt, created_at and expires_at read
+# back by idem_get inside the transaction).  So an owner killed after its
+# handler ran but before its COMMIT leaves neither a response nor an
+# effect, and "the handler ran at most once per committed response" is
+# exact: effects and committed responses are the same set.  Meanwhile the
+# master kills a client with SIGKILL about every 0.4 s (a new one takes
+# its slot) and terminates a client's backend with pg_terminate_backend
+# about every 0.6 s (the client reconnects and retries its commit,
+# adopting its reservation when nobody took it over); every other victim
+# is the owner of an in-flight key, the others are picked at random.  A
+# monitor client, never killed, does the same operations and samples its
+# backend's memory (pg_backend_memory_contexts) every second.
+#
+# Checks: for every key, consecutive effects are separated by the expiry
+# of the earlier one's record (no second handler run while a committed
+# response was live), every effect has exactly one handler run (a "fresh"
+# event) and every commit a client saw succeed has its effect; every
+# response replayed or read names its key and has its effect (nothing
+# replayed that was not committed with its effect); no live owner ever
+# lost its reservation (commit/release answering anything but success);
+# no error but the documented ones (IK409, IK422 only after a probe made
+# the key's hash differ, IK404 only when adopting, 40001, and connection
+# loss only for backends the master terminated); no backend crashed; no
+# key is left stuck in flight; the monitor's backend memory did not grow
+# from the early sample (after warm-up, a quarter into the run) to the
+# end (SOAK_MEM_SLACK, default 5% + 256 kB).
+#
+# SOAK_SECONDS (default 25) bounds the load; `SOAK_SECONDS=300 bash
+# test/suites/soak.sh` is the long run.  Needs room for SOAK_CLIENTS + 20
+# connections: when the harness's cluster has less, the suite starts a
+# cluster of its own (test/cluster.sh, max_connections = clients + 100).
+# SOAK_KEEP=1 keeps the database idem_soak for a look.
+
+set -uo pipefail
+
+# shellcheck source=../lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+
+SOAK_SECONDS=${SOAK_SECONDS:-25}
+SOAK_CLIENTS=${SOAK_CLIENTS:-100}
+SOAK_KEYS=${SOAK_KEYS:-200}
+SOAK_SEED=${SOAK_SEED:-$(((RANDOM << 15) | RANDOM))}
+SOAK_MEM_SLACK=${SOAK_MEM_SLACK:-5}		# percent, plus 256 kB
+export SOAK_SECONDS SOAK_CLIENTS SOAK_KEYS SOAK_SEED
+DB=idem_soak
+work=$IDEM_TMP
+own_cluster=
+
+rm -rf "$work/logs"
+mkdir -p "$work/logs"
+
+cleanup()
+{
+	if [[ -n $own_cluster ]]; then
+		bash "$IDEM_ROOT/test/cluster.sh" stop "$own_cluster" >/dev/null 2>&1
+	fi
+}
+trap cleanup EXIT
+
+echo "# soak: $SOAK_CLIENTS clients, $SOAK_KEYS keys, ${SOAK_SECONDS}s, seed $SOAK_SEED"
+
+# ---- the program --------------------------------------------------------------
+
+if ! out=$(make -s --no-print-directory -C "$IDEM_ROOT/test/soak" 2>&1); then
+	fail "test/soak/soak.c builds" "$out"
+	finish
+	exit 1
+fi
+ok "test/soak/soak.c builds"
+SOAK=$IDEM_ROOT/test/soak/build/soak
+
+# ---- a server with room for the clients ------------------------------------------
+
+room()
+{
+	psql_q -d postgres -c "SELECT current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')" 2>/dev/null
+}
+need=$((SOAK_CLIENTS + 20))
+have=$(room) || have=0
+if ((${have:-0} < need)); then
+	echo "# the cluster has room for ${have:-0} connections, the soak needs $need: starting one of its own"
+	own_cluster=$work/cluster
+	if ! CLUSTER_OPTS="max_connections=$((SOAK_CLIENTS + 100))" \
+		bash "$IDEM_ROOT/test/cluster.sh" start "$own_cluster" >"$work/cluster.out" 2>&1; then
+		fail "a cluster with max_connections = $((SOAK_CLIENTS + 100)) starts" "$(cat "$work/cluster.out")"
+		own_cluster=
+		finish
+		exit 1
+	fi
+	# shellcheck disable=SC1091
+	. "$own_cluster/env"
+	CLUSTER_DIR=$own_cluster
+	have=$(room) || have=0
+fi
+if ((${have:-0} >= need)); then
+	ok "the server has room for $need connections ($have free)"
+else
+	fail "the server has room for $need connections" "only ${have:-0} free"
+	finish
+	exit 1
+fi
+
+q() { psql_q -d "$DB" "$@"; }
+
+if ! psql_q -d postgres -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $DB" ||
+	! psql_q -d postgres -c "CREATE DATABASE $DB"; then
+	fail "create database $DB"
+	finish
+	exit 1
+fi
+check "extension and tables are created" q <<'SQL'
+CREATE EXTENSION idempotency;
+-- the handler's side effect: one row per committed response, written in
+-- the transaction of its idem_commit
+CREATE TABLE soak_effects (
+	key text NOT NULL,
+	uid text PRIMARY KEY,			-- slot.gen.seq of the handler run
+	slot integer NOT NULL,
+	gen integer NOT NULL,
+	attempt integer,
+	created_at timestamptz,			-- of the reservation (idem_get in the transaction)
+	expires_at timestamptz,			-- of the committed record
+	state text,						-- as idem_get saw it after idem_commit
+	committed_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+-- every process's log, loaded afterwards
+CREATE TABLE soak_events (
+	kind text, slot integer, gen integer, key text, uid text,
+	attempt integer, sqlstate text, detail text
+);
+SQL
+
+log_file=
+if [[ -n ${CLUSTER_DIR:-} && -r $CLUSTER_DIR/log/postgresql.log ]]; then
+	log_file=$CLUSTER_DIR/log/postgresql.log
+	log_start=$(stat -c %s "$log_file")
+fi
+
+# ---- the run ---------------------------------------------------------------------
+
+start=$SECONDS
+PGDATABASE=$DB timeout -k 10 $((SOAK_SECONDS + 60)) "$SOAK" run "$work/logs" >"$work/soak.out" 2>&1
+rc=$?
+elapsed=$((SECONDS - start))
+cat "$work/soak.out"
+check_eq "the soak program ended cleanly (every client exited 0 or was killed by it)" 0 "$rc"
+
+# the backends of killed clients go away once they notice
+for ((i = 0; i < 100; i++)); do
+	left=$(q -c "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'soak-%'")
+	[[ $left == 0 ]] && break
+	sleep 0.1
+done
+check_eq "no soak backend is left" 0 "$left"
+
+cat "$work"/logs/*.log >"$work/events.tsv"
+check "the logs load" q -c "\\copy soak_events FROM pstdin WITH (FORMAT text, NULL '')" <"$work/events.tsv"
+q -c "CREATE INDEX ON soak_events (kind, uid); ANALYZE soak_events; ANALYZE soak_effects" >/dev/null
+
+got() { q -c "$1"; }
+
+# ---- at most once -----------------------------------------------------------------
+
+check_eq "every effect was written with its committed record (state seen in the transaction)" 0 \
+	"$(got "SELECT count(*) FROM soak_effects WHERE state IS DISTINCT FROM 'committed' OR created_at IS NULL OR expires_at IS NULL")"
+
+bad=$(got "SELECT string_agg(format('%s: %s (created %s) before %s expired (%s)', key, uid, created_at, prev_uid, prev_exp), E'\n') FROM (
+	SELECT key, uid, created_at,
+		lag(uid) OVER w AS prev_uid, lag(expires_at) OVER w AS prev_exp
+	FROM soak_effects WINDOW w AS (PARTITION BY key ORDER BY created_at, committed_at)) x
+	WHERE prev_exp IS NOT NULL AND created_at < prev_exp")
+if [[ -z $bad ]]; then
+	ok "per key, no handler committed again while an earlier response was live"
+else
+	fail "per key, no handler committed again while an earlier response was live" "$(head -n 10 <<<"$bad")"
+fi
+
+check_eq "every effect comes from exactly one handler run of its key (a 'fresh' event)" 0 \
+	"$(got "SELECT count(*) FROM soak_effects e WHERE (SELECT count(*) FROM soak_events v WHERE v.kind = 'fresh' AND v.uid = e.uid AND v.key = e.key) <> 1")"
+check_eq "every commit a client saw succeed has its effect" 0 \
+	"$(got "SELECT count(*) FROM soak_events v WHERE v.kind IN ('committed', 'adopted') AND NOT EXISTS (SELECT FROM soak_effects e WHERE e.uid = v.uid AND e.key = v.key)")"
+check_eq "a released or rolled-back handler run left no effect" 0 \
+	"$(got "SELECT count(*) FROM soak_events v JOIN soak_effects e USING (uid) WHERE v.kind IN ('released', 'rolled_back')")"
+check_eq "every response replayed or read has its effect, under its key" 0 \
+	"$(got "SELECT count(*) FROM soak_events v WHERE v.kind IN ('replay', 'get') AND v.uid <> '' AND NOT EXISTS (SELECT FROM soak_effects e WHERE e.uid = v.uid AND e.key = v.key)")"
+check_eq "the effects' attempts match their handler runs' attempts" 0 \
+	"$(got "SELECT count(*) FROM soak_effects e JOIN soak_events v ON v.kind = 'fresh' AND v.uid = e.uid WHERE v.attempt <> e.attempt")"
+
+violations=$(got "SELECT string_agg(format('%s slot %s gen %s key %s uid %s [%s] %s', kind, slot, gen, key, uid, sqlstate, detail), E'\n') FROM (SELECT * FROM soak_events WHERE kind = 'violation' LIMIT 20) v")
+if [[ -z $violations ]]; then
+	ok "no live owner lost its key, no response named another key"
+else
+	fail "no live owner lost its key, no response named another key" "$violations"
+fi
+
+# ---- errors ----------------------------------------------------------------------
+
+errors=$(got "SELECT string_agg(format('%s x [%s] %s', n, sqlstate, detail), E'\n') FROM (
+	SELECT sqlstate, left(regexp_replace(detail, '[0-9]+', 'N', 'g'), 160) AS detail, count(*) AS n
+	FROM soak_events WHERE kind = 'error' AND slot >= 0
+	  AND sqlstate NOT IN ('IK409', 'IK422', 'IK404', '40001')
+	  AND detail NOT LIKE '%: connection: %' AND detail NOT LIKE 'reconnect failed:%'
+	GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 10) e")
+if [[ -z $errors ]]; then
+	ok "no error but the documented ones (IK409, IK422, IK404, 40001, connection loss)"
+else
+	fail "no error but the documented ones (IK409, IK422, IK404, 40001, connection loss)" "$errors"
+fi
+check_eq "the master saw no error" 0 "$(got "SELECT count(*) FROM soak_events WHERE kind = 'error' AND slot < 0")"
+check_eq "IK422 only for a probe's other hash, or while a probe held the key" 0 \
+	"$(got "SELECT count(*) FROM soak_events m WHERE m.kind = 'mismatch' AND m.detail <> 'probe' AND (m.detail = 'hashed=0' OR NOT EXISTS (SELECT FROM soak_events p WHERE p.kind = 'probe_fresh' AND p.key = m.key))")"
+check_eq "a connection was lost only by a backend the master terminated" "" \
+	"$(got "SELECT string_agg(DISTINCT format('slot %s gen %s: %s %s', slot, gen, sqlstate, detail), E'\n') FROM soak_events c
+		WHERE c.kind = 'conn_lost' AND substring(c.detail FROM '^pid=([0-9]+)') NOT IN (
+			SELECT substring(detail FROM '^pid=([0-9]+)') FROM soak_events WHERE kind = 'terminate')")"
+if [[ -n $log_file ]]; then
+	crashes=$(tail -c +"$((log_start + 1))" "$log_file" | grep -E 'terminated by signal|terminated abnormally|PANIC|reinitializing|TRAP' | head -n 5)
+	check_eq "the server log shows no crashed backend" "" "$crashes"
+fi
+
+# ---- nothing stuck ----------------------------------------------------------------
+
+stuck=$(q -v keys="$SOAK_KEYS" <<'SQL'
+BEGIN;
+CREATE FUNCTION pg_temp.stuck(n integer) RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+	stuck integer := 0;
+BEGIN
+	FOR k IN 0 .. n - 1 LOOP
+		BEGIN
+			PERFORM idem_reserve('soak-' || k, NULL, '1s', '0');
+		EXCEPTION WHEN SQLSTATE 'IK409' THEN
+			stuck := stuck + 1;
+		END;
+	END LOOP;
+	RETURN stuck;
+END
+$$;
+SELECT pg_temp.stuck(:keys);
+ROLLBACK;
+SQL
+)
+check_eq "afterwards no key is stuck: each is taken over or replayed at once (wait 0)" 0 "$stuck"
+
+# ---- memory -----------------------------------------------------------------------
+
+# the monitor's samples: "bytes contexts ops", one a second
+mapfile -t mem < <(got "SELECT split_part(detail, ' ', 1) || ' ' || split_part(detail, ' ', 2) || ' ' || split_part(detail, ' ', 3) FROM soak_events WHERE kind = 'mem' ORDER BY split_part(detail, ' ', 3)::bigint")
+if ((${#mem[@]} >= 4)); then
+	read -r early early_ctx early_ops <<<"${mem[$((${#mem[@]} / 4))]}"
+	read -r late late_ctx late_ops <<<"${mem[$((${#mem[@]} - 1))]}"
+	read -r first first_ctx _ <<<"${mem[0]}"
+	limit=$((early + early * SOAK_MEM_SLACK / 100 + 262144))
+	peak=$(printf '%s\n' "${mem[@]}" | awk '$1 > m { m = $1 } END { print m }')
+	echo "# monitor backend memory: first $first bytes ($first_ctx contexts), early $early ($early_ctx contexts, after $early_ops ops), late $late ($late_ctx contexts, after $late_ops ops), peak $peak; ${#mem[@]} samples"
+	if ((late <= limit)); then
+		ok "the monitor's backend memory did not grow ($early -> $late bytes, limit $limit)"
+	else
+		fail "the monitor's backend memory did not grow" "early $early bytes after $early_ops ops, late $late after $late_ops ops (limit $limit)" \
+			"$(printf '%s\n' "${mem[@]}")"
+	fi
+else
+	fail "the monitor sampled its backend's memory (at least 4 samples)" "${#mem[@]} samples"
+fi
+
+# ---- figures ----------------------------------------------------------------------
+
+figures=$(got "SELECT format('%s operations (%s reserves: %s fresh of which %s takeovers, %s replays, %s IK409, %s IK422; %s gets, %s purges removing %s records); %s committed responses (%s adopted after a reconnect), %s releases, %s rolled back; %s kill -9, %s pg_terminate_backend, %s reconnects',
+	(SELECT count(*) FROM soak_events WHERE kind IN ('fresh', 'replay', 'in_flight', 'mismatch', 'get', 'purge', 'probe_fresh', 'error')),
+	(SELECT count(*) FROM soak_events WHERE kind IN ('fresh', 'replay', 'in_flight', 'mismatch', 'probe_fresh')),
+	(SELECT count(*) FROM soak_events WHERE kind = 'fresh'),
+	(SELECT count(*) FROM soak_events WHERE kind = 'fresh' AND attempt > 1),
+	(SELECT count(*) FROM soak_events WHERE kind = 'replay'),
+	(SELECT count(*) FROM soak_events WHERE kind = 'in_flight'),
+	(SELECT count(*) FROM soak_events WHERE kind = 'mismatch'),
+	(SELECT count(*) FROM soak_events WHERE kind = 'get'),
+	(SELECT count(*) FROM soak_events WHERE kind = 'purge'),
+	(SELECT coalesce(sum(detail::bigint), 0) FROM soak_events WHERE kind = 'purge'),
+	(SELECT count(*) FROM soak_effects),
+	(SELECT count(*) FROM soak_events WHERE kind = 'adopted'),
+	(SELECT count(*) FROM soak_events WHERE kind = 'released'),
+	(SELECT count(*) FROM soak_events WHERE kind = 'rolled_back'),
+	(SELECT count(*) FROM soak_events WHERE kind = 'kill'),
+	(SELECT count(*) FROM soak_events WHERE kind = 'terminate'),
+	(SELECT count(*) FROM soak_events WHERE kind = 'conn_lost'))")
+echo "# ${elapsed}s: $figures"
+check_eq "some owners were killed, some backends terminated, some keys taken over" t \
+	"$(got "SELECT (SELECT count(*) FROM soak_events WHERE kind = 'kill') > 0 AND (SELECT count(*) FROM soak_events WHERE kind = 'terminate') > 0 AND (SELECT count(*) FROM soak_events WHERE kind = 'fresh' AND attempt > 1) > 0")"
+check_eq "keys were committed and replayed many times over (every key at least twice)" t \
+	"$(got "SELECT count(*) >= $SOAK_KEYS AND min(n) >= 2 FROM (SELECT key, count(*) AS n FROM soak_effects GROUP BY key) k")"
+
+if ((_lib_failed == 0)) && [[ -z ${SOAK_KEEP:-} ]]; then
+	psql_q -d postgres -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $DB" >/dev/null 2>&1
+elif ((_lib_failed > 0)); then
+	echo "# kept: database $DB, logs in $work/logs (seed $SOAK_SEED)"
+fi
+
+finish
