@@ -1463,6 +1463,7 @@ completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 /* ---- start-up ----------------------------------------------------------- */
 
 static const char *const schema_sql =
+"SET LOCAL client_min_messages = warning;"
 "SELECT pg_advisory_xact_lock(hashtext('idem-http-example'));"
 "CREATE SCHEMA IF NOT EXISTS http_example;"
 "CREATE TABLE IF NOT EXISTS http_example.charges ("
