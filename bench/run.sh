@@ -32,24 +32,29 @@
 #   BENCH_IMPLS="ext plpgsql raw"     implementations, in round order
 #   BENCH_REDIS=auto        also Redis (workloads 1, 2) when redis-server is
 #                           installed; 0 = never, 1 = required
+#   BENCH_ASYNC=auto        workload 1 also with idem.async_reserve = on, when
+#                           the extension has that setting; 0 = never
 #   BENCH_WORKLOADS="1 6 2 3 5 4"     which workloads, in this order
 #   BENCH_FRESH_KEYS=100000 keys stored before each run of 1, 5, 6
 #   BENCH_REPLAY_KEYS=100000          committed keys replayed by 2
 #   BENCH_HOT_WAITERS=32 BENCH_HOT_ROUNDS=25   workload 3
 #   BENCH_PURGE_KEYS=1000000          expired keys purged by 5
-#   BENCH_PURGE_IDLE=BENCH_SECONDS    seconds measured before the purge starts
-#   BENCH_PURGE_RUN=BENCH_PURGE_IDLE+25   length of the pgbench run of 5
+#   BENCH_PURGE_IDLE=BENCH_SECONDS (3 at least)  seconds before the purge starts
+#   BENCH_PURGE_MAX=300     longest purge measured (pgbench then stops)
 #   BENCH_SCALE_SIZES="10000 1000000 10000000"  workload 4
 #   BENCH_SCALE_SECONDS=5   length of each idembench run of 4
 #   BENCH_SHARED_BUFFERS=512MB BENCH_MAX_CONNECTIONS=100
 #   BENCH_CLUSTER_OPTS=     more postgresql.conf settings (see test/cluster.sh)
-#   BENCH_INSTALL=1         build and install the extension from this tree
-#                           first (0: measure the installed one)
+#   BENCH_INSTALL=1         build and install the extension from the working
+#                           tree first; head: from a clean export of git HEAD
+#                           (uncommitted edits left out); 0: measure the
+#                           installed one
 #   BENCH_TMP=bench/tmp  BENCH_RESULTS=bench/results
 #   BENCH_KEEP=0            1: leave the cluster running at the end
 #
-# BENCH_QUICK=1 changes the defaults to: 2 s runs, 5 hot-key rounds, 100k
-# expired keys, scale sizes 10^4 and 10^6, 1 s scale runs.
+# BENCH_QUICK=1 changes the defaults to: 1 s runs, 10^4 stored keys in
+# workloads 1, 2, 6, 3 hot-key rounds, 5 * 10^4 expired keys, scale sizes
+# 10^4 and 10^5 (no 10^6, no 10^7).
 
 set -euo pipefail
 
@@ -58,11 +63,11 @@ ROOT=$(cd "$BENCH_DIR/.." && pwd)
 
 QUICK=${BENCH_QUICK:-0}
 if [[ $QUICK == 1 ]]; then
-	d_seconds=2 d_hot_rounds=5 d_purge_keys=100000 d_scale_sizes="10000 1000000"
-	d_scale_seconds=1 d_purge_run_extra=6
+	d_seconds=1 d_hot_rounds=3 d_fresh_keys=10000 d_purge_keys=50000
+	d_scale_sizes="10000 100000" d_scale_seconds=1
 else
-	d_seconds=10 d_hot_rounds=25 d_purge_keys=1000000
-	d_scale_sizes="10000 1000000 10000000" d_scale_seconds=5 d_purge_run_extra=25
+	d_seconds=10 d_hot_rounds=25 d_fresh_keys=100000 d_purge_keys=1000000
+	d_scale_sizes="10000 1000000 10000000" d_scale_seconds=5
 fi
 SECS=${BENCH_SECONDS:-$d_seconds}
 ROUNDS=${BENCH_ROUNDS:-2}
@@ -71,13 +76,13 @@ THREADS=${BENCH_THREADS:-2}
 IMPLS=${BENCH_IMPLS:-ext plpgsql raw}
 REDIS=${BENCH_REDIS:-auto}
 WORKLOADS=${BENCH_WORKLOADS:-1 6 2 3 5 4}
-FRESH_KEYS=${BENCH_FRESH_KEYS:-100000}
-REPLAY_KEYS=${BENCH_REPLAY_KEYS:-100000}
+FRESH_KEYS=${BENCH_FRESH_KEYS:-$d_fresh_keys}
+REPLAY_KEYS=${BENCH_REPLAY_KEYS:-$d_fresh_keys}
 HOT_WAITERS=${BENCH_HOT_WAITERS:-32}
 HOT_ROUNDS=${BENCH_HOT_ROUNDS:-$d_hot_rounds}
 PURGE_KEYS=${BENCH_PURGE_KEYS:-$d_purge_keys}
-PURGE_IDLE=${BENCH_PURGE_IDLE:-$SECS}
-PURGE_RUN=${BENCH_PURGE_RUN:-$((PURGE_IDLE + d_purge_run_extra))}
+PURGE_IDLE=${BENCH_PURGE_IDLE:-$((SECS < 3 ? 3 : SECS))}
+PURGE_MAX=${BENCH_PURGE_MAX:-300}
 SCALE_SIZES=${BENCH_SCALE_SIZES:-$d_scale_sizes}
 SCALE_SECS=${BENCH_SCALE_SECONDS:-$d_scale_seconds}
 SHARED_BUFFERS=${BENCH_SHARED_BUFFERS:-512MB}
@@ -126,12 +131,23 @@ if ! command -v gnuplot >/dev/null; then
 	fi
 fi
 
-if [[ $INSTALL == 1 ]]; then
-	log "building and installing the extension from $ROOT"
-	make -s -C "$ROOT" install >"$TMP.install.log" 2>&1 ||
-		{ cat "$TMP.install.log" >&2; die "make install failed"; }
-	rm -f "$TMP.install.log"
-fi
+mkdir -p "$TMP"
+case $INSTALL in
+	0) ;;
+	head)
+		log "building and installing the extension from git HEAD ($(git -C "$ROOT" rev-parse --short HEAD))"
+		rm -rf "$TMP/src"
+		mkdir -p "$TMP/src"
+		git -C "$ROOT" archive HEAD | tar -x -C "$TMP/src"
+		make -s -C "$TMP/src" NO_CLIENT=1 install >"$TMP/install.log" 2>&1 ||
+			{ cat "$TMP/install.log" >&2; die "make install failed"; }
+		;;
+	*)
+		log "building and installing the extension from $ROOT"
+		make -s -C "$ROOT" NO_CLIENT=1 install >"$TMP/install.log" 2>&1 ||
+			{ cat "$TMP/install.log" >&2; die "make install failed"; }
+		;;
+esac
 make -s -C "$BENCH_DIR" build >/dev/null || die "could not build idembench"
 
 USE_REDIS=0
@@ -202,9 +218,13 @@ psql_q -c 'CREATE EXTENSION idempotency' -f "$BENCH_DIR/setup.sql" \
 	echo "kernel	$(uname -sr)"
 	echo "virt	$(lscpu 2>/dev/null | sed -n 's/^Hypervisor vendor:[[:space:]]*//p' | head -n 1)"
 	echo "pg	$(psql_q -c 'SHOW server_version')"
-	echo "settings	$(psql_q -F ' ' -c "SELECT string_agg(name || '=' || setting || coalesce(unit, ''), ', ' ORDER BY name) FROM pg_settings WHERE name IN ('shared_buffers', 'max_connections', 'fsync', 'synchronous_commit', 'wal_level', 'max_wal_size', 'checkpoint_timeout', 'wal_sync_method', 'full_page_writes')")"
+	echo "settings	$(psql_q -F ' ' -c "SELECT string_agg(name || '=' || current_setting(name), ', ' ORDER BY name) FROM pg_settings WHERE name IN ('shared_buffers', 'max_connections', 'fsync', 'synchronous_commit', 'wal_level', 'max_wal_size', 'checkpoint_timeout', 'wal_sync_method', 'full_page_writes')")"
 	echo "ext	$(psql_q -c "SELECT extversion FROM pg_extension WHERE extname = 'idempotency'")"
-	echo "commit	$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet HEAD -- src sql 2>/dev/null || echo ' (src/ or sql/ modified)')"
+	case $INSTALL in
+		0) echo "commit	installed build, tree at $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)" ;;
+		head) echo "commit	$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)" ;;
+		*) echo "commit	$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet HEAD -- src sql 2>/dev/null || echo ' + uncommitted changes in src/ or sql/')" ;;
+	esac
 	echo "load_before	$(cut -d' ' -f1-3 /proc/loadavg)"
 	echo "seconds	$SECS"
 	echo "rounds	$ROUNDS"
@@ -234,7 +254,7 @@ record()
 table_of()
 {
 	case $1 in
-		ext) echo idem_keys ;;
+		ext | ext_async) echo idem_keys ;;
 		plpgsql) echo bl_keys ;;
 		raw) echo raw_keys ;;
 	esac
@@ -258,6 +278,21 @@ pg_impls=$IMPLS
 all_impls=$IMPLS
 [[ $USE_REDIS == 1 ]] && all_impls="$IMPLS redis"
 
+# workload 1 also measures the extension with idem.async_reserve = on (one
+# WAL flush per request instead of two), when the extension has it
+fresh_impls=$all_impls
+case ${BENCH_ASYNC:-auto} in
+	0) ;;
+	*)
+		if [[ " $IMPLS " == *" ext "* ]] &&
+			[[ $(psql_q -c "SELECT idem_get('x') IS NULL" -c "SELECT current_setting('idem.async_reserve', true) IS NOT NULL") == *t ]]; then
+			fresh_impls=${all_impls/ext/ext ext_async}
+		elif [[ ${BENCH_ASYNC:-auto} == 1 ]]; then
+			die "the installed extension has no setting idem.async_reserve"
+		fi
+		;;
+esac
+
 # empties table t and stores keys 1..n (committed, live), then vacuums
 reload()
 {
@@ -266,15 +301,31 @@ reload()
 		-c "VACUUM ANALYZE $t" >/dev/null
 }
 
+# CPU time (clock ticks) of the postmaster's children that have exited:
+# the backends of finished pgbench runs (not the walwriter, checkpointer ...)
+CLK_TCK=$(getconf CLK_TCK)
+children_ticks()
+{
+	awk '{print $16 + $17}' "/proc/$(head -n 1 "$CLUSTER/data/postmaster.pid")/stat"
+}
+
 # pgbench_run NAME SCRIPT SECONDS [VAR=VALUE...]: runs pgbench with a
-# per-transaction log; prints the tps; the log lines go to $DATA/NAME.log
+# per-transaction log; prints the tps; the log lines go to $DATA/NAME.log,
+# and to $DATA/NAME.cpu the server's CPU time and WAL per transaction: the
+# CPU of the run's backends (read from the postmaster once they have
+# exited), which other work on the machine hardly disturbs
 pgbench_run()
 {
-	local name=$1 script=$2 secs=$3 out
+	local name=$1 script=$2 secs=$3 out wal0 t0 t1 wal n
 	shift 3
 	local vars=()
 	for v in "$@"; do vars+=(-D "$v"); done
 	rm -f "$DATA/$name".pgb*
+	# (the backends of earlier sessions report their WAL when they exit)
+	sleep 0.3
+	wal0=$(psql_q -F ' ' -c 'SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal')
+	sleep 0.3
+	t0=$(children_ticks)
 	if ! out=$(pgbench -n -M prepared -c "$CLIENTS" -j "$THREADS" -T "$secs" \
 		-D hash="$HASH" "${vars[@]}" -f "$BENCH_DIR/scripts/$script.sql" \
 		-l --log-prefix="$DATA/$name.pgb" 2>&1); then
@@ -284,9 +335,26 @@ pgbench_run()
 		echo 0
 		return 0
 	fi
+	sleep 0.3
+	t1=$(children_ticks)
+	wal=$(psql_q -F ' ' -c 'SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal')
 	cat "$DATA/$name".pgb* >"$DATA/$name.log"
 	rm -f "$DATA/$name".pgb*
+	n=$(wc -l <"$DATA/$name.log")
+	if ((n > 0)); then
+		# WAL of the whole cluster meanwhile: records, full-page images, bytes
+		awk -v t=$((t1 - t0)) -v hz="$CLK_TCK" -v a="$wal0" -v b="$wal" -v n="$n" \
+			'BEGIN {split(a, x, " "); split(b, y, " ");
+				printf "cpu_us=%.2f;wal_rec=%.3f;wal_fpi=%.4f;wal=%.1f;n=%d\n", t / hz * 1e6 / n,
+					(y[1] - x[1]) / n, (y[2] - x[2]) / n, (y[3] - x[3]) / n, n}' \
+			>"$DATA/$name.cpu"
+	fi
 	sed -n 's/^tps = \([0-9.]*\) (without.*/\1/p' <<<"$out"
+}
+
+cpu_of()
+{
+	cat "$DATA/$1.cpu" 2>/dev/null || true
 }
 
 # latency column (microseconds) of a pgbench log
@@ -295,15 +363,25 @@ lat_of()
 	awk '{print $3}' "$1"
 }
 
+# idembench_ops NAME IMPL OP NKEYS SECONDS: prints the tps; latencies go to
+# $DATA/NAME.lat, the server's CPU per operation to $DATA/NAME.cpu
 idembench_ops()
 {
-	local name=$1 impl=$2 op=$3 nkeys=$4 secs=$5 out
+	local name=$1 impl=$2 op=$3 nkeys=$4 secs=$5 out t0 t1 n
+	[[ $impl != redis ]] && { sleep 0.3; t0=$(children_ticks); }
 	if ! out=$("$IDEMBENCH" ops --impl "$impl" --op "$op" --nkeys "$nkeys" \
 		--clients "$CLIENTS" --seconds "$secs" --out "$DATA/$name.lat" \
 		${REDIS_PORT:+--redis-port "$REDIS_PORT"} 2>"$DATA/$name.err"); then
 		echo "bench: idembench $impl $op failed: $(head -n 1 "$DATA/$name.err")" >&2
 		echo 0
 		return 0
+	fi
+	n=$(sed -n 's/.* ops=\([0-9]*\) .*/\1/p' <<<"$out")
+	if [[ $impl != redis ]] && ((n > 0)); then
+		sleep 0.3
+		t1=$(children_ticks)
+		awk -v t=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$n" \
+			'BEGIN {printf "cpu_us=%.2f;n=%d\n", t / hz * 1e6 / n, n}' >"$DATA/$name.cpu"
 	fi
 	sed -n 's/.* tps=\([0-9.]*\) .*/\1/p' <<<"$out"
 }
@@ -327,9 +405,10 @@ set_logged()
 
 fresh_workload()
 {
-	local variant=$1 r impl name tps
+	local variant=$1 r impl name tps impls=$all_impls opts
+	[[ $variant == logged ]] && impls=$fresh_impls
 	for ((r = 1; r <= ROUNDS; r++)); do
-		for impl in $(impls_of_round "$r" "$all_impls"); do
+		for impl in $(impls_of_round "$r" "$impls"); do
 			[[ $impl == redis && $variant == unlogged ]] && continue
 			name=fresh-$variant-$impl-$r
 			if [[ $impl == redis ]]; then
@@ -338,12 +417,14 @@ fresh_workload()
 			else
 				reload "$(table_of "$impl")" "$FRESH_KEYS"
 				psql_q -c CHECKPOINT
-				tps=$(pgbench_run "$name" "fresh_$impl" "$SECS" \
+				opts=${PGOPTIONS:-}
+				[[ $impl == ext_async ]] && opts="$opts -c idem.async_reserve=on"
+				tps=$(PGOPTIONS=$opts pgbench_run "$name" "fresh_${impl%_async}" "$SECS" \
 					maxkey=$((FRESH_KEYS * KEY_STEP)))
 				[[ -s $DATA/$name.log ]] && lat_of "$DATA/$name.log" >"$DATA/$name.lat"
 				rm -f "$DATA/$name.log"
 			fi
-			record fresh "$variant" "$impl" "$r" "$tps" "$name.lat" ""
+			record fresh "$variant" "$impl" "$r" "$tps" "$name.lat" "$(cpu_of "$name")"
 			log "workload 1 ($variant) round $r: $impl $tps tps"
 		done
 	done
@@ -390,7 +471,7 @@ w2()
 				[[ -s $DATA/$name.log ]] && lat_of "$DATA/$name.log" >"$DATA/$name.lat"
 				rm -f "$DATA/$name.log"
 			fi
-			record replay logged "$impl" "$r" "$tps" "$name.lat" ""
+			record replay logged "$impl" "$r" "$tps" "$name.lat" "$(cpu_of "$name")"
 			log "workload 2 round $r: $impl $tps tps"
 		done
 	done
@@ -429,7 +510,7 @@ purge_sql()
 
 w5()
 {
-	local r impl name t tps t0 t1 pid purged
+	local r impl name t tps t0 t1 pid purged f
 	for ((r = 1; r <= ROUNDS; r++)); do
 		for impl in $(impls_of_round "$r" "$pg_impls"); do
 			t=$(table_of "$impl")
@@ -440,25 +521,41 @@ w5()
 				-c "SELECT bench_load('$t', $((FRESH_KEYS + 1)), $((FRESH_KEYS + PURGE_KEYS)), true)" \
 				-c "VACUUM ANALYZE $t" -c CHECKPOINT >/dev/null
 			rm -f "$DATA/$name".pgb*
-			pgbench -n -M prepared -c "$CLIENTS" -j "$THREADS" -T "$PURGE_RUN" \
+			# pgbench runs until a second after the purge: it has no clean
+			# way to stop early, so it is interrupted (what it had not yet
+			# written of its log is after the purge, and not needed)
+			pgbench -n -M prepared -c "$CLIENTS" -j "$THREADS" \
+				-T "$((PURGE_IDLE + PURGE_MAX))" \
 				-D hash="$HASH" -D maxkey=$(((FRESH_KEYS + PURGE_KEYS) * KEY_STEP)) \
 				-f "$BENCH_DIR/scripts/fresh_$impl.sql" \
 				-l --log-prefix="$DATA/$name.pgb" >"$DATA/$name.out" 2>&1 &
 			pid=$!
 			sleep "$PURGE_IDLE"
 			t0=$(date +%s.%N)
-			purged=$(psql_q -c "$(purge_sql "$impl")" -c '\echo :ROW_COUNT' \
-				2>"$DATA/$name.err" | head -n 1) || purged=failed
+			if purged=$(psql_q -c "$(purge_sql "$impl")" -c '\echo :ROW_COUNT' \
+				2>"$DATA/$name.err"); then
+				purged=${purged%%$'\n'*}
+			else
+				purged=failed
+			fi
 			t1=$(date +%s.%N)
-			wait "$pid" || echo "bench: pgbench during purge ($impl) failed" >&2
-			tps=$(sed -n 's/^tps = \([0-9.]*\) (without.*/\1/p' "$DATA/$name.out")
+			sleep 1
+			kill -TERM "$pid" 2>/dev/null || true
+			wait "$pid" 2>/dev/null || true
+			if grep -qi 'error' "$DATA/$name.out"; then
+				echo "bench: pgbench during purge ($impl): $(grep -m1 -i error "$DATA/$name.out")" >&2
+			fi
+			tps=0
 			# completion time (epoch seconds) and latency of each transaction
-			cat "$DATA/$name".pgb* 2>/dev/null |
-				awk '{printf "%d.%06d %d\n", $5, $6, $3}' |
+			# (the last line of each thread's log may be cut short: dropped)
+			for f in "$DATA/$name".pgb*; do
+				[[ -f $f ]] && head -n -1 "$f"
+			done |
+				awk 'NF == 6 && $6 ~ /^[0-9]+$/ {printf "%d.%06d %d\n", $5, $6, $3}' |
 				sort -n >"$DATA/$name.lat"
 			rm -f "$DATA/$name".pgb*
 			record purge "run" "$impl" "$r" "${tps:-0}" "$name.lat" \
-				"t0=$t0;t1=$t1;purged=$purged;idle=$PURGE_IDLE;run=$PURGE_RUN"
+				"t0=$t0;t1=$t1;purged=$purged;idle=$PURGE_IDLE"
 			log "workload 5 round $r: $impl purged $purged keys in $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}') s"
 		done
 	done
@@ -492,7 +589,7 @@ w4()
 				for op in fresh replay; do
 					name=scale-$size-$op-$impl-$r
 					tps=$(idembench_ops "$name" "$impl" "$op" "$size" "$SCALE_SECS")
-					record scale "$op:$size" "$impl" "$r" "$tps" "$name.lat" ""
+					record scale "$op:$size" "$impl" "$r" "$tps" "$name.lat" "$(cpu_of "$name")"
 					log "workload 4 $size keys round $r: $impl $op $tps tps"
 				done
 			done
@@ -500,17 +597,33 @@ w4()
 	done
 }
 
+failed=
 for w in $WORKLOADS; do
 	case $w in
-		1) log "workload 1: reserve + commit, fresh keys, logged"; w1 ;;
-		6) log "workload 6: reserve + commit, fresh keys, unlogged"; w6 ;;
-		2) log "workload 2: replay of committed keys"; w2 ;;
-		3) log "workload 3: hot key, $HOT_WAITERS waiters"; w3 ;;
-		5) log "workload 5: purge of $PURGE_KEYS expired keys while reserves run"; w5 ;;
-		4) log "workload 4: scale ($SCALE_SIZES keys)"; w4 ;;
+		1) log "workload 1: reserve + commit, fresh keys, logged" ;;
+		6) log "workload 6: reserve + commit, fresh keys, unlogged" ;;
+		2) log "workload 2: replay of committed keys" ;;
+		3) log "workload 3: hot key, $HOT_WAITERS waiters" ;;
+		5) log "workload 5: purge of $PURGE_KEYS expired keys while reserves run" ;;
+		4) log "workload 4: scale ($SCALE_SIZES keys)" ;;
 		*) die "unknown workload $w" ;;
 	esac
+	# each workload in a subshell of its own: one that fails is reported,
+	# and the others still run
+	set +e
+	(
+		set -e
+		"w$w"
+	)
+	rc=$?
+	set -e
+	if ((rc != 0)); then
+		log "workload $w failed (exit $rc); going on with the others"
+		failed="$failed $w"
+		[[ $w == 6 ]] && { set_logged true || true; }
+	fi
 done
+echo "failed	${failed# }" >>"$DATA/machine.tsv"
 
 echo "load_after	$(cut -d' ' -f1-3 /proc/loadavg)" >>"$DATA/machine.tsv"
 echo "duration	$(($(date +%s) - T_START)) s" >>"$DATA/machine.tsv"
