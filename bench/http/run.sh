@@ -106,11 +106,14 @@ done
 [[ -s $TMP/port ]] || die "the service did not start: $(cat "$TMP/service.err")"
 URL=http://127.0.0.1:$(cat "$TMP/port")
 
-# the replayed key exists before any measured run
-code=$(curl -sS -o /dev/null -w '%{http_code}' -X POST "$URL/charges" \
-	-H "X-Tenant: bench" -H "Idempotency-Key: $TAG-replay" -H "Content-Type: application/json" \
-	-d '{"amount": 1000, "currency": "usd", "description": "wrk"}')
-[[ $code == 201 ]] || die "the first replayed request answered $code"
+# the replayed keys exist before any measured run
+for ((round = 1; round <= ROUNDS; round++)); do
+	code=$(curl -sS -o /dev/null -w '%{http_code}' -X POST "$URL/charges" \
+		-H "X-Tenant: bench" -H "Idempotency-Key: $TAG-r$round-replay" -H "Content-Type: application/json" \
+		-d '{"amount": 1000, "currency": "usd", "description": "wrk"}')
+	[[ $code == 201 ]] || die "the first replayed request answered $code"
+done
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 
 declare -A rps_sum p50_sum p99_sum mean_sum req_sum err_sum
 modes=(unprotected unique replay)
@@ -133,7 +136,8 @@ for ((round = 1; round <= ROUNDS; round++)); do
 		run_wrk unprotected "$WARMUP" "$TAG-warm$round" >/dev/null
 	fi
 	for m in "${order[@]}"; do
-		line=$(run_wrk "$m" "$SECONDS_EACH" "$TAG")
+		# unique keys: a tag per round, so that no round replays another's
+		line=$(run_wrk "$m" "$SECONDS_EACH" "$TAG-r$round")
 		[[ -n $line ]] || die "wrk printed no result for $m"
 		say "round $round $m: $line"
 		rps_sum[$m]=$(bc -l <<<"${rps_sum[$m]:-0} + $(val rps "$line")")
@@ -147,8 +151,8 @@ done
 
 # exactly once under load: one row per unique key, one for the replayed key
 unique_rows=$(psql -XAtq -c "SELECT count(*), count(DISTINCT idempotency_key) FROM http_example.charges
-	WHERE tenant = 'bench' AND idempotency_key LIKE '$TAG-%' AND idempotency_key <> '$TAG-replay'")
-replay_rows=$(psql -XAtq -c "SELECT count(*) FROM http_example.charges WHERE tenant = 'bench' AND idempotency_key = '$TAG-replay'")
+	WHERE tenant = 'bench' AND idempotency_key LIKE '$TAG-r%' AND idempotency_key NOT LIKE '%-replay'")
+replay_rows=$(psql -XAtq -c "SELECT count(*) FROM http_example.charges WHERE tenant = 'bench' AND idempotency_key LIKE '$TAG-r%-replay'")
 
 ms() { printf '%.2f' "$(bc -l <<<"$1 / $ROUNDS / 1000")"; }
 avg() { printf '%.0f' "$(bc -l <<<"$1 / $ROUNDS")"; }
@@ -182,8 +186,8 @@ cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 	echo "- wrk: \`wrk -t $WRK_THREADS -c $CONNS -d ${SECONDS_EACH}s --timeout 10s -s bench/http/charges.lua URL -- MODE TAG\`,"
 	echo "  MODE unprotected / unique / replay; $ROUNDS round(s), order alternating; figures are the means over rounds."
 	echo "- service: \`examples/http/service --quiet --threads $WORKERS --io-threads $IO_THREADS\`; PostgreSQL $(psql -XAtq -c 'SHOW server_version'), default settings, fsync $(psql -XAtq -c 'SHOW fsync'), synchronous_commit $(psql -XAtq -c 'SHOW synchronous_commit'); everything on one machine over loopback."
-	echo "- machine: $(nproc) CPU ($cpu), $(free -g | awk '/^Mem:/ {print $2}') GB RAM; wrk, the service and PostgreSQL share it."
-	echo "- exactly once under load: the unique runs answered ${req_sum[unique]} requests and left $(cut -d'|' -f1 <<<"$unique_rows") charge rows for $(cut -d'|' -f2 <<<"$unique_rows") distinct keys; the replayed key has $replay_rows charge row."
+	echo "- machine: $(nproc) CPU ($cpu), $(free -g | awk '/^Mem:/ {print $2}') GB RAM; wrk, the service and PostgreSQL share it; load average before the runs: $load_before."
+	echo "- exactly once under load: the unique runs answered ${req_sum[unique]} requests and left $(cut -d'|' -f1 <<<"$unique_rows") charge rows for $(cut -d'|' -f2 <<<"$unique_rows") distinct keys (requests still in flight when wrk stopped are committed but not counted by wrk); the $ROUNDS replayed keys have $replay_rows charge rows in all."
 } >"$OUT"
 
 cat "$OUT"
