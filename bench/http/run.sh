@@ -185,6 +185,8 @@ cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 	echo
 	echo "- wrk: \`wrk -t $WRK_THREADS -c $CONNS -d ${SECONDS_EACH}s --timeout 10s -s bench/http/charges.lua URL -- MODE TAG\`,"
 	echo "  MODE unprotected / unique / replay; $ROUNDS round(s), order alternating; figures are the means over rounds."
+	echo "  Latencies are wrk's, which corrects for coordinated omission (it adds samples for the"
+	echo "  requests a stalled connection did not send), so mean and p99 weigh stalls heavily; p50 is the steadiest."
 	echo "- service: \`examples/http/service --quiet --threads $WORKERS --io-threads $IO_THREADS\`; PostgreSQL $(psql -XAtq -c 'SHOW server_version'), default settings, fsync $(psql -XAtq -c 'SHOW fsync'), synchronous_commit $(psql -XAtq -c 'SHOW synchronous_commit'); everything on one machine over loopback."
 	echo "- machine: $(nproc) CPU ($cpu), $(free -g | awk '/^Mem:/ {print $2}') GB RAM; wrk, the service and PostgreSQL share it; load average before the runs: $load_before."
 	echo "- exactly once under load: the unique runs answered ${req_sum[unique]} requests and left $(cut -d'|' -f1 <<<"$unique_rows") charge rows for $(cut -d'|' -f2 <<<"$unique_rows") distinct keys (requests still in flight when wrk stopped are committed but not counted by wrk); the $ROUNDS replayed keys have $replay_rows charge rows in all."

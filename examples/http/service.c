@@ -1603,6 +1603,7 @@ main(int argc, char **argv)
 	long		port;
 	pthread_t  *workers;
 	unsigned	nworkers;
+	MHD_socket	lsock;
 
 	for (i = 1; i < argc; i++)
 	{
@@ -1759,7 +1760,7 @@ main(int argc, char **argv)
 	fprintf(stderr, "service: stopping (signal %d)\n", sig);
 	/* no new connections; the workers finish what is queued and resume
 	 * those connections; then everything closes */
-	MHD_quiesce_daemon(d);
+	lsock = MHD_quiesce_daemon(d);
 	pthread_mutex_lock(&queue_lock);
 	stopping = 1;
 	pthread_cond_broadcast(&queue_cond);
@@ -1768,6 +1769,8 @@ main(int argc, char **argv)
 		pthread_join(workers[i], NULL);
 	free(workers);
 	MHD_stop_daemon(d);
+	if (lsock != MHD_INVALID_SOCKET)
+		close(lsock);
 	idem_http_free(policy_wait);
 	idem_http_free(policy_nowait);
 	free(cfg.keys);
