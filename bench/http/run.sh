@@ -89,7 +89,7 @@ if [[ -z ${PGHOST:-} ]]; then
 	# shellcheck disable=SC1091
 	. "$cluster/env"
 fi
-psql -XAtq -v ON_ERROR_STOP=1 -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" \
+PGOPTIONS="-c client_min_messages=warning" psql -XAtq -v ON_ERROR_STOP=1 -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" \
 	-c "CREATE DATABASE $DB" >/dev/null
 psql -XAtq -v ON_ERROR_STOP=1 -d "$DB" -c "CREATE EXTENSION idempotency" >/dev/null ||
 	die "CREATE EXTENSION idempotency failed: is it installed (make install)?"

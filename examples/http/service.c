@@ -1500,6 +1500,28 @@ prepare_database(void)
 		PQfinish(pg);
 		return -1;
 	}
+	/* a bad --wait or --ttl would fail every request: refuse it now */
+	{
+		const char *iv[2] = {cfg.wait, cfg.ttl};
+		const char *opt[2] = {"--wait", "--ttl"};
+		int			k;
+
+		for (k = 0; k < 2; k++)
+		{
+			if (iv[k] == NULL)
+				continue;
+			r = PQexecParams(pg, "SELECT $1::interval", 1, NULL, &iv[k], NULL, NULL, 0);
+			ok = PQresultStatus(r) == PGRES_TUPLES_OK;
+			PQclear(r);
+			if (!ok)
+			{
+				fprintf(stderr, "service: %s %s: not an interval: %s", opt[k], iv[k],
+						PQerrorMessage(pg));
+				PQfinish(pg);
+				return -2;		/* bad usage */
+			}
+		}
+	}
 	if (exec_simple(pg, "BEGIN", err, sizeof(err)) < 0 ||
 		exec_simple(pg, schema_sql, err, sizeof(err)) < 0 ||
 		exec_simple(pg, "COMMIT", err, sizeof(err)) < 0)
@@ -1703,8 +1725,15 @@ main(int argc, char **argv)
 		fprintf(stderr, "service: bad --wait or --ttl, or out of memory\n");
 		return 64;
 	}
-	if (prepare_database() < 0)
-		return 69;
+	switch (prepare_database())
+	{
+		case 0:
+			break;
+		case -2:
+			return 64;
+		default:
+			return 69;
+	}
 
 	/* the pool threads inherit this mask: only main takes the signals */
 	sigemptyset(&sigs);

@@ -48,7 +48,7 @@ fi
 ok "examples/http builds (-Wall -Wextra -Werror)"
 
 # a database of the suite's own: the service and psql find it in PGDATABASE
-if out=$(psql_q -d postgres -c "DROP DATABASE IF EXISTS idem_http_suite WITH (FORCE)" 2>&1 &&
+if out=$(PGOPTIONS="-c client_min_messages=warning" psql_q -d postgres -c "DROP DATABASE IF EXISTS idem_http_suite WITH (FORCE)" 2>&1 &&
 	psql_q -d postgres -c "CREATE DATABASE idem_http_suite" 2>&1 &&
 	psql_q -d idem_http_suite -c "CREATE EXTENSION idempotency" 2>&1); then
 	DB=idem_http_suite
@@ -155,6 +155,20 @@ downstream_key()
 {
 	psql_q -c "SELECT idem_derive_key(idem_derive_key('emails', '$1', '$2'), 'send')"
 }
+
+# the service refuses to start without the extension, or with a bad --wait
+PGOPTIONS="-c client_min_messages=warning" psql_q -d postgres -c "DROP DATABASE IF EXISTS idem_http_noext" \
+	-c "CREATE DATABASE idem_http_noext" >/dev/null
+PGDATABASE=idem_http_noext "$EX/service" --port 0 >/dev/null 2>"$T/noext.err"
+rc=$?
+psql_q -d postgres -c "DROP DATABASE IF EXISTS idem_http_noext" >/dev/null
+if [[ $rc == 69 ]] && grep -q "CREATE EXTENSION idempotency" "$T/noext.err"; then
+	ok "without the extension the service exits 69 and says CREATE EXTENSION idempotency"
+else
+	fail "without the extension: exit 69" "exit $rc" "$(cat "$T/noext.err")"
+fi
+"$EX/service" --port 0 --wait soon >/dev/null 2>"$T/badwait.err"
+check_eq "a bad --wait: exit 64" 64 "$?"
 
 : >"$T/service.err"
 : >"$T/service.out"
