@@ -29,6 +29,7 @@
 #include "utils/datetime.h"
 #include "utils/guc.h"
 #include "utils/jsonb.h"
+#include "utils/memutils.h"
 #include "utils/timestamp.h"
 
 #include "idempotency.h"
@@ -219,14 +220,23 @@ prevent_in_recovery(const IdemKey *k, const char *what)
 static Datum
 make_reservation(FunctionCallInfo fcinfo, bool fresh, const IdemRecord *rec)
 {
-	TupleDesc	tupdesc;
+	TupleDesc	tupdesc = (TupleDesc) fcinfo->flinfo->fn_extra;
 	Datum		values[8];
 	bool		nulls[8];
 	bool		done = rec->committed;
 
-	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "return type must be a row type");
-	tupdesc = BlessTupleDesc(tupdesc);
+	/* the row type, looked up once per call site */
+	if (tupdesc == NULL)
+	{
+		MemoryContext oldcxt;
+
+		if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+			elog(ERROR, "return type must be a row type");
+		oldcxt = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
+		tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
+		MemoryContextSwitchTo(oldcxt);
+		fcinfo->flinfo->fn_extra = tupdesc;
+	}
 
 	memset(nulls, 0, sizeof(nulls));
 	values[0] = BoolGetDatum(fresh);

@@ -1,7 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * idem_storage.c
- *	  Access to the key table through SPI with plans kept per backend.
+ *	  Access to the key table: reads probe the primary key directly,
+ *	  writes go through SPI with plans kept per backend.
  *
  * Every query is prepared once per backend (and again only after the table
  * or the extension is dropped and created anew), fully schema-qualified,
@@ -18,23 +19,32 @@
 #include "postgres.h"
 
 #include "access/genam.h"
-#include "access/xact.h"
 #include "access/htup_details.h"
+#include "access/nbtree.h"
+#include "access/relscan.h"
+#include "access/skey.h"
+#include "access/stratnum.h"
 #include "access/table.h"
-#include "catalog/namespace.h"
+#include "access/tableam.h"
+#include "access/xact.h"
 #include "catalog/indexing.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_extension.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
+#include "executor/tuptable.h"
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/inval.h"
+#include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/relcache.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
 
@@ -42,7 +52,6 @@
 
 typedef enum StorageQuery
 {
-	Q_READ,
 	Q_INSERT,
 	Q_RENEW,
 	Q_COMMIT,
@@ -66,12 +75,6 @@ typedef struct QueryDef
 #define EQ " OPERATOR(pg_catalog.=) "
 
 static const QueryDef query_defs[NUM_QUERIES] = {
-	[Q_READ] = {
-		"SELECT state, request_hash, status, headers, body, attempt, ttl,"
-		" created_at, expires_at, owner_pid, owner_started"
-		" FROM %s.idem_keys WHERE scope" EQ "$1 AND key" EQ "$2",
-		2, {TEXTOID, TEXTOID}
-	},
 	[Q_INSERT] = {
 		"INSERT INTO %s.idem_keys (scope, key, state, request_hash, attempt, ttl,"
 		" created_at, expires_at, owner_pid, owner_started)"
@@ -144,12 +147,56 @@ static const QueryDef query_defs[NUM_QUERIES] = {
 	},
 };
 
+/*
+ * Columns of the key table, as the install script creates them; checked
+ * against the catalog when the table is looked up.
+ */
+enum
+{
+	Anum_scope = 1,
+	Anum_key,
+	Anum_state,
+	Anum_request_hash,
+	Anum_status,
+	Anum_headers,
+	Anum_body,
+	Anum_attempt,
+	Anum_ttl,
+	Anum_created_at,
+	Anum_expires_at,
+	Anum_committed_at,
+	Anum_owner_pid,
+	Anum_owner_started
+};
+
+static const struct
+{
+	const char *name;
+	Oid			type;
+}			key_columns[] = {
+	{"scope", TEXTOID},
+	{"key", TEXTOID},
+	{"state", TEXTOID},
+	{"request_hash", TEXTOID},
+	{"status", INT4OID},
+	{"headers", JSONBOID},
+	{"body", BYTEAOID},
+	{"attempt", INT4OID},
+	{"ttl", INTERVALOID},
+	{"created_at", TIMESTAMPTZOID},
+	{"expires_at", TIMESTAMPTZOID},
+	{"committed_at", TIMESTAMPTZOID},
+	{"owner_pid", INT4OID},
+	{"owner_started", TIMESTAMPTZOID},
+};
+
 /* Per-backend cache: where the table is, who owns it, the kept plans */
 static struct
 {
 	bool		valid;
 	Oid			relid;
 	Oid			owner;
+	Oid			pkey_relid;
 	Oid			confinement_relid;	/* InvalidOid before version 1.1 */
 	char	   *schema;			/* quoted */
 	SPIPlanPtr	plans[NUM_QUERIES];
@@ -160,7 +207,8 @@ static bool callback_registered = false;
 static void
 invalidate_cache(Datum arg, Oid relid)
 {
-	if (relid == InvalidOid || relid == cache.relid)
+	if (relid == InvalidOid || relid == cache.relid ||
+		relid == cache.pkey_relid)
 		cache.valid = false;
 }
 
@@ -187,6 +235,36 @@ extension_schema(Oid extoid)
 	systable_endscan(scan);
 	table_close(rel, AccessShareLock);
 	return nspid;
+}
+
+/*
+ * The key table must have the columns this file reads by number, and its
+ * primary key on (scope, key).  Sets cache.pkey_relid.
+ */
+static void
+check_key_table(Oid relid)
+{
+	Relation	rel = table_open(relid, AccessShareLock);
+	TupleDesc	desc = RelationGetDescr(rel);
+	Oid			pkey = RelationGetPrimaryKeyIndex(rel);
+
+	for (int i = 0; i < lengthof(key_columns); i++)
+	{
+		Form_pg_attribute att;
+
+		if (i >= desc->natts)
+			elog(ERROR, "key table has %d columns, expected at least %d",
+				 desc->natts, (int) lengthof(key_columns));
+		att = TupleDescAttr(desc, i);
+		if (att->attisdropped || att->atttypid != key_columns[i].type ||
+			strcmp(NameStr(att->attname), key_columns[i].name) != 0)
+			elog(ERROR, "column %d of the key table is not \"%s\"",
+				 i + 1, key_columns[i].name);
+	}
+	if (!OidIsValid(pkey))
+		elog(ERROR, "key table has no primary key");
+	table_close(rel, AccessShareLock);
+	cache.pkey_relid = pkey;
 }
 
 /*
@@ -224,6 +302,8 @@ refresh_cache(void)
 				(errcode(ERRCODE_UNDEFINED_TABLE),
 				 errmsg("key table \"%s.idem_keys\" of extension \"idempotency\" does not exist",
 						get_namespace_name(nspid))));
+
+	check_key_table(relid);
 
 	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
 	if (!HeapTupleIsValid(tuple))
@@ -337,64 +417,75 @@ text_datum(const char *s, int len)
  * Reads the record of k as the latest committed state (plus the caller's
  * own uncommitted changes).  Values are copied into the caller's memory
  * context.
+ *
+ * This is the call every reserve, commit and replay makes, so it probes
+ * the primary key directly instead of going through SPI and the executor.
  */
 void
 idem_storage_read(const IdemKey *k, IdemRecord *rec)
 {
-	StorageCall call;
-	MemoryContext callercxt = CurrentMemoryContext;
-	Datum		values[2];
+	Relation	rel;
+	Relation	idx;
+	ScanKeyData skey[2];
+	Snapshot	snapshot;
+	IndexScanDesc scan;
+	TupleTableSlot *slot;
 
 	memset(rec, 0, sizeof(IdemRecord));
-	values[0] = text_datum(k->scope, k->scope_len);
-	values[1] = text_datum(k->key, k->key_len);
+	if (!cache.valid)
+		refresh_cache();
 
-	storage_begin(&call);
-	run(Q_READ, values, NULL, true, SPI_OK_SELECT);
-	if (SPI_processed > 0)
+	rel = table_open(cache.relid, AccessShareLock);
+	idx = index_open(cache.pkey_relid, AccessShareLock);
+
+	ScanKeyEntryInitialize(&skey[0], 0, 1, BTEqualStrategyNumber, InvalidOid,
+						   idx->rd_indcollation[0], F_TEXTEQ,
+						   text_datum(k->scope, k->scope_len));
+	ScanKeyEntryInitialize(&skey[1], 0, 2, BTEqualStrategyNumber, InvalidOid,
+						   idx->rd_indcollation[1], F_TEXTEQ,
+						   text_datum(k->key, k->key_len));
+
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	slot = table_slot_create(rel, NULL);
+	scan = index_beginscan(rel, idx, snapshot, 2, 0);
+	index_rescan(scan, skey, 2, NULL, 0);
+
+	if (index_getnext_slot(scan, ForwardScanDirection, slot))
 	{
-		HeapTuple	tup = SPI_tuptable->vals[0];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		MemoryContext spicxt;
-		Datum		d;
-		bool		isnull;
-		char	   *state;
+		Datum	   *v;
+		bool	   *n;
 
-		spicxt = MemoryContextSwitchTo(callercxt);
+		slot_getallattrs(slot);
+		v = slot->tts_values;
+		n = slot->tts_isnull;
+
 		rec->found = true;
-
-		state = TextDatumGetCString(SPI_getbinval(tup, desc, 1, &isnull));
-		rec->committed = (strcmp(state, "committed") == 0);
-
-		d = SPI_getbinval(tup, desc, 2, &isnull);
-		rec->request_hash = isnull ? NULL : TextDatumGetCString(d);
-
-		d = SPI_getbinval(tup, desc, 3, &isnull);
-		rec->status_null = isnull;
-		rec->status = isnull ? 0 : DatumGetInt32(d);
-
-		d = SPI_getbinval(tup, desc, 4, &isnull);
-		rec->headers = isnull ? NULL : DatumGetJsonbPCopy(d);
-
-		d = SPI_getbinval(tup, desc, 5, &isnull);
-		rec->body = isnull ? NULL : DatumGetByteaPCopy(d);
-
-		rec->attempt = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
-		rec->ttl = *DatumGetIntervalP(SPI_getbinval(tup, desc, 7, &isnull));
-		rec->created_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 8, &isnull));
-		rec->expires_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 9, &isnull));
-
-		d = SPI_getbinval(tup, desc, 10, &isnull);
-		rec->has_owner = !isnull;
-		rec->owner_pid = isnull ? 0 : DatumGetInt32(d);
-		d = SPI_getbinval(tup, desc, 11, &isnull);
-		rec->owner_started = isnull ? 0 : DatumGetTimestampTz(d);
-		if (isnull)
-			rec->has_owner = false;
-
-		MemoryContextSwitchTo(spicxt);
+		rec->committed = (strcmp(TextDatumGetCString(v[Anum_state - 1]),
+								 "committed") == 0);
+		rec->request_hash = n[Anum_request_hash - 1] ? NULL :
+			TextDatumGetCString(v[Anum_request_hash - 1]);
+		rec->status_null = n[Anum_status - 1];
+		rec->status = n[Anum_status - 1] ? 0 : DatumGetInt32(v[Anum_status - 1]);
+		rec->headers = n[Anum_headers - 1] ? NULL :
+			DatumGetJsonbPCopy(v[Anum_headers - 1]);
+		rec->body = n[Anum_body - 1] ? NULL :
+			DatumGetByteaPCopy(v[Anum_body - 1]);
+		rec->attempt = DatumGetInt32(v[Anum_attempt - 1]);
+		rec->ttl = *DatumGetIntervalP(v[Anum_ttl - 1]);
+		rec->created_at = DatumGetTimestampTz(v[Anum_created_at - 1]);
+		rec->expires_at = DatumGetTimestampTz(v[Anum_expires_at - 1]);
+		rec->has_owner = !n[Anum_owner_pid - 1] && !n[Anum_owner_started - 1];
+		rec->owner_pid = n[Anum_owner_pid - 1] ? 0 :
+			DatumGetInt32(v[Anum_owner_pid - 1]);
+		rec->owner_started = n[Anum_owner_started - 1] ? 0 :
+			DatumGetTimestampTz(v[Anum_owner_started - 1]);
 	}
-	storage_end(&call);
+
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	UnregisterSnapshot(snapshot);
+	index_close(idx, AccessShareLock);
+	table_close(rel, AccessShareLock);
 }
 
 /*
