@@ -7,13 +7,14 @@
 -- The key table.  One row per (scope, key).  Only the extension's functions
 -- touch it; they run their queries as the table's owner, so PUBLIC needs no
 -- privilege on it.  Nothing but the primary key is indexed, so that the
--- update made by idem_commit can be a HOT update.
+-- update made by idem_commit can be a HOT update, and there is no CHECK
+-- constraint (state is 'in_flight' or 'committed'): the executor would
+-- rebuild its expression on every insert and update.
 --
 CREATE TABLE idem_keys (
 	scope			text		NOT NULL,
 	key				text		NOT NULL,
-	state			text		NOT NULL
-		CHECK (state IN ('in_flight', 'committed')),
+	state			text		NOT NULL,
 	request_hash	text,
 	status			integer,
 	headers			jsonb,

@@ -96,4 +96,23 @@ BEGIN ISOLATION LEVEL REPEATABLE READ;
 SELECT fresh, body FROM idem_reserve('tx-9');
 COMMIT;
 
+-- a read-only transaction cannot reserve or commit (25006), and the key is
+-- left as it was
+BEGIN READ ONLY;
+SELECT idem_reserve('tx-10');
+ROLLBACK;
+SELECT idem_get('tx-10') IS NULL AS absent;
+SELECT fresh FROM idem_reserve('tx-11');
+BEGIN READ ONLY;
+SELECT idem_commit('tx-11', NULL, 200, 'x'::bytea);
+ROLLBACK;
+SELECT state FROM idem_get('tx-11');
+SELECT count(*) FROM pg_locks
+ WHERE locktype = 'advisory' AND objsubid = 18756 AND pid = pg_backend_pid();
+SELECT idem_commit('tx-11', NULL, 200, 'eleven'::bytea);
+-- ... but a replay is only a read
+BEGIN READ ONLY;
+SELECT fresh, body FROM idem_reserve('tx-11');
+COMMIT;
+
 DROP TABLE charges;

@@ -19,6 +19,7 @@
 #include "postgres.h"
 
 #include "access/genam.h"
+#include "access/heapam.h"
 #include "access/htup_details.h"
 #include "access/nbtree.h"
 #include "access/relscan.h"
@@ -27,6 +28,7 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
+#include "catalog/index.h"
 #include "catalog/indexing.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
@@ -47,15 +49,14 @@
 #include "utils/relcache.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
+#include "utils/timestamp.h"
 
 #include "idempotency.h"
 
 typedef enum StorageQuery
 {
-	Q_INSERT,
 	Q_RENEW,
 	Q_COMMIT,
-	Q_COMMIT_MINE,
 	Q_DELETE,
 	Q_ABANDON,
 	Q_EVICT,
@@ -75,14 +76,6 @@ typedef struct QueryDef
 #define EQ " OPERATOR(pg_catalog.=) "
 
 static const QueryDef query_defs[NUM_QUERIES] = {
-	[Q_INSERT] = {
-		"INSERT INTO %s.idem_keys (scope, key, state, request_hash, attempt, ttl,"
-		" created_at, expires_at, owner_pid, owner_started)"
-		" VALUES ($1, $2, 'in_flight', $3, 1, $4, $5, $6, $7, $8)"
-		" ON CONFLICT (scope, key) DO NOTHING",
-		8, {TEXTOID, TEXTOID, TEXTOID, INTERVALOID, TIMESTAMPTZOID,
-		TIMESTAMPTZOID, INT4OID, TIMESTAMPTZOID}
-	},
 	[Q_RENEW] = {
 		"UPDATE %s.idem_keys SET state = 'in_flight', request_hash = $3, status = NULL,"
 		" headers = NULL, body = NULL, attempt = $4, ttl = $5,"
@@ -100,18 +93,6 @@ static const QueryDef query_defs[NUM_QUERIES] = {
 		" WHERE scope" EQ "$1 AND key" EQ "$2 AND state" EQ "'in_flight'",
 		8, {TEXTOID, TEXTOID, TEXTOID, INT4OID, JSONBOID, BYTEAOID,
 		TIMESTAMPTZOID, TIMESTAMPTZOID}
-	},
-	[Q_COMMIT_MINE] = {
-		"UPDATE %s.idem_keys SET state = 'committed',"
-		" request_hash = COALESCE(request_hash, $3),"
-		" status = $4, headers = $5, body = $6, committed_at = $7,"
-		" expires_at = $7 OPERATOR(pg_catalog.+) ttl,"
-		" owner_pid = NULL, owner_started = NULL"
-		" WHERE scope" EQ "$1 AND key" EQ "$2 AND state" EQ "'in_flight'"
-		" AND owner_pid" EQ "$8 AND owner_started" EQ "$9"
-		" AND ($3 IS NULL OR request_hash IS NULL OR request_hash" EQ "$3)",
-		9, {TEXTOID, TEXTOID, TEXTOID, INT4OID, JSONBOID, BYTEAOID,
-		TIMESTAMPTZOID, INT4OID, TIMESTAMPTZOID}
 	},
 	[Q_DELETE] = {
 		"DELETE FROM %s.idem_keys"
@@ -414,6 +395,37 @@ text_datum(const char *s, int len)
 }
 
 /*
+ * Finds the row of k in the primary key, as the latest snapshot sees it
+ * (plus the caller's own changes), and stores it in slot.  Returns whether
+ * there is one.
+ */
+static bool
+probe(Relation rel, Relation idx, const IdemKey *k, TupleTableSlot *slot)
+{
+	ScanKeyData skey[2];
+	Snapshot	snapshot;
+	IndexScanDesc scan;
+	bool		found;
+
+	ScanKeyEntryInitialize(&skey[0], 0, 1, BTEqualStrategyNumber, InvalidOid,
+						   idx->rd_indcollation[0], F_TEXTEQ,
+						   text_datum(k->scope, k->scope_len));
+	ScanKeyEntryInitialize(&skey[1], 0, 2, BTEqualStrategyNumber, InvalidOid,
+						   idx->rd_indcollation[1], F_TEXTEQ,
+						   text_datum(k->key, k->key_len));
+
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	scan = index_beginscan(rel, idx, snapshot, 2, 0);
+	index_rescan(scan, skey, 2, NULL, 0);
+	found = index_getnext_slot(scan, ForwardScanDirection, slot);
+	if (found)
+		slot_getallattrs(slot);
+	index_endscan(scan);
+	UnregisterSnapshot(snapshot);
+	return found;
+}
+
+/*
  * Reads the record of k as the latest committed state (plus the caller's
  * own uncommitted changes).  Values are copied into the caller's memory
  * context.
@@ -426,9 +438,6 @@ idem_storage_read(const IdemKey *k, IdemRecord *rec)
 {
 	Relation	rel;
 	Relation	idx;
-	ScanKeyData skey[2];
-	Snapshot	snapshot;
-	IndexScanDesc scan;
 	TupleTableSlot *slot;
 
 	memset(rec, 0, sizeof(IdemRecord));
@@ -437,27 +446,12 @@ idem_storage_read(const IdemKey *k, IdemRecord *rec)
 
 	rel = table_open(cache.relid, AccessShareLock);
 	idx = index_open(cache.pkey_relid, AccessShareLock);
-
-	ScanKeyEntryInitialize(&skey[0], 0, 1, BTEqualStrategyNumber, InvalidOid,
-						   idx->rd_indcollation[0], F_TEXTEQ,
-						   text_datum(k->scope, k->scope_len));
-	ScanKeyEntryInitialize(&skey[1], 0, 2, BTEqualStrategyNumber, InvalidOid,
-						   idx->rd_indcollation[1], F_TEXTEQ,
-						   text_datum(k->key, k->key_len));
-
-	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	slot = table_slot_create(rel, NULL);
-	scan = index_beginscan(rel, idx, snapshot, 2, 0);
-	index_rescan(scan, skey, 2, NULL, 0);
 
-	if (index_getnext_slot(scan, ForwardScanDirection, slot))
+	if (probe(rel, idx, k, slot))
 	{
-		Datum	   *v;
-		bool	   *n;
-
-		slot_getallattrs(slot);
-		v = slot->tts_values;
-		n = slot->tts_isnull;
+		Datum	   *v = slot->tts_values;
+		bool	   *n = slot->tts_isnull;
 
 		rec->found = true;
 		rec->committed = (strcmp(TextDatumGetCString(v[Anum_state - 1]),
@@ -481,44 +475,101 @@ idem_storage_read(const IdemKey *k, IdemRecord *rec)
 			DatumGetTimestampTz(v[Anum_owner_started - 1]);
 	}
 
-	index_endscan(scan);
 	ExecDropSingleTupleTableSlot(slot);
-	UnregisterSnapshot(snapshot);
 	index_close(idx, AccessShareLock);
 	table_close(rel, AccessShareLock);
 }
 
 /*
+ * The two writes every request makes, a new reservation and the commit of
+ * one's own, go to the heap and the primary key directly, as catalog
+ * updates do: no executor to start, no plan to check.  The caller holds
+ * the key's lock, so no other session writes the row meanwhile.  There
+ * are no triggers or constraints to fire on this table; what the executor
+ * would also check, a read-only transaction, is checked here.
+ */
+static void
+open_for_write(const char *what, Relation *rel, Relation *idx)
+{
+	if (!cache.valid)
+		refresh_cache();
+	PreventCommandIfReadOnly(what);
+	*rel = table_open(cache.relid, RowExclusiveLock);
+	*idx = index_open(cache.pkey_relid, RowExclusiveLock);
+}
+
+/* Adds the index entry of a new heap tuple (not for a HOT update) */
+static void
+index_tuple(Relation rel, Relation idx, HeapTuple tuple, bool unchanged)
+{
+	Datum		values[2];
+	bool		isnull[2] = {false, false};
+	IndexInfo  *ii = BuildIndexInfo(idx);
+
+	values[0] = heap_getattr(tuple, Anum_scope, RelationGetDescr(rel), &isnull[0]);
+	values[1] = heap_getattr(tuple, Anum_key, RelationGetDescr(rel), &isnull[1]);
+	index_insert(idx, values, isnull, &tuple->t_self, rel, UNIQUE_CHECK_YES,
+				 unchanged, ii);
+	pfree(ii);
+}
+
+/*
  * Inserts a new in-flight record owned by this session.  Returns false when
- * a record of k exists already.
+ * a record of k exists already.  The caller holds k's lock.
  */
 bool
 idem_storage_insert(const IdemKey *k, const char *request_hash,
 					const Interval *ttl, TimestampTz now,
 					TimestampTz expires_at)
 {
-	StorageCall call;
-	Datum		values[8];
-	char		nulls[8] = "        ";
-	bool		done;
+	Relation	rel;
+	Relation	idx;
+	TupleTableSlot *slot;
+	Datum		values[lengthof(key_columns)];
+	bool		nulls[lengthof(key_columns)];
+	HeapTuple	tuple;
+	bool		exists;
 
-	values[0] = text_datum(k->scope, k->scope_len);
-	values[1] = text_datum(k->key, k->key_len);
+	open_for_write("idem_reserve", &rel, &idx);
+
+	/* a record created between the caller's read and its lock? */
+	slot = table_slot_create(rel, NULL);
+	exists = probe(rel, idx, k, slot);
+	ExecDropSingleTupleTableSlot(slot);
+	if (exists)
+	{
+		index_close(idx, RowExclusiveLock);
+		table_close(rel, RowExclusiveLock);
+		return false;
+	}
+
+	memset(nulls, true, sizeof(nulls));
+	values[Anum_scope - 1] = text_datum(k->scope, k->scope_len);
+	values[Anum_key - 1] = text_datum(k->key, k->key_len);
+	values[Anum_state - 1] = CStringGetTextDatum("in_flight");
 	if (request_hash)
-		values[2] = CStringGetTextDatum(request_hash);
-	else
-		nulls[2] = 'n';
-	values[3] = IntervalPGetDatum(ttl);
-	values[4] = TimestampTzGetDatum(now);
-	values[5] = TimestampTzGetDatum(expires_at);
-	values[6] = Int32GetDatum(MyProcPid);
-	values[7] = TimestampTzGetDatum(MyStartTimestamp);
+		values[Anum_request_hash - 1] = CStringGetTextDatum(request_hash);
+	values[Anum_attempt - 1] = Int32GetDatum(1);
+	values[Anum_ttl - 1] = IntervalPGetDatum(ttl);
+	values[Anum_created_at - 1] = TimestampTzGetDatum(now);
+	values[Anum_expires_at - 1] = TimestampTzGetDatum(expires_at);
+	values[Anum_owner_pid - 1] = Int32GetDatum(MyProcPid);
+	values[Anum_owner_started - 1] = TimestampTzGetDatum(MyStartTimestamp);
+	nulls[Anum_scope - 1] = nulls[Anum_key - 1] = nulls[Anum_state - 1] = false;
+	nulls[Anum_request_hash - 1] = (request_hash == NULL);
+	nulls[Anum_attempt - 1] = nulls[Anum_ttl - 1] = false;
+	nulls[Anum_created_at - 1] = nulls[Anum_expires_at - 1] = false;
+	nulls[Anum_owner_pid - 1] = nulls[Anum_owner_started - 1] = false;
 
-	storage_begin(&call);
-	run(Q_INSERT, values, nulls, false, SPI_OK_INSERT);
-	done = (SPI_processed == 1);
-	storage_end(&call);
-	return done;
+	tuple = heap_form_tuple(RelationGetDescr(rel), values, nulls);
+	simple_heap_insert(rel, tuple);
+	index_tuple(rel, idx, tuple, false);
+	heap_freetuple(tuple);
+	CommandCounterIncrement();
+
+	index_close(idx, RowExclusiveLock);
+	table_close(rel, RowExclusiveLock);
+	return true;
 }
 
 /*
@@ -596,44 +647,83 @@ idem_storage_commit(const IdemKey *k, const char *request_hash,
 }
 
 /*
- * The common commit in one query: the record is in flight, this session
- * owns it, and the hashes agree.  Returns false when any of that does not
- * hold, for the caller to find out why.
+ * The common commit: the record is in flight, this session owns it, and
+ * the hashes agree.  Returns false when any of that does not hold, for the
+ * caller to find out why.
  */
 bool
 idem_storage_commit_mine(const IdemKey *k, const char *request_hash,
 						 bool status_null, int32 status, Jsonb *headers,
 						 bytea *body, TimestampTz now)
 {
-	StorageCall call;
-	Datum		values[9];
-	char		nulls[9] = "         ";
-	bool		done;
+	Relation	rel;
+	Relation	idx;
+	TupleTableSlot *slot;
+	Datum	   *v;
+	bool	   *n;
+	bool		mine = false;
 
-	values[0] = text_datum(k->scope, k->scope_len);
-	values[1] = text_datum(k->key, k->key_len);
-	if (request_hash)
-		values[2] = CStringGetTextDatum(request_hash);
-	else
-		nulls[2] = 'n';
-	values[3] = Int32GetDatum(status);
-	if (status_null)
-		nulls[3] = 'n';
-	values[4] = JsonbPGetDatum(headers);
-	if (headers == NULL)
-		nulls[4] = 'n';
-	values[5] = PointerGetDatum(body);
-	if (body == NULL)
-		nulls[5] = 'n';
-	values[6] = TimestampTzGetDatum(now);
-	values[7] = Int32GetDatum(MyProcPid);
-	values[8] = TimestampTzGetDatum(MyStartTimestamp);
+	open_for_write("idem_commit", &rel, &idx);
+	slot = table_slot_create(rel, NULL);
+	if (probe(rel, idx, k, slot))
+	{
+		v = slot->tts_values;
+		n = slot->tts_isnull;
+		mine = !n[Anum_owner_pid - 1] && !n[Anum_owner_started - 1] &&
+			DatumGetInt32(v[Anum_owner_pid - 1]) == MyProcPid &&
+			DatumGetTimestampTz(v[Anum_owner_started - 1]) == MyStartTimestamp &&
+			strcmp(TextDatumGetCString(v[Anum_state - 1]), "in_flight") == 0;
+		if (mine && request_hash != NULL && !n[Anum_request_hash - 1] &&
+			strcmp(TextDatumGetCString(v[Anum_request_hash - 1]),
+				   request_hash) != 0)
+			mine = false;
+	}
 
-	storage_begin(&call);
-	run(Q_COMMIT_MINE, values, nulls, false, SPI_OK_UPDATE);
-	done = (SPI_processed == 1);
-	storage_end(&call);
-	return done;
+	if (mine)
+	{
+		Datum		repl_values[lengthof(key_columns)];
+		bool		repl_nulls[lengthof(key_columns)];
+		bool		repl[lengthof(key_columns)];
+		HeapTuple	oldtup;
+		HeapTuple	newtup;
+		TimestampTz expires_at;
+
+		expires_at = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+															 TimestampTzGetDatum(now),
+															 v[Anum_ttl - 1]));
+		memset(repl, false, sizeof(repl));
+		memset(repl_nulls, false, sizeof(repl_nulls));
+#define SET(col, val, isnull) \
+		(repl[(col) - 1] = true, repl_values[(col) - 1] = (val), \
+		 repl_nulls[(col) - 1] = (isnull))
+		SET(Anum_state, CStringGetTextDatum("committed"), false);
+		if (n[Anum_request_hash - 1] && request_hash != NULL)
+			SET(Anum_request_hash, CStringGetTextDatum(request_hash), false);
+		SET(Anum_status, Int32GetDatum(status), status_null);
+		SET(Anum_headers, PointerGetDatum(headers), headers == NULL);
+		SET(Anum_body, PointerGetDatum(body), body == NULL);
+		SET(Anum_committed_at, TimestampTzGetDatum(now), false);
+		SET(Anum_expires_at, TimestampTzGetDatum(expires_at), false);
+		SET(Anum_owner_pid, (Datum) 0, true);
+		SET(Anum_owner_started, (Datum) 0, true);
+#undef SET
+
+		oldtup = ExecCopySlotHeapTuple(slot);
+		newtup = heap_modify_tuple(oldtup, RelationGetDescr(rel),
+								   repl_values, repl_nulls, repl);
+		ExecClearTuple(slot);
+		simple_heap_update(rel, &oldtup->t_self, newtup);
+		if (!HeapTupleIsHeapOnly(newtup))
+			index_tuple(rel, idx, newtup, true);
+		heap_freetuple(newtup);
+		heap_freetuple(oldtup);
+		CommandCounterIncrement();
+	}
+
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(idx, RowExclusiveLock);
+	table_close(rel, RowExclusiveLock);
+	return mine;
 }
 
 /*
