@@ -194,9 +194,15 @@ classify(const IdemRecord *rec, TimestampTz now, bool check_owner)
 	if (rec->has_owner && rec->owner_pid == MyProcPid &&
 		rec->owner_started == MyStartTimestamp)
 		return REC_MINE;
-	/* a standby cannot see the primary's sessions: assume the owner lives */
+	/*
+	 * Another session's reservation.  Without check_owner its owner is
+	 * assumed alive, unless the record has expired: then whether it counts
+	 * as absent depends on the owner, so look.  A standby cannot see the
+	 * primary's sessions: there the owner is assumed alive.
+	 */
 	if (rec->has_owner &&
-		(!check_owner || RecoveryInProgress() ||
+		(RecoveryInProgress() ||
+		 (!check_owner && rec->expires_at > now) ||
 		 idem_owner_alive(rec->owner_pid, rec->owner_started, true)))
 		return REC_OTHER;
 	/* owner gone: an expired reservation counts as absent */
