@@ -79,6 +79,18 @@ test: deps
 demo: deps
 	@bash test/demo.sh
 
+# Programs built on libidem's public header: the demo and the HTTP service
+.PHONY: examples examples-clean
+examples: client
+	$(MAKE) -C examples/demo
+	$(MAKE) -C examples/http
+examples-clean:
+	$(MAKE) -C examples/demo clean
+	$(MAKE) -C examples/http clean
+ifndef NO_CLIENT
+clean: examples-clean
+endif
+
 # Debian packages (postgresql-15-idempotency, libidem1, libidem-dev,
 # idem-tools) in build/deb/: installs the build dependencies, then runs
 # dpkg-buildpackage -us -uc -b in a copy of the tree (debian/build-deb.sh)
