@@ -79,6 +79,12 @@ test: deps
 demo: deps
 	@bash test/demo.sh
 
+# The benchmark (bench/): its own throwaway cluster, a few minutes; results
+# in bench/results/.  Never part of make test.
+.PHONY: bench
+bench: deps
+	$(MAKE) -C bench
+
 # Programs built on libidem's public header: the demo and the HTTP service
 .PHONY: examples examples-clean
 examples: client
