@@ -573,10 +573,22 @@ get_timestamptz(const PGresult *res, const char *name)
 {
 	int			col = column(res, name, 8);
 
+	int64_t		v;
+
 	if (col < 0)
 		return 0;
-	return (int64_t) be64((const unsigned char *) PQgetvalue(res, 0, col)) +
-		PG_EPOCH_OFFSET_USEC;
+	v = (int64_t) be64((const unsigned char *) PQgetvalue(res, 0, col));
+
+	/*
+	 * 'infinity' is INT64_MAX and '-infinity' INT64_MIN: keep them so, and
+	 * never overflow moving the epoch (values that close to the end
+	 * saturate)
+	 */
+	if (v == INT64_MIN)
+		return INT64_MIN;
+	if (v > INT64_MAX - PG_EPOCH_OFFSET_USEC)
+		return INT64_MAX;
+	return v + PG_EPOCH_OFFSET_USEC;
 }
 
 /*

@@ -10,8 +10,9 @@
  *
  * Two modes, chosen by the first byte:
  *
- *	'E' + lines "name:value" (no ':' = a NULL value; a 0x1f byte stands
- *	for a newline, so that control characters reach the encoder): adds the
+ *	'E' + lines "name:value" (no ':' = a NULL value; the two characters
+ *	backslash and 'n' stand for a newline, so that every control character
+ *	reaches the encoder): adds the
  *	headers to a response, encodes them, and checks that the JSON is valid
  *	(a strict parser written here), that it decodes, with that parser and
  *	with the library's, to exactly the expected list (private headers
@@ -590,9 +591,13 @@ fuzz_encode(const uint8_t *data, size_t size)
 				   *p;
 		int			rc;
 
+		/* "\n" (backslash, n) stands for a newline; other bytes as they are */
 		for (p = s; *p; p++)
-			if (*p == '\x1f')
-				*p = '\n';
+			if (p[0] == '\\' && p[1] == 'n')
+			{
+				p[0] = '\n';
+				memmove(p + 1, p + 2, strlen(p + 2) + 1);
+			}
 		colon = strchr(s, ':');
 		if (colon)
 			*colon = '\0';

@@ -303,6 +303,43 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	(void) decided;
 	(void) hdr_copies;
 
+	/*
+	 * Probe each rule at its edges with requests derived from it: its path
+	 * exactly, one byte shorter and longer, with a slash, a query string or
+	 * a fragment, with its method in other cases and with other methods.
+	 */
+	for (i = 0; i < pol.nrules && i < 8; i++)
+	{
+		static const char *const methods[] = {"POST", "post", "Put", "PATCH", "delete", "GET"};
+		static const char *const suffixes[] = {"", "/", "x", "?a=1", "#f", "?", "/y?z"};
+		const ref_rule *r = &pol.rule[i];
+		size_t		rl = strlen(r->path),
+					m,
+					k;
+		char	   *probe = fuzz_xmalloc(rl + 8);
+		char		rmethod[64];
+
+		snprintf(rmethod, sizeof(rmethod), "%s", r->method);
+		for (m = 0; m <= sizeof(methods) / sizeof(methods[0]); m++)
+		{
+			req.method = m < sizeof(methods) / sizeof(methods[0]) ? methods[m] : rmethod;
+			for (k = 0; k < sizeof(suffixes) / sizeof(suffixes[0]); k++)
+			{
+				snprintf(probe, rl + 8, "%s%s", r->path, suffixes[k]);
+				req.path = probe;
+				check_decide(http, &pol, &req);
+			}
+			if (rl > 0)
+			{
+				memcpy(probe, r->path, rl - 1);
+				probe[rl - 1] = '\0';
+				req.path = probe;
+				check_decide(http, &pol, &req);
+			}
+		}
+		free(probe);
+	}
+
 	/* the error-status table, for every outcome and error */
 	{
 		int			o,

@@ -167,8 +167,17 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 						got = i == 6 ? idem_record_created_at(rec) : idem_record_expires_at(rec);
 
 			if (cv[i].present && !cv[i].isnull && cv[i].len == 8)
-				want = (int64_t) (((uint64_t) rd32(cv[i].v) << 32 | rd32(cv[i].v + 4)) +
-								  (uint64_t) PG_EPOCH_OFFSET_USEC);
+			{
+				/* PostgreSQL's epoch is 2000-01-01; +-infinity are the int64 ends */
+				int64_t		pg = (int64_t) ((uint64_t) rd32(cv[i].v) << 32 | rd32(cv[i].v + 4));
+
+				if (pg == INT64_MIN)
+					want = INT64_MIN;
+				else if (pg > INT64_MAX - PG_EPOCH_OFFSET_USEC)
+					want = INT64_MAX;
+				else
+					want = pg + PG_EPOCH_OFFSET_USEC;
+			}
 			FUZZ_CHECK(got == want, "%s", col_names[i]);
 		}
 		body = idem_record_body(rec, &blen);
