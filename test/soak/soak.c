@@ -475,11 +475,12 @@ do_request(client *c, const char *key, int hashed)
 			return 0;
 	}
 
-	/* fresh: we own the key */
+	/* fresh: we own the key (created: the reservation's time, server's) */
 	attempt = idem_record_attempt(rec);
-	idem_record_free(rec);
 	snprintf(uid, sizeof(uid), "%d.%d.%ld", my_slot, my_gen, ++c->seq);
-	event("fresh", key, uid, attempt, NULL, "ttl %s", opts.ttl);
+	event("fresh", key, uid, attempt, NULL, "created=%lld ttl=%s",
+		  (long long) idem_record_created_at(rec), opts.ttl);
+	idem_record_free(rec);
 
 	sleep_ms(5 + rng_int(60));	/* the handler's work */
 
