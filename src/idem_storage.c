@@ -726,11 +726,9 @@ idem_storage_commit_mine(const IdemKey *k, const char *request_hash,
 	return mine;
 }
 
-/*
- * Deletes the in-flight record of k.  Returns whether there was one.
- */
-bool
-idem_storage_delete(const IdemKey *k)
+/* Runs a DELETE that takes (scope, key); returns whether it hit a row */
+static bool
+delete_key(StorageQuery q, const IdemKey *k)
 {
 	StorageCall call;
 	Datum		values[2];
@@ -740,10 +738,19 @@ idem_storage_delete(const IdemKey *k)
 	values[1] = text_datum(k->key, k->key_len);
 
 	storage_begin(&call);
-	run(Q_DELETE, values, NULL, false, SPI_OK_DELETE);
+	run(q, values, NULL, false, SPI_OK_DELETE);
 	done = (SPI_processed == 1);
 	storage_end(&call);
 	return done;
+}
+
+/*
+ * Deletes the in-flight record of k.  Returns whether there was one.
+ */
+bool
+idem_storage_delete(const IdemKey *k)
+{
+	return delete_key(Q_DELETE, k);
 }
 
 /*
@@ -752,18 +759,7 @@ idem_storage_delete(const IdemKey *k)
 bool
 idem_storage_evict(const IdemKey *k)
 {
-	StorageCall call;
-	Datum		values[2];
-	bool		done;
-
-	values[0] = text_datum(k->scope, k->scope_len);
-	values[1] = text_datum(k->key, k->key_len);
-
-	storage_begin(&call);
-	run(Q_EVICT, values, NULL, false, SPI_OK_DELETE);
-	done = (SPI_processed == 1);
-	storage_end(&call);
-	return done;
+	return delete_key(Q_EVICT, k);
 }
 
 /*
@@ -789,8 +785,8 @@ idem_storage_abandon(const IdemKey *k)
 
 /*
  * Deletes up to limit (< 0: all) expired records of the given scopes (NULL:
- * all): committed ones, and in-flight ones whose owner is gone.  A record renewed meanwhile has a new
- * ctid and a new expiry, and is left alone.
+ * all): committed ones, and in-flight ones whose owner is gone.  A record
+ * renewed meanwhile has a new ctid and a new expiry, and is left alone.
  */
 int64
 idem_storage_purge(int64 limit, TimestampTz now, ArrayType *scopes)
