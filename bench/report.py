@@ -587,7 +587,7 @@ def write_plots(res, pdir, tp_stats, hot_stats, purge_stats, sc, machine):
                    f'set output "{os.path.join(res, "purge.png")}"',
                    'set title "Reserve + commit p99 per 250 ms while the purge runs (first round; bars = purge windows)"',
                    'set xlabel "s from the purge start"', 'set ylabel "ms"', 'set logscale y',
-                   'set key top right', 'set xrange [*:*]', 'set yrange [*:*]']
+                   'set key top right', 'set xrange [-3:*]', 'set yrange [*:*]']
         parts = []
         k = 0
         for i in IMPL_ORDER:
