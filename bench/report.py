@@ -234,6 +234,8 @@ def main():
     w("")
 
     # ---- workloads 1, 6, 2 ------------------------------------------------
+    summary_at = len(md)
+    scale_last = {}
     w("## Throughput and latency (workloads 1, 6, 2)")
     w("")
     w("Latency is per pgbench transaction (workloads 1 and 6: reserve + commit, two statements "
@@ -369,7 +371,8 @@ def main():
                 w(f"| {IMPL_NAMES[i]} | failed | | | | | | | |")
                 continue
             ratio = pct(during, 99) / pct(idle, 99) if during else float("nan")
-            purge_stats[i] = dict(ratio=ratio, dur=mean(durs))
+            purge_stats[i] = dict(ratio=ratio, dur=mean(durs), idle99=pct(idle, 99) / 1000,
+                                  during99=pct(during, 99) / 1000)
             w(f"| {IMPL_NAMES[i]} | {fmt(mean(durs), 1)} | "
               f"{fmt_tps(len(idle) / idle_secs if idle_secs else float('nan'))} | "
               f"{fmt(pct(idle, 50) / 1000)} | {fmt(pct(idle, 99) / 1000)} | "
@@ -430,6 +433,8 @@ def main():
                 growth = costs[-1] / costs[0] if len(costs) > 1 and costs[0] else float("nan")
                 cgrowth = cpus[-1] / cpus[0] if len(cpus) > 1 and cpus[0] else float("nan")
                 scale_growth[(op, i)] = (growth, sizes[0], sizes[-1], cgrowth)
+                last = Stat(select(sc, "scale", f"{op}:{sizes[-1]}", i))
+                scale_last[(op, i)] = (last.tps, sizes[-1])
                 summary.append(dict(workload=f"scale-{op}", impl=i, metric="cost_growth", value=growth))
                 summary.append(dict(workload=f"scale-{op}", impl=i, metric="cpu_growth", value=cgrowth))
                 w(f"| {op} | {IMPL_NAMES[i]} | " + " | ".join(cells)
@@ -480,6 +485,10 @@ def main():
         target("workload 5 reserve p99 during purge ≤ 2× idle", v, v <= 2.0, f"{v:.2f}×")
     w("")
 
+    # ---- the summary, at the top -------------------------------------------------
+    md[summary_at:summary_at] = summary_table(tp_stats, hot_stats, purge_stats, scale_last,
+                                              scale_growth)
+
     # ---- plots ------------------------------------------------------------------
     plots = write_plots(res, pdir, tp_stats, hot_stats, purge_stats, sc, machine)
     if plots:
@@ -500,6 +509,60 @@ def main():
                          "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"])
     print(f"report.py: wrote {os.path.join(res, 'results.md')}"
           + (f" and {len(plots)} plots" if plots else " (no plots: gnuplot missing)"))
+
+
+def summary_table(tp_stats, hot_stats, purge_stats, scale_last, scale_growth):
+    """Every implementation against every workload, in one table."""
+    impls = [i for i in IMPL_ORDER
+             if any(i in st for st in tp_stats.values()) or i in hot_stats or i in purge_stats
+             or any(k[1] == i for k in scale_last)]
+    cols = []
+    for key, title in [(("fresh", "logged"), "1. reserve + commit"),
+                       (("fresh", "unlogged"), "6. unlogged"),
+                       (("replay", "logged"), "2. replay")]:
+        if key in tp_stats:
+            cols.append((title + ": tps (vs raw)", ("tp", key)))
+    if hot_stats:
+        cols.append(("3. hot key: wake p50 / p99 ms", ("hot", None)))
+    for op in ("fresh", "replay"):
+        if any(k[0] == op for k in scale_last):
+            size = next(v[1] for k, v in scale_last.items() if k[0] == op)
+            cols.append((f"4. {op} at {size:,} keys: tps (vs raw); cost growth", ("scale", op)))
+    if purge_stats:
+        cols.append(("5. purge: p99 idle → during ms", ("purge", None)))
+    if not cols:
+        return []
+    out = ["## Summary", "",
+           "Throughput in transactions per second (a transaction of workloads 1, 6 and 4 fresh = "
+           "reserve + commit), in parentheses relative to the raw SQL floor measured in the same "
+           "run; details and latencies in the sections below.", "",
+           "| implementation | " + " | ".join(c[0] for c in cols) + " |",
+           "|---|" + "--:|" * len(cols)]
+    for i in impls:
+        cells = []
+        for _, (kind, key) in cols:
+            cell = ""
+            if kind == "tp":
+                st = tp_stats[key]
+                if i in st:
+                    raw = st.get("raw")
+                    r = st[i].tps / raw.tps if raw and raw.tps else float("nan")
+                    cell = f"{fmt_tps(st[i].tps)} ({fmt_ratio(r)})"
+            elif kind == "hot" and i in hot_stats:
+                a = hot_stats[i]
+                cell = f"{fmt(a.p(50) / 1000)} / {fmt(a.p(99) / 1000)}"
+            elif kind == "scale" and (key, i) in scale_last:
+                tps = scale_last[(key, i)][0]
+                raw = scale_last.get((key, "raw"), (float("nan"),))[0]
+                g = scale_growth.get((key, i), (float("nan"),))[0]
+                cell = f"{fmt_tps(tps)} ({fmt_ratio(tps / raw if raw else float('nan'))}); {fmt_ratio(g)}"
+            elif kind == "purge" and i in purge_stats:
+                ps = purge_stats[i]
+                cell = f"{fmt(ps['idle99'])} → {fmt(ps['during99'])}"
+            cells.append(cell or "–")
+        out.append(f"| {IMPL_NAMES[i]} | " + " | ".join(cells) + " |")
+    out.append("")
+    return out
 
 
 def write_plots(res, pdir, tp_stats, hot_stats, purge_stats, sc, machine):
