@@ -52,7 +52,7 @@
  * one write(2) each so that a SIGKILL loses at most the event in progress:
  *	kind TAB slot TAB gen TAB key TAB uid TAB attempt TAB sqlstate TAB detail
  * kinds: start, fresh, replay, in_flight, mismatch, released, committed,
- * adopted, rolled_back, get, probe_fresh, purge, conn_lost, notice, error,
+ * adopted, rolled_back, get, probe, probe_fresh, purge, conn_lost, notice, error,
  * violation, mem, stop (clients); kill, terminate, exit, done (master).
  * soak.sh loads them into tables and checks them against soak_effects.
  *
@@ -437,6 +437,7 @@ do_request(client *c, const char *key, int hashed)
 				got[300];
 	int			attempt,
 				rc;
+	long long	returned;
 
 	hash_of(hash, key, 0);
 	opts.request_hash = hashed ? hash : NULL;
@@ -444,6 +445,7 @@ do_request(client *c, const char *key, int hashed)
 	opts.wait = waits[rng_int(4)];
 
 	o = idem_reserve(c->conn, key, &opts, &rec);
+	returned = (long long) (now_s() * 1e6);
 	switch (o)
 	{
 		case IDEM_FRESH:
@@ -475,11 +477,16 @@ do_request(client *c, const char *key, int hashed)
 			return 0;
 	}
 
-	/* fresh: we own the key (created: the reservation's time, server's) */
+	/*
+	 * fresh: we own the key.  created: the reservation's created_at (the
+	 * start of the reserve's statement, server clock); returned: when the
+	 * call returned (client clock, the same machine's).  The reservation
+	 * was made somewhere in between.
+	 */
 	attempt = idem_record_attempt(rec);
 	snprintf(uid, sizeof(uid), "%d.%d.%ld", my_slot, my_gen, ++c->seq);
-	event("fresh", key, uid, attempt, NULL, "created=%lld ttl=%s",
-		  (long long) idem_record_created_at(rec), opts.ttl);
+	event("fresh", key, uid, attempt, NULL, "created=%lld returned=%lld ttl=%s",
+		  (long long) idem_record_created_at(rec), returned, opts.ttl);
 	idem_record_free(rec);
 
 	sleep_ms(5 + rng_int(60));	/* the handler's work */
@@ -552,6 +559,9 @@ do_probe(client *c, const char *key)
 
 	hash_of(hash, key, 1);
 	opts.request_hash = hash;
+	/* logged first: a client killed before it logs the outcome leaves it
+	 * unfinished, and its reservation (if any) in flight with this hash */
+	event("probe", key, NULL, 0, NULL, NULL);
 	o = idem_reserve(c->conn, key, &opts, NULL);
 	if (o == IDEM_MISMATCH)
 		event("mismatch", key, NULL, 0, idem_sqlstate(c->conn), "probe");
