@@ -122,14 +122,6 @@ static PGconn *ctl;
 static int	verbose;
 static int	nwarnings;
 
-/*
- * --tolerate expired-orphan-hash: model what the implementation does, not
- * what SPEC.md says, for an in-flight record whose owner's session ended
- * (not by DISCARD ALL) and whose ttl has passed: SPEC.md says it counts as
- * absent, the implementation compares its request hash first (IK422 from
- * reserve and commit).  Off by default; for hunting other divergences.
- */
-static int	tolerate_orphan_hash;
 
 typedef enum
 {
@@ -166,14 +158,6 @@ static int
 hashes_differ(const char *stored, const char *given)
 {
 	return stored[0] && given[0] && strcmp(stored, given) != 0;
-}
-
-/* an expired in-flight record of a disconnected owner, hash compared anyway */
-static int
-orphan_hash_quirk(const mrec *r, const char *hash)
-{
-	return tolerate_orphan_hash && r->present && !r->committed && r->owner >= 0 &&
-		!owner_alive(r) && expired(r) && hashes_differ(r->hash, hash);
 }
 
 /* ---- what an operation returned (or the model expects) ----------------- */
@@ -295,9 +279,8 @@ diverged(const char *what)
 {
 	fprintf(stdout, "DIVERGENCE at seed %lu, step %d: %s\n", cur_seed, cur_step, what);
 	fprintf(stdout, "trace of seed %lu (%d sessions):\n%s", cur_seed, nsess, trace ? trace : "");
-	fprintf(stdout, "replay: test/model/build/model --seed %lu --steps %d --sessions %d%s -v\n",
-			cur_seed, cur_steps, nsess,
-			tolerate_orphan_hash ? " --tolerate expired-orphan-hash" : "");
+	fprintf(stdout, "replay: test/model/build/model --seed %lu --steps %d --sessions %d -v\n",
+			cur_seed, cur_steps, nsess);
 	fflush(stdout);
 	exit(1);
 }
@@ -490,7 +473,7 @@ op_reserve(int s, int r, const char *hash, int tiny, answer *want, char *desc, s
 			 key_names[r % NKEYS], scope_names[r / NKEYS], hash[0] ? hash : "NULL",
 			 tiny ? "1us" : "1h");
 	memset(want, 0, sizeof(*want));
-	if ((st != ST_ABSENT && hashes_differ(m->hash, hash)) || orphan_hash_quirk(m, hash))
+	if (st != ST_ABSENT && hashes_differ(m->hash, hash))
 		set_err(want, "IK422");
 	else if (st == ST_COMMITTED)
 		row_of(m, 0, want);
@@ -548,9 +531,7 @@ op_commit(int s, int r, const char *hash, int status, const char *body, answer *
 			 key_names[r % NKEYS], scope_names[r / NKEYS], hash[0] ? hash : "NULL",
 			 status < 0 ? "NULL" : sts, body ? body : "NULL");
 	memset(want, 0, sizeof(*want));
-	if (orphan_hash_quirk(m, hash))
-		set_err(want, "IK422");
-	else if (st == ST_ABSENT)
+	if (st == ST_ABSENT)
 		set_err(want, "IK404");
 	else if (hashes_differ(m->hash, hash))
 		set_err(want, "IK422");
@@ -981,18 +962,9 @@ main(int argc, char **argv)
 			nsess = atoi(argv[++i]);
 		else if (strcmp(argv[i], "-v") == 0)
 			verbose = 1;
-		else if (strcmp(argv[i], "--tolerate") == 0 && i + 1 < argc)
-		{
-			if (strcmp(argv[++i], "expired-orphan-hash") != 0)
-			{
-				fprintf(stderr, "model: unknown --tolerate %s\n", argv[i]);
-				return 2;
-			}
-			tolerate_orphan_hash = 1;
-		}
 		else
 		{
-			fprintf(stderr, "usage: model [--seed N | --first-seed N --seeds N] [--steps N] [--sessions N] [--tolerate expired-orphan-hash] [-v]\n");
+			fprintf(stderr, "usage: model [--seed N | --first-seed N --seeds N] [--steps N] [--sessions N] [-v]\n");
 			return 2;
 		}
 	}

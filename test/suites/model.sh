@@ -15,12 +15,6 @@
 # idem_get and compared too.  On a divergence the program prints the seed,
 # the step, the trace and a command line that replays it.
 #
-# When the strict run diverges, the suite runs the same seeds again
-# tolerating the one divergence the model already knows the implementation
-# has (--tolerate expired-orphan-hash, see model.c), so that the report
-# also says whether anything else differs.  MODEL_TOLERATE=1 tolerates it
-# in the main run too.
-#
 # Longer runs: MODEL_SEEDS=500 MODEL_STEPS=1000 bash test/suites/model.sh
 # (about 1.7 ms a step); MODEL_FIRST_SEED picks other seeds.
 
@@ -55,29 +49,14 @@ fi
 ok "database $DB with the extension"
 
 args=(--first-seed "$FIRST" --seeds "$SEEDS" --steps "$STEPS" --sessions "$SESSIONS")
-tolerate=()
-[[ ${MODEL_TOLERATE:-} == 1 ]] && tolerate=(--tolerate expired-orphan-hash)
-
-PGDATABASE=$DB timeout -k 5 600 "$MODEL" "${args[@]}" "${tolerate[@]}" >"$work/model.out" 2>&1
+PGDATABASE=$DB timeout -k 5 600 "$MODEL" "${args[@]}" >"$work/model.out" 2>&1
 rc=$?
-desc="$SEEDS seeds x $STEPS steps x $SESSIONS sessions agree with the model of SPEC.md${tolerate:+ (tolerating expired-orphan-hash)}"
+desc="$SEEDS seeds x $STEPS steps x $SESSIONS sessions agree with the model of SPEC.md"
 if ((rc == 0)); then
 	ok "$desc"
 	tail -n 1 "$work/model.out" | sed 's/^/# /'
 else
 	fail "$desc" "$(grep -v -e '^      (' -e '^DETAIL:' -e '^HINT:' -e '^)$' "$work/model.out" | tail -n 60)"
-	if ((${#tolerate[@]} == 0)) && grep -q '^DIVERGENCE' "$work/model.out"; then
-		PGDATABASE=$DB timeout -k 5 600 "$MODEL" "${args[@]}" --tolerate expired-orphan-hash \
-			>"$work/model-tolerant.out" 2>&1
-		if (($? == 0)); then
-			echo "# tolerating the known expired-orphan-hash divergence, the same seeds agree:"
-			tail -n 1 "$work/model-tolerant.out" | sed 's/^/#   /'
-		else
-			echo "# even tolerating the known expired-orphan-hash divergence, the model diverges:"
-			grep -v -e '^      (' -e '^DETAIL:' -e '^HINT:' -e '^)$' "$work/model-tolerant.out" |
-				tail -n 40 | sed 's/^/#   /'
-		fi
-	fi
 fi
 
 if ((_lib_failed == 0)); then
