@@ -49,7 +49,9 @@ fi
 ok "database $DB with the extension"
 
 args=(--first-seed "$FIRST" --seeds "$SEEDS" --steps "$STEPS" --sessions "$SESSIONS")
-PGDATABASE=$DB timeout -k 5 600 "$MODEL" "${args[@]}" >"$work/model.out" 2>&1
+limit=$((SEEDS * STEPS / 100 + 120))	# about 1.7 ms a step, with room
+((limit < 600)) && limit=600
+PGDATABASE=$DB timeout -k 5 "$limit" "$MODEL" "${args[@]}" >"$work/model.out" 2>&1
 rc=$?
 desc="$SEEDS seeds x $STEPS steps x $SESSIONS sessions agree with the model of SPEC.md"
 if ((rc == 0)); then
