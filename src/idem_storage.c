@@ -498,19 +498,26 @@ open_for_write(const char *what, Relation *rel, Relation *idx)
 	*idx = index_open(cache.pkey_relid, RowExclusiveLock);
 }
 
-/* Adds the index entry of a new heap tuple (not for a HOT update) */
-static void
-index_tuple(Relation rel, Relation idx, HeapTuple tuple, bool unchanged)
+/*
+ * Adds the index entry of a new heap tuple (not for a HOT update).  With
+ * UNIQUE_CHECK_PARTIAL a duplicate key is not an error: the entry is added
+ * all the same and false is returned.
+ */
+static bool
+index_tuple(Relation rel, Relation idx, HeapTuple tuple,
+			IndexUniqueCheck check, bool unchanged)
 {
 	Datum		values[2];
 	bool		isnull[2] = {false, false};
 	IndexInfo  *ii = BuildIndexInfo(idx);
+	bool		unique;
 
 	values[0] = heap_getattr(tuple, Anum_scope, RelationGetDescr(rel), &isnull[0]);
 	values[1] = heap_getattr(tuple, Anum_key, RelationGetDescr(rel), &isnull[1]);
-	index_insert(idx, values, isnull, &tuple->t_self, rel, UNIQUE_CHECK_YES,
-				 unchanged, ii);
+	unique = index_insert(idx, values, isnull, &tuple->t_self, rel, check,
+						  unchanged, ii);
 	pfree(ii);
+	return unique;
 }
 
 /*
@@ -524,24 +531,12 @@ idem_storage_insert(const IdemKey *k, const char *request_hash,
 {
 	Relation	rel;
 	Relation	idx;
-	TupleTableSlot *slot;
 	Datum		values[lengthof(key_columns)];
 	bool		nulls[lengthof(key_columns)];
 	HeapTuple	tuple;
-	bool		exists;
+	bool		inserted;
 
 	open_for_write("idem_reserve", &rel, &idx);
-
-	/* a record created between the caller's read and its lock? */
-	slot = table_slot_create(rel, NULL);
-	exists = probe(rel, idx, k, slot);
-	ExecDropSingleTupleTableSlot(slot);
-	if (exists)
-	{
-		index_close(idx, RowExclusiveLock);
-		table_close(rel, RowExclusiveLock);
-		return false;
-	}
 
 	memset(nulls, true, sizeof(nulls));
 	values[Anum_scope - 1] = text_datum(k->scope, k->scope_len);
@@ -563,13 +558,27 @@ idem_storage_insert(const IdemKey *k, const char *request_hash,
 
 	tuple = heap_form_tuple(RelationGetDescr(rel), values, nulls);
 	simple_heap_insert(rel, tuple);
-	index_tuple(rel, idx, tuple, false);
-	heap_freetuple(tuple);
+
+	/*
+	 * A record created between the caller's read and its lock shows up as
+	 * a duplicate in the primary key: then take the new tuple back (the
+	 * index entry left behind points to a dead tuple) and let the caller
+	 * read again.  Checking here rather than probing first saves a descent
+	 * of the index on every new key.
+	 */
+	inserted = index_tuple(rel, idx, tuple, UNIQUE_CHECK_PARTIAL, false);
 	CommandCounterIncrement();
+	if (!inserted)
+	{
+		/* the insert must be visible to its own delete */
+		simple_heap_delete(rel, &tuple->t_self);
+		CommandCounterIncrement();
+	}
+	heap_freetuple(tuple);
 
 	index_close(idx, RowExclusiveLock);
 	table_close(rel, RowExclusiveLock);
-	return true;
+	return inserted;
 }
 
 /*
@@ -714,7 +723,7 @@ idem_storage_commit_mine(const IdemKey *k, const char *request_hash,
 		ExecClearTuple(slot);
 		simple_heap_update(rel, &oldtup->t_self, newtup);
 		if (!HeapTupleIsHeapOnly(newtup))
-			index_tuple(rel, idx, newtup, true);
+			(void) index_tuple(rel, idx, newtup, UNIQUE_CHECK_YES, true);
 		heap_freetuple(newtup);
 		heap_freetuple(oldtup);
 		CommandCounterIncrement();

@@ -65,6 +65,7 @@ need gcc have gcc
 need make have make
 need pkg-config have pkg-config
 need valgrind have valgrind
+need gdb have gdb
 need curl have curl
 need bc have bc
 need libmicrohttpd-dev test -f /usr/include/microhttpd.h
