@@ -66,6 +66,8 @@ need make have make
 need pkg-config have pkg-config
 need valgrind have valgrind
 need gdb have gdb
+need clang have clang
+need libclang-rt-14-dev compgen -G '/usr/lib/llvm-14/lib/clang/*/lib/linux/libclang_rt.fuzzer-*.a'
 need curl have curl
 need bc have bc
 need libmicrohttpd-dev test -f /usr/include/microhttpd.h
