@@ -362,7 +362,11 @@ IDEM_API const char *idem_record_header(const idem_record *rec,
 /* 1 for the first owner, n + 1 for each takeover; 0 when unknown. */
 IDEM_API int idem_record_attempt(const idem_record *rec);
 
-/* Timestamps as microseconds since 1970-01-01 UTC; 0 when unknown. */
+/*
+ * Timestamps as microseconds since 1970-01-01 UTC; 0 when unknown;
+ * infinity and -infinity (or values beyond the range) saturate to INT64_MAX
+ * and INT64_MIN.
+ */
 IDEM_API int64_t idem_record_created_at(const idem_record *rec);
 IDEM_API int64_t idem_record_expires_at(const idem_record *rec);
 
