@@ -30,6 +30,20 @@ psql_q -d $db -c 'CREATE EXTENSION idempotency'
 cleanup() { psql_q -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1; }
 trap cleanup EXIT
 
+# May we attach to a backend at all?  (Containers often withhold ptrace.)
+psql -XAtq -d $db -c 'SELECT pg_backend_pid()' -c 'SELECT pg_sleep(3)' \
+	>"$IDEM_TMP/probe.pid" 2>&1 &
+probe=$!
+sleep 0.5
+if ! timeout 20 gdb -q -batch -p "$(head -1 "$IDEM_TMP/probe.pid")" -ex detach \
+	>"$IDEM_TMP/probe.log" 2>&1 || grep -q 'ptrace:' "$IDEM_TMP/probe.log"; then
+	wait "$probe"
+	ok "skipped: gdb may not attach to the server here: $(grep -m1 ptrace "$IDEM_TMP/probe.log")"
+	finish
+	exit
+fi
+wait "$probe"
+
 # run_stopped KEY GDB_COMMANDS_FILE OUT: a session calls idem_reserve(KEY)
 # with a breakpoint on idem_lock_try; gdb runs the commands at the stop.
 # Prints the reserve's output into OUT.
