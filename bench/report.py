@@ -327,11 +327,19 @@ def main():
         w(f"## Purge (workload 5): reserve + commit while {int(machine.get('purge_keys', 0)):,} "
           "expired keys are purged")
         w("")
+        batch = int(pur[0]["extra"].get("batch", "0") or 0)
+        if batch > 0:
+            how = (f"in batches of {batch:,} keys, each batch a transaction of its own (a `DO` loop "
+                   f"with `COMMIT`: extension `idem_purge({batch})`, baseline `bl_purge({batch})`, raw "
+                   f"`DELETE ... WHERE ctid = ANY (ARRAY(SELECT ctid ... LIMIT {batch}))`), the way a "
+                   "scheduled purge runs")
+        else:
+            how = ("all in one call (extension `idem_purge()`, baseline `bl_purge()`, raw one "
+                   "`DELETE`)")
         w("One pgbench run of reserve + commit on fresh keys per implementation and round; after "
-          f"{pur[0]['extra'].get('idle', '?')} s the purge starts in another session (extension: "
-          "`idem_purge()`; baseline: `bl_purge()`; raw: one `DELETE`), all in one call. Idle = "
-          "transactions that completed before the purge started (the first second skipped), "
-          "during = those that completed while it ran.")
+          f"{pur[0]['extra'].get('idle', '?')} s the purge starts in another session, {how}. "
+          "Idle = transactions that completed before the purge started (the first second skipped), "
+          "during = those that completed while it ran. `BENCH_PURGE_BATCH=0` purges all in one call.")
         w("")
         w("| implementation | purge s | idle tps | idle p50 ms | idle p99 ms | during tps | "
           "during p50 ms | during p99 ms | p99 during / idle |")

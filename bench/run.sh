@@ -39,6 +39,7 @@
 #   BENCH_REPLAY_KEYS=100000          committed keys replayed by 2
 #   BENCH_HOT_WAITERS=32 BENCH_HOT_ROUNDS=25   workload 3
 #   BENCH_PURGE_KEYS=1000000          expired keys purged by 5
+#   BENCH_PURGE_BATCH=10000 keys per purge transaction (0: all in one call)
 #   BENCH_PURGE_IDLE=BENCH_SECONDS (3 at least)  seconds before the purge starts
 #   BENCH_PURGE_MAX=300     longest purge measured (pgbench then stops)
 #   BENCH_SCALE_SIZES="10000 1000000 10000000"  workload 4
@@ -50,7 +51,8 @@
 #                           (uncommitted edits left out); 0: measure the
 #                           installed one
 #   BENCH_TMP=bench/tmp  BENCH_RESULTS=bench/results
-#   BENCH_KEEP=0            1: leave the cluster running at the end
+#   BENCH_KEEP=0            1: leave the cluster running at the end (else it is
+#                           stopped and its directory removed)
 #
 # BENCH_QUICK=1 changes the defaults to: 1 s runs, 10^4 stored keys in
 # workloads 1, 2, 6, 3 hot-key rounds, 5 * 10^4 expired keys, scale sizes
@@ -81,6 +83,7 @@ REPLAY_KEYS=${BENCH_REPLAY_KEYS:-$d_fresh_keys}
 HOT_WAITERS=${BENCH_HOT_WAITERS:-32}
 HOT_ROUNDS=${BENCH_HOT_ROUNDS:-$d_hot_rounds}
 PURGE_KEYS=${BENCH_PURGE_KEYS:-$d_purge_keys}
+PURGE_BATCH=${BENCH_PURGE_BATCH:-10000}
 PURGE_IDLE=${BENCH_PURGE_IDLE:-$((SECS < 3 ? 3 : SECS))}
 PURGE_MAX=${BENCH_PURGE_MAX:-300}
 SCALE_SIZES=${BENCH_SCALE_SIZES:-$d_scale_sizes}
@@ -166,7 +169,9 @@ cleanup()
 		kill "$REDIS_PID" 2>/dev/null || true
 	fi
 	if [[ $KEEP != 1 && -d $CLUSTER ]]; then
+		# stopped and removed: with 10^7 keys per table it holds gigabytes
 		"$ROOT/test/cluster.sh" stop "$CLUSTER" >/dev/null 2>&1 || true
+		rm -rf "$CLUSTER"
 	fi
 	exit $rc
 }
@@ -237,6 +242,7 @@ psql_q -c 'CREATE EXTENSION idempotency' -f "$BENCH_DIR/setup.sql" \
 	echo "hot_waiters	$HOT_WAITERS"
 	echo "hot_rounds	$HOT_ROUNDS"
 	echo "purge_keys	$PURGE_KEYS"
+	echo "purge_batch	$PURGE_BATCH"
 	echo "scale_sizes	$SCALE_SIZES"
 	echo "scale_seconds	$SCALE_SECS"
 	echo "quick	$QUICK"
@@ -499,13 +505,39 @@ w3()
 
 # ---- workload 5: purge while reserves run ------------------------------------------
 
+# The purge of implementation $1, as one statement that prints the number of
+# keys it deleted: in batches of PURGE_BATCH keys, each batch a transaction
+# of its own (how a scheduled purge runs), or all at once (PURGE_BATCH=0)
 purge_sql()
 {
+	local call
+	if ((PURGE_BATCH == 0)); then
+		case $1 in
+			ext) echo "SELECT idem_purge()" ;;
+			plpgsql) echo "SELECT bl_purge()" ;;
+			raw) echo "WITH d AS (DELETE FROM raw_keys WHERE expires_at <= now() AND (state = 'committed' OR owner_pid IS NULL) RETURNING 1) SELECT count(*) FROM d" ;;
+		esac
+		return
+	fi
 	case $1 in
-		ext) echo "SELECT idem_purge()" ;;
-		plpgsql) echo "SELECT bl_purge()" ;;
-		raw) echo "DELETE FROM raw_keys WHERE expires_at <= now() AND (state = 'committed' OR owner_pid IS NULL)" ;;
+		ext) call="n := idem_purge($PURGE_BATCH);" ;;
+		plpgsql) call="n := bl_purge($PURGE_BATCH);" ;;
+		raw) call="DELETE FROM raw_keys WHERE ctid = ANY (ARRAY(SELECT ctid FROM raw_keys WHERE expires_at <= now() AND (state = 'committed' OR owner_pid IS NULL) LIMIT $PURGE_BATCH)); GET DIAGNOSTICS n = ROW_COUNT;" ;;
 	esac
+	cat <<-EOF
+		DO \$\$
+		DECLARE n bigint; total bigint := 0;
+		BEGIN
+			LOOP
+				$call
+				total := total + n;
+				COMMIT;
+				EXIT WHEN n < $PURGE_BATCH;
+			END LOOP;
+			PERFORM set_config('bench.purged', total::text, false);
+		END \$\$;
+		SELECT current_setting('bench.purged');
+	EOF
 }
 
 w5()
@@ -532,9 +564,8 @@ w5()
 			pid=$!
 			sleep "$PURGE_IDLE"
 			t0=$(date +%s.%N)
-			if purged=$(psql_q -c "$(purge_sql "$impl")" -c '\echo :ROW_COUNT' \
-				2>"$DATA/$name.err"); then
-				purged=${purged%%$'\n'*}
+			if purged=$(purge_sql "$impl" | psql_q 2>"$DATA/$name.err"); then
+				purged=${purged##*$'\n'}
 			else
 				purged=failed
 			fi
@@ -555,7 +586,7 @@ w5()
 				sort -n >"$DATA/$name.lat"
 			rm -f "$DATA/$name".pgb*
 			record purge "run" "$impl" "$r" "${tps:-0}" "$name.lat" \
-				"t0=$t0;t1=$t1;purged=$purged;idle=$PURGE_IDLE"
+				"t0=$t0;t1=$t1;purged=$purged;idle=$PURGE_IDLE;batch=$PURGE_BATCH"
 			log "workload 5 round $r: $impl purged $purged keys in $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}') s"
 		done
 	done
