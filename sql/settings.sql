@@ -55,3 +55,10 @@ SELECT r.fresh, current_setting('synchronous_commit') AS sync
   FROM idem_reserve('set-5') r;
 RESET idem.async_reserve;
 SELECT idem_release('set-6');
+
+-- idem.purge_delay: a large purge pauses after each 1000 records (here
+-- there are fewer, so no pause)
+SHOW idem.purge_delay;
+SET idem.purge_delay = 0;
+SELECT idem_purge() >= 0 AS purged;
+RESET idem.purge_delay;

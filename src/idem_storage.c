@@ -824,6 +824,13 @@ idem_storage_purge(int64 limit, TimestampTz now, ArrayType *scopes)
 		int			want = PURGE_BATCH;
 		uint64		nrows;
 
+		/* give the CPU and the WAL back to the requests between batches */
+		if (deleted > 0 && idem_purge_delay > 0)
+		{
+			CHECK_FOR_INTERRUPTS();
+			pg_usleep((long) idem_purge_delay * 1000L);
+		}
+
 		if (limit >= 0 && limit - deleted < want)
 			want = (int) (limit - deleted);
 

@@ -97,6 +97,8 @@ idem_purge_worker_main(Datum main_arg)
 				if (n > 0)
 					total += n;
 				CHECK_FOR_INTERRUPTS();
+				if (n >= idem_purge_batch_size && idem_purge_delay > 0)
+					pg_usleep((long) idem_purge_delay * 1000L);
 			} while (n >= idem_purge_batch_size);
 
 			if (n < 0 && !warned)

@@ -28,6 +28,7 @@ int			idem_max_body_bytes = 1024 * 1024;
 bool		idem_async_reserve = false;
 int			idem_max_ttl = 366 * 24 * 60 * 60;
 int			idem_max_header_bytes = 64 * 1024;
+int			idem_purge_delay = 5;
 
 static ProcessUtility_hook_type prev_ProcessUtility = NULL;
 
@@ -99,6 +100,14 @@ _PG_init(void)
 							&idem_max_header_bytes,
 							64 * 1024, 0, MaxAllocSize - VARHDRSZ,
 							PGC_SUSET, GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("idem.purge_delay",
+							"Pause of idem_purge and the purge worker after each 1000 records deleted.",
+							"Spreads a large purge over time so that it takes less from concurrent requests, as vacuum_cost_delay does for VACUUM.",
+							&idem_purge_delay,
+							5, 0, 1000,
+							PGC_USERSET, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
 	DefineCustomBoolVariable("idem.async_reserve",

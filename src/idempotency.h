@@ -34,6 +34,7 @@ extern int	idem_max_body_bytes;	/* bytes */
 extern bool idem_async_reserve;
 extern int	idem_max_ttl;			/* seconds */
 extern int	idem_max_header_bytes;	/* bytes */
+extern int	idem_purge_delay;		/* milliseconds */
 
 /* A (scope, key) pair, already validated */
 typedef struct IdemKey
