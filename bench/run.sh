@@ -181,8 +181,13 @@ trap 'exit 130' INT TERM
 rm -rf "$DATA"
 mkdir -p "$DATA" "$RESULTS"
 log "starting a cluster in $CLUSTER (shared_buffers=$SHARED_BUFFERS, max_connections=$MAX_CONNECTIONS, fsync on)"
-CLUSTER_OPTS="shared_buffers=$SHARED_BUFFERS max_connections=$MAX_CONNECTIONS fsync=on
+start_cluster()
+{
+	CLUSTER_OPTS="shared_buffers=$SHARED_BUFFERS max_connections=$MAX_CONNECTIONS fsync=on
 ${BENCH_CLUSTER_OPTS:-}" "$ROOT/test/cluster.sh" start "$CLUSTER" >/dev/null
+}
+# (once more after a failure: the machine is shared, ports come and go)
+start_cluster || { sleep 2; start_cluster; } || die "could not start a cluster"
 # shellcheck disable=SC1091
 . "$CLUSTER/env"
 
