@@ -400,6 +400,7 @@ idem_reserve(PG_FUNCTION_ARGS)
 	int			backoff_ms = 1;
 	TimestampTz wait_started = 0;	/* when we first waited, or 0 */
 	int			retries = 0;
+	int			passing = 0;	/* wait 0: times only waiters held the lock */
 
 	get_key_args(fcinfo, 0, 4, &k);
 	hash = get_hash_arg(fcinfo, 1, &k);
@@ -558,9 +559,11 @@ idem_reserve(PG_FUNCTION_ARGS)
 		{
 			/*
 			 * Only other waiters passing through hold it in share mode?
-			 * Then nobody owns the key; try again at once.
+			 * Then nobody owns the key; try again at once, a bounded number
+			 * of times.
 			 */
-			if (wait_us == 0 && idem_lock_try(&tag, ShareLock))
+			if (wait_us == 0 && ++passing <= 1000 &&
+				idem_lock_try(&tag, ShareLock))
 			{
 				idem_lock_release(&tag, ShareLock);
 				continue;

@@ -96,6 +96,13 @@ idem_lock_try(const LOCKTAG *tag, LOCKMODE mode)
  * set it for this one wait and catch its error in a subtransaction, which
  * also cleans up the wait queue.  Any other error (cancel,
  * statement_timeout, deadlock) propagates.
+ *
+ * The lock may be granted at the very moment the timeout (or a cancel)
+ * fires: LockErrorCleanup() then records the grant and the error is raised
+ * all the same.  Ours is a session lock, which the subtransaction's abort
+ * does not release, so we look: after a timeout a granted lock is simply
+ * ours; before another error propagates it is given back, or it would stay
+ * held, unowned, until the session ends and block the key for everybody.
  */
 bool
 idem_lock_wait(const LOCKTAG *tag, LOCKMODE mode, int timeout_ms)
@@ -106,6 +113,7 @@ idem_lock_wait(const LOCKTAG *tag, LOCKMODE mode, int timeout_ms)
 	volatile bool acquired = false;
 
 	Assert(timeout_ms > 0);
+	Assert(!LockHeldByMe(tag, mode));
 
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(oldcontext);
@@ -135,8 +143,14 @@ idem_lock_wait(const LOCKTAG *tag, LOCKMODE mode, int timeout_ms)
 		CurrentResourceOwner = oldowner;
 
 		if (edata->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE)
+		{
+			if (LockHeldByMe(tag, mode))
+				LockRelease(tag, mode, true);
 			ReThrowError(edata);
+		}
 		FreeErrorData(edata);
+		/* granted as the timeout fired */
+		acquired = LockHeldByMe(tag, mode);
 	}
 	PG_END_TRY();
 

@@ -866,9 +866,16 @@ master(void)
 		bad_exits += alive;
 		for (i = 0; i < n_clients; i++)
 			if (pids[i] > 0)
+			{
+				printf("soak: client %d (generation %d, pid %d) still running\n",
+					   i, gens[i], (int) pids[i]);
 				kill(pids[i], SIGKILL);
+			}
 		if (monitor_pid > 0)
+		{
+			printf("soak: the monitor (pid %d) still running\n", (int) monitor_pid);
 			kill(monitor_pid, SIGKILL);
+		}
 		while (waitpid(-1, NULL, 0) > 0)
 			;
 	}

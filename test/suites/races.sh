@@ -13,13 +13,25 @@
 #      (its owner idle, holding the lock): the call waits for it instead of
 #      inserting, and replays once it commits.
 #
-# Needs gdb and ptrace rights over the server's processes (root); skipped
-# otherwise.
+# And the moment a waiter's wait_timeout fires just as the lock is granted
+# to it, made by stopping the waiting backend (SIGSTOP), letting the owner
+# finish, and resuming it after its timeout has passed: the grant and the
+# timeout then arrive together.  The lock must not be left held.
+#   3. Waiting on a live owner (share mode) that commits: the waiter
+#      replays, and holds no lock of ours afterwards.
+#   4. Waiting for the key's creator (exclusive mode), whose transaction
+#      rolls back: the waiter gets the key fresh, commits, and holds no lock
+#      of ours afterwards.
+#   5. As 3, but statement_timeout ends the wait: the error, and no lock
+#      kept.
+#
+# Needs root (to stop a backend) and, for 1 and 2, gdb with ptrace rights
+# over the server's processes; skipped otherwise.
 #
 . "$(dirname "$0")/../lib.sh"
 
-if ! command -v gdb >/dev/null 2>&1 || [[ $(id -u) -ne 0 ]]; then
-	ok "skipped: needs gdb and root (ptrace)"
+if [[ $(id -u) -ne 0 ]]; then
+	ok "skipped: needs root (to stop backends and attach gdb)"
 	finish
 	exit
 fi
@@ -29,6 +41,79 @@ psql_q -d postgres -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/d
 psql_q -d $db -c 'CREATE EXTENSION idempotency'
 cleanup() { psql_q -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1; }
 trap cleanup EXIT
+
+# ---- a lock granted as the wait times out (3 and 4) ---------------------------
+
+# late_grant CASE OWNER_SQL WAITER_SQL: the owner's script runs at once; the
+# waiter's, 0.3 s later, begins with the call that waits.  Once the waiter
+# waits, its backend is stopped until the owner has finished and the
+# waiter's 1 s wait_timeout has passed.  Leaves the outputs in
+# $IDEM_TMP/late.CASE.owner and .waiter.
+late_grant()
+{
+	local n=$1 owner_sql=$2 waiter_sql=$3 pidfile=$IDEM_TMP/late.$1.pid wpid=
+	rm -f "$pidfile"
+	psql -XAtq -d $db -v ON_ERROR_STOP=1 >"$IDEM_TMP/late.$n.owner" 2>&1 <<<"$owner_sql" &
+	local owner=$!
+	sleep 0.3
+	psql -XAtq -d $db >"$IDEM_TMP/late.$n.waiter" 2>&1 <<-EOF &
+		\o $pidfile
+		SELECT pg_backend_pid();
+		\o
+		$waiter_sql
+	EOF
+	local waiter=$!
+	for _ in $(seq 1 200); do
+		wpid=$({ tr -dc '0-9' <"$pidfile"; } 2>/dev/null)
+		[[ -n $wpid ]] && [[ $(psql_q -d $db -c "SELECT count(*) FROM pg_locks WHERE pid = $wpid AND NOT granted AND objsubid = 18756") == 1 ]] && break
+		sleep 0.02
+	done
+	if [[ -n $wpid ]]; then
+		kill -STOP "$wpid"
+		wait "$owner"
+		sleep 1.2
+		kill -CONT "$wpid"
+	fi
+	wait "$owner" "$waiter"
+}
+
+late_grant 3 "SELECT fresh FROM idem_reserve('late-3'); SELECT pg_sleep(1); SELECT idem_commit('late-3', NULL, 200, 'made by the owner'::bytea)" \
+	"SELECT fresh, state, convert_from(body, 'UTF8') FROM idem_reserve('late-3', wait_timeout => '1s');
+	 SELECT count(*) AS our_locks FROM pg_locks WHERE pid = pg_backend_pid() AND objsubid = 18756;"
+check_eq "3: the owner committed while the waiter was stopped" "t
+t" "$(grep -v '^$' "$IDEM_TMP/late.3.owner")"
+check_eq "3: granted as its wait timed out, the waiter replays and keeps no lock" "f|committed|made by the owner
+0" "$(cat "$IDEM_TMP/late.3.waiter")"
+
+late_grant 4 "BEGIN; SELECT fresh FROM idem_reserve('late-4'); SELECT pg_sleep(1); ROLLBACK" \
+	"SELECT fresh, attempt FROM idem_reserve('late-4', wait_timeout => '1s');
+	 SELECT idem_commit('late-4', NULL, 200, 'made by the waiter'::bytea);
+	 SELECT count(*) AS our_locks FROM pg_locks WHERE pid = pg_backend_pid() AND objsubid = 18756;"
+check_eq "4: the creator rolled back while the waiter was stopped" "t" \
+	"$(grep -v '^$' "$IDEM_TMP/late.4.owner")"
+check_eq "4: granted as its wait timed out, the waiter gets the key, commits, keeps no lock" "t|1
+t
+0" "$(cat "$IDEM_TMP/late.4.waiter")"
+late_grant 5 "SELECT fresh FROM idem_reserve('late-5'); SELECT pg_sleep(1); SELECT idem_commit('late-5', NULL, 200, 'made by the owner'::bytea)" \
+	"SET statement_timeout = '1s';
+	 SELECT fresh FROM idem_reserve('late-5', wait_timeout => '10s');
+	 RESET statement_timeout;
+	 SELECT count(*) AS our_locks FROM pg_locks WHERE pid = pg_backend_pid() AND objsubid = 18756;
+	 SELECT fresh, state FROM idem_reserve('late-5', wait_timeout => '0');"
+check_eq "5: granted as statement_timeout cancelled the wait: the error, no lock kept, then a replay" "ERROR:  canceling statement due to statement timeout
+0
+f|committed" "$(cat "$IDEM_TMP/late.5.waiter")"
+
+check_eq "3, 4, 5: no lock of ours is left" 0 \
+	"$(psql_q -d $db -c "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 18756")"
+
+# ---- gdb (1 and 2) ----------------------------------------------------------------
+
+if ! command -v gdb >/dev/null 2>&1; then
+	ok "1, 2 skipped: needs gdb"
+	finish
+	exit
+fi
 
 # May we attach to a backend at all?  (Containers often withhold ptrace.)
 psql -XAtq -d $db -c 'SELECT pg_backend_pid()' -c 'SELECT pg_sleep(3)' \

@@ -158,6 +158,12 @@ rc=$?
 elapsed=$((SECONDS - start))
 cat "$work/soak.out"
 check_eq "the soak program ended cleanly (every client exited 0 or was killed by it)" 0 "$rc"
+# a client that did not stop: the last things it logged
+sed -n 's/^soak: client \([0-9]*\) (generation \([0-9]*\),.*/\1-\2/p' "$work/soak.out" |
+	while read -r c; do
+		echo "# last events of client-$c:"
+		tail -n 5 "$work/logs/client-$c.log" | sed 's/^/#   /'
+	done
 
 # the backends of killed clients go away once they notice
 for ((i = 0; i < 100; i++)); do
@@ -166,6 +172,12 @@ for ((i = 0; i < 100; i++)); do
 	sleep 0.1
 done
 check_eq "no soak backend is left" 0 "$left"
+if [[ $left != 0 ]]; then
+	# what they are doing, and the locks they wait for or hold
+	q -c "SELECT pid, application_name, state, wait_event_type, wait_event, now() - query_start AS running, left(query, 120) FROM pg_stat_activity WHERE application_name LIKE 'soak-%'" | sed 's/^/#   /'
+	q -c "SELECT l.pid, l.locktype, l.mode, l.granted, l.objid, l.objsubid FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE a.application_name LIKE 'soak-%'" | sed 's/^/#   lock /'
+	grep -h -E '^(exit|done)' "$work"/logs/master.log | sed 's/^/#   /'
+fi
 
 cat "$work"/logs/*.log >"$work/events.tsv"
 check "the logs load" q -c "\\copy soak_events FROM pstdin WITH (FORMAT text, NULL '')" <"$work/events.tsv"
