@@ -22,7 +22,7 @@
 #
 # Other knobs: SKIP_BUILD=1 (use what is installed), KEEP_CLUSTER=1 (leave
 # the cluster running afterwards), CLUSTER_OPTS (extra server settings, see
-# test/cluster.sh), TEST_TIME_LIMIT (seconds for the whole run, default 720,
+# test/cluster.sh), TEST_TIME_LIMIT (seconds for the whole run, default 1500,
 # 0 = none), SUITE_TIMEOUT (seconds per step, default 600).
 
 set -uo pipefail
@@ -31,7 +31,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT" || exit 1
 
 SUITES=${SUITES:-regress,isolation,suites,tap}
-TEST_TIME_LIMIT=${TEST_TIME_LIMIT:-720}
+TEST_TIME_LIMIT=${TEST_TIME_LIMIT:-1500}
 SUITE_TIMEOUT=${SUITE_TIMEOUT:-600}
 TMP=$ROOT/test/tmp		# logs
 WORK=$TMP			# what the unprivileged user must reach: see pick_work

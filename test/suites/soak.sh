@@ -116,9 +116,9 @@ fi
 
 q() { psql_q -d "$DB" "$@"; }
 
-if ! psql_q -d postgres -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $DB" ||
-	! psql_q -d postgres -c "CREATE DATABASE $DB"; then
-	fail "create database $DB"
+if ! out=$(psql_q -d postgres -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $DB" 2>&1) ||
+	! out=$(psql_q -d postgres -c "CREATE DATABASE $DB" 2>&1); then
+	fail "create database $DB" "$out"
 	finish
 	exit 1
 fi

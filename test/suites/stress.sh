@@ -56,9 +56,9 @@ trap cleanup EXIT
 # --- the database -----------------------------------------------------------
 
 admin_db=${PGDATABASE:-postgres}
-if ! psql_q -d "$admin_db" -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $DB" ||
-	! psql_q -d "$admin_db" -c "CREATE DATABASE $DB"; then
-	fail "create database $DB"
+if ! out=$(psql_q -d "$admin_db" -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $DB" 2>&1) ||
+	! out=$(psql_q -d "$admin_db" -c "CREATE DATABASE $DB" 2>&1); then
+	fail "create database $DB" "$out"
 	finish
 	exit 1
 fi
@@ -76,8 +76,8 @@ SQL
 
 # Room for the clients, the gate and the checks, beside whatever else is
 # connected
-room=$(q -c "SELECT current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')")
-if ((room < CLIENTS + 2)); then
+room=$(q -c "SELECT current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')" 2>&1)
+if ! [[ $room =~ ^[0-9]+$ ]] || ((room < CLIENTS + 2)); then
 	fail "the server has room for $CLIENTS clients" \
 		"only $room connections are free; lower STRESS_CLIENTS or raise max_connections"
 	finish
