@@ -213,7 +213,7 @@ def main():
     rows = [
         ("date", "date"), ("CPU", "cpu"), ("cores", "cores"), ("RAM", "ram"),
         ("virtualisation", "virt"), ("kernel", "kernel"), ("PostgreSQL", "pg"),
-        ("server settings", "settings"), ("extension version", "ext"),
+        ("server settings", "settings"), ("shared memory", "huge"), ("extension version", "ext"),
         ("source commit", "commit"), ("load average before (1, 5, 15 min)", "load_before"),
         ("load average after", "load_after"), ("Redis", "redis"), ("total duration", "duration"),
     ]

@@ -44,7 +44,10 @@
 #   BENCH_PURGE_MAX=300     longest purge measured (pgbench then stops)
 #   BENCH_SCALE_SIZES="10000 1000000 10000000"  workload 4
 #   BENCH_SCALE_SECONDS=5   length of each idembench run of 4
-#   BENCH_SHARED_BUFFERS=512MB BENCH_MAX_CONNECTIONS=100
+#   BENCH_SHARED_BUFFERS=(a quarter of RAM, at most 8GB) BENCH_MAX_CONNECTIONS=100
+#   BENCH_HUGE_PAGES=auto   as root, reserve huge pages for shared_buffers for
+#                           the run (vm.nr_hugepages, given back at the end);
+#                           0: leave the system's setting alone
 #   BENCH_CLUSTER_OPTS=     more postgresql.conf settings (see test/cluster.sh)
 #   BENCH_INSTALL=1         build and install the extension from the working
 #                           tree first; head: from a clean export of git HEAD
@@ -88,7 +91,12 @@ PURGE_IDLE=${BENCH_PURGE_IDLE:-$((SECS < 3 ? 3 : SECS))}
 PURGE_MAX=${BENCH_PURGE_MAX:-300}
 SCALE_SIZES=${BENCH_SCALE_SIZES:-$d_scale_sizes}
 SCALE_SECS=${BENCH_SCALE_SECONDS:-$d_scale_seconds}
-SHARED_BUFFERS=${BENCH_SHARED_BUFFERS:-512MB}
+# a quarter of the machine's memory, at most 8 GB: with 10^7 keys per
+# implementation (3.9 GB of table and index each) workload 4 then runs
+# from shared_buffers, as a tuned server would
+d_shared_buffers=$(awk '/MemTotal/ {mb = int($2 / 1024 / 4); if (mb > 8192) mb = 8192; print mb "MB"}' /proc/meminfo)
+SHARED_BUFFERS=${BENCH_SHARED_BUFFERS:-$d_shared_buffers}
+HUGE_PAGES=${BENCH_HUGE_PAGES:-auto}
 MAX_CONNECTIONS=${BENCH_MAX_CONNECTIONS:-100}
 INSTALL=${BENCH_INSTALL:-1}
 TMP=${BENCH_TMP:-$BENCH_DIR/tmp}
@@ -162,6 +170,38 @@ esac
 
 # ---- the cluster (and Redis) ------------------------------------------------
 
+# Huge pages for shared_buffers (BENCH_HUGE_PAGES=auto): PostgreSQL's
+# default huge_pages = try uses them when the system has them.  Without
+# them every backend takes a page fault the first time it touches each 4 kB
+# page of shared_buffers, and a TLB miss on most random accesses after
+# that: costs that grow with the data touched, not with the work done.  As
+# root the run reserves what it needs (vm.nr_hugepages) and gives them back
+# at the end; 0 leaves the system as it is.
+HUGE_BEFORE=
+reserve_huge_pages()
+{
+	local sb_mb need size_kb
+	[[ $HUGE_PAGES == 0 ]] && return 0
+	size_kb=$(awk '/Hugepagesize/ {print $2}' /proc/meminfo)
+	[[ -n $size_kb && -w /proc/sys/vm/nr_hugepages ]] || {
+		log "huge pages: not available here (needs root); shared_buffers in normal pages"
+		return 0
+	}
+	sb_mb=$(awk -v s="$SHARED_BUFFERS" 'BEGIN {
+		n = s + 0; u = toupper(substr(s, length(n "") + 1));
+		if (u ~ /^GB/) n *= 1024; else if (u ~ /^KB/) n /= 1024; else if (u !~ /^MB/) n = n * 8 / 1024;
+		print int(n) }')
+	# shared_buffers plus the rest of the shared memory segment (about 8%)
+	need=$(((sb_mb * 1024 * 108 / 100 + 64 * 1024) / size_kb))
+	HUGE_BEFORE=$(cat /proc/sys/vm/nr_hugepages)
+	if ((HUGE_BEFORE >= need)); then
+		HUGE_BEFORE=
+		return 0
+	fi
+	echo "$need" >/proc/sys/vm/nr_hugepages 2>/dev/null || true
+	log "huge pages: reserved $(cat /proc/sys/vm/nr_hugepages) of ${size_kb} kB (asked for $need; was $HUGE_BEFORE)"
+}
+
 cleanup()
 {
 	local rc=$?
@@ -173,6 +213,9 @@ cleanup()
 		"$ROOT/test/cluster.sh" stop "$CLUSTER" >/dev/null 2>&1 || true
 		rm -rf "$CLUSTER"
 	fi
+	if [[ -n $HUGE_BEFORE && ($KEEP != 1 || ! -d $CLUSTER) ]]; then
+		echo "$HUGE_BEFORE" >/proc/sys/vm/nr_hugepages 2>/dev/null || true
+	fi
 	exit $rc
 }
 trap cleanup EXIT
@@ -180,6 +223,7 @@ trap 'exit 130' INT TERM
 
 rm -rf "$DATA"
 mkdir -p "$DATA" "$RESULTS"
+reserve_huge_pages
 log "starting a cluster in $CLUSTER (shared_buffers=$SHARED_BUFFERS, max_connections=$MAX_CONNECTIONS, fsync on)"
 start_cluster()
 {
@@ -215,7 +259,7 @@ psql_q()
 	psql -X -q -A -t -v ON_ERROR_STOP=1 "$@"
 }
 
-psql_q -c 'CREATE EXTENSION idempotency' -f "$BENCH_DIR/setup.sql" \
+psql_q -c 'CREATE EXTENSION idempotency' -c 'CREATE EXTENSION pg_prewarm' -f "$BENCH_DIR/setup.sql" \
 	-f "$BENCH_DIR/plpgsql_baseline.sql" >/dev/null
 
 # ---- what was measured, on what ---------------------------------------------
@@ -228,6 +272,9 @@ psql_q -c 'CREATE EXTENSION idempotency' -f "$BENCH_DIR/setup.sql" \
 	echo "kernel	$(uname -sr)"
 	echo "virt	$(lscpu 2>/dev/null | sed -n 's/^Hypervisor vendor:[[:space:]]*//p' | head -n 1)"
 	echo "pg	$(psql_q -c 'SHOW server_version')"
+	echo "huge	$(awk '/HugePages_Total/ {t = $2} /HugePages_Free/ {f = $2} /HugePages_Rsvd/ {r = $2} /Hugepagesize/ {z = $2}
+		END {if (t - f + r > 0) printf "in huge pages (%d of %d kB in use or reserved; huge_pages = try)", t - f + r, z;
+			 else printf "in normal pages (no huge pages; huge_pages = try)"}' /proc/meminfo)"
 	echo "settings	$(psql_q -F ' ' -c "SELECT string_agg(name || '=' || current_setting(name), ', ' ORDER BY name) FROM pg_settings WHERE name IN ('shared_buffers', 'max_connections', 'fsync', 'synchronous_commit', 'wal_level', 'max_wal_size', 'checkpoint_timeout', 'wal_sync_method', 'full_page_writes')")"
 	echo "ext	$(psql_q -c "SELECT extversion FROM pg_extension WHERE extname = 'idempotency'")"
 	case $INSTALL in
@@ -599,6 +646,14 @@ w5()
 
 # ---- workload 4: scale ---------------------------------------------------------------
 
+# prewarm TABLE: reads the table and its indexes into shared_buffers, so
+# that each implementation's runs start from the same place however much
+# of its data the others' runs pushed out
+prewarm()
+{
+	psql_q -c "SELECT sum(pg_prewarm(c.oid)) FROM pg_class c WHERE c.oid = '$1'::regclass OR c.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid = '$1'::regclass)" >/dev/null
+}
+
 w4()
 {
 	local size have=0 r impl name tps op pids pid
@@ -622,6 +677,7 @@ w4()
 		fi
 		for ((r = 1; r <= ROUNDS; r++)); do
 			for impl in $(impls_of_round "$r" "$pg_impls"); do
+				prewarm "$(table_of "$impl")"
 				for op in fresh replay; do
 					name=scale-$size-$op-$impl-$r
 					tps=$(idembench_ops "$name" "$impl" "$op" "$size" "$SCALE_SECS")
