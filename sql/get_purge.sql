@@ -51,3 +51,31 @@ SELECT count(*) FROM idem_keys WHERE key = 'orphan';
 
 -- a negative batch limit is bad input
 SELECT idem_purge(-1);
+
+-- Purges in batches go on where the last one stopped, and wrap around:
+-- records that expire behind that point are purged by a later call.
+-- 'early' rows take the first blocks and expire 0.3 s after they are
+-- written, never for the purges of their own transaction (whose now() came
+-- before); 'late' ones are expired already.
+SET idem.purge_delay = 0;
+TRUNCATE idem_keys;
+BEGIN;
+INSERT INTO idem_keys (scope, key, state, status, body, attempt, ttl,
+                       created_at, expires_at, committed_at)
+SELECT '', 'early' || i, 'committed', 200, 'x', 1, '1 second',
+       now(), clock_timestamp() + interval '0.3 seconds', now()
+  FROM generate_series(1, 1000) i;
+INSERT INTO idem_keys (scope, key, state, status, body, attempt, ttl,
+                       created_at, expires_at, committed_at)
+SELECT '', 'late' || i, 'committed', 200, 'x', 1, '1 second',
+       now() - interval '1 hour', now() - interval '1 minute', now()
+  FROM generate_series(1, 3000) i;
+SELECT idem_purge(1000) FROM generate_series(1, 4);
+COMMIT;
+SELECT pg_sleep(0.4);
+SELECT idem_purge(600);
+SELECT idem_purge(600);
+SELECT count(*) FILTER (WHERE key LIKE 'early%') AS early,
+       count(*) FILTER (WHERE key LIKE 'late%') AS late
+  FROM idem_keys;
+RESET idem.purge_delay;

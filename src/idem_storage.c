@@ -113,8 +113,9 @@ static const QueryDef query_defs[NUM_QUERIES] = {
 	[Q_PURGE_SCAN] = {
 		"SELECT ctid, state" EQ "'committed', owner_pid, owner_started"
 		" FROM %s.idem_keys WHERE expires_at OPERATOR(pg_catalog.<=) $1"
-		" AND ($2 IS NULL OR scope" EQ "ANY ($2))",
-		2, {TIMESTAMPTZOID, TEXTARRAYOID}
+		" AND ($2 IS NULL OR scope" EQ "ANY ($2))"
+		" AND ctid OPERATOR(pg_catalog.>=) $3 AND ctid OPERATOR(pg_catalog.<) $4",
+		4, {TIMESTAMPTZOID, TEXTARRAYOID, TIDOID, TIDOID}
 	},
 	[Q_PURGE_DELETE] = {
 		"DELETE FROM %s.idem_keys WHERE ctid" EQ "ANY ($1)"
@@ -793,51 +794,66 @@ idem_storage_abandon(const IdemKey *k)
 #define PURGE_BATCH 1000
 
 /*
- * Deletes up to limit (< 0: all) expired records of the given scopes (NULL:
- * all): committed ones, and in-flight ones whose owner is gone.  A record
- * renewed meanwhile has a new ctid and a new expiry, and is left alone.
+ * Where this backend's next purge scan starts: the block after the last
+ * one an earlier call looked at.  A purge in batches (idem_purge(10000) in
+ * a loop, the purge worker) then walks the table once instead of reading
+ * again, every call, the blocks whose records earlier calls deleted.
  */
-int64
-idem_storage_purge(int64 limit, TimestampTz now, ArrayType *scopes)
-{
-	StorageCall call;
-	Portal		portal;
-	Datum		scan_values[2];
-	char		scan_nulls[2] = "  ";
-	int64		deleted = 0;
-	bool		first_check = true;
-	ItemPointer tids;
+static Oid	purge_relid = InvalidOid;
+static BlockNumber purge_next = 0;
 
+/*
+ * Deletes up to limit (< 0: all) expired records of the given scopes whose
+ * tuples lie in blocks [from, to), as idem_storage_purge says.  Adds what
+ * it deleted to *deleted; returns true when it ran out of records.
+ */
+static bool
+purge_range(BlockNumber from, BlockNumber to, int64 limit, TimestampTz now,
+			ArrayType *scopes, ItemPointer tids, int64 *deleted,
+			bool *first_check)
+{
+	Portal		portal;
+	Datum		scan_values[4];
+	char		scan_nulls[4] = "    ";
+	ItemPointerData lo;
+	ItemPointerData hi;
+	bool		exhausted = false;
+
+	ItemPointerSet(&lo, from, 0);
+	ItemPointerSet(&hi, to, 0);
 	scan_values[0] = TimestampTzGetDatum(now);
 	scan_values[1] = PointerGetDatum(scopes);
 	if (scopes == NULL)
 		scan_nulls[1] = 'n';
+	scan_values[2] = PointerGetDatum(&lo);
+	scan_values[3] = PointerGetDatum(&hi);
 
-	storage_begin(&call);
-	tids = palloc(sizeof(ItemPointerData) * PURGE_BATCH);
 	portal = SPI_cursor_open(NULL, get_plan(Q_PURGE_SCAN), scan_values,
 							 scan_nulls, true);
 
-	while (limit < 0 || deleted < limit)
+	while (limit < 0 || *deleted < limit)
 	{
 		int			ntids = 0;
 		int			want = PURGE_BATCH;
 		uint64		nrows;
 
 		/* give the CPU and the WAL back to the requests between batches */
-		if (deleted > 0 && idem_purge_delay > 0)
+		if (*deleted > 0 && idem_purge_delay > 0)
 		{
 			CHECK_FOR_INTERRUPTS();
 			pg_usleep((long) idem_purge_delay * 1000L);
 		}
 
-		if (limit >= 0 && limit - deleted < want)
-			want = (int) (limit - deleted);
+		if (limit >= 0 && limit - *deleted < want)
+			want = (int) (limit - *deleted);
 
 		SPI_cursor_fetch(portal, true, want);
 		nrows = SPI_processed;
 		if (nrows == 0)
+		{
+			exhausted = true;
 			break;
+		}
 
 		for (uint64 i = 0; i < nrows; i++)
 		{
@@ -848,6 +864,11 @@ idem_storage_purge(int64 limit, TimestampTz now, ArrayType *scopes)
 			Datum		pid;
 			Datum		started;
 			bool		started_null;
+			ItemPointer tid;
+
+			tid = (ItemPointer) DatumGetPointer(SPI_getbinval(tup, desc, 1, &isnull));
+			/* the next call goes on from here */
+			purge_next = ItemPointerGetBlockNumber(tid);
 
 			committed = DatumGetBool(SPI_getbinval(tup, desc, 2, &isnull));
 			if (!committed)
@@ -857,15 +878,14 @@ idem_storage_purge(int64 limit, TimestampTz now, ArrayType *scopes)
 				if (!isnull && !started_null &&
 					idem_owner_alive(DatumGetInt32(pid),
 									 DatumGetTimestampTz(started),
-									 first_check))
+									 *first_check))
 				{
-					first_check = false;
+					*first_check = false;
 					continue;
 				}
-				first_check = false;
+				*first_check = false;
 			}
-			tids[ntids++] = *(ItemPointer) DatumGetPointer(SPI_getbinval(tup, desc, 1,
-															   &isnull));
+			tids[ntids++] = *tid;
 		}
 		SPI_freetuptable(SPI_tuptable);
 
@@ -882,13 +902,56 @@ idem_storage_purge(int64 limit, TimestampTz now, ArrayType *scopes)
 			del_values[0] = PointerGetDatum(arr);
 			del_values[1] = TimestampTzGetDatum(now);
 			run(Q_PURGE_DELETE, del_values, NULL, false, SPI_OK_DELETE);
-			deleted += SPI_processed;
+			*deleted += SPI_processed;
 			pfree(arr);
 			pfree(elems);
 		}
 	}
 
 	SPI_cursor_close(portal);
+	return exhausted;
+}
+
+/*
+ * Deletes up to limit (< 0: all) expired records of the given scopes (NULL:
+ * all): committed ones, and in-flight ones whose owner is gone.  A record
+ * renewed meanwhile has a new ctid and a new expiry, and is left alone.
+ *
+ * The scan starts where this backend's last purge stopped and wraps around
+ * at the end of the table, by TID range (a TID range scan reads only the
+ * blocks in range).
+ */
+int64
+idem_storage_purge(int64 limit, TimestampTz now, ArrayType *scopes)
+{
+	StorageCall call;
+	int64		deleted = 0;
+	bool		first_check = true;
+	ItemPointer tids;
+	BlockNumber start;
+
+	storage_begin(&call);
+	tids = palloc(sizeof(ItemPointerData) * PURGE_BATCH);
+
+	if (purge_relid != cache.relid)
+	{
+		purge_relid = cache.relid;
+		purge_next = 0;
+	}
+	start = purge_next;
+
+	/* from where the last purge stopped to the end, then the beginning */
+	if (purge_range(start, InvalidBlockNumber, limit, now, scopes, tids,
+					&deleted, &first_check))
+	{
+		purge_next = 0;
+		if (start > 0 &&
+			purge_range(0, start, limit, now, scopes, tids, &deleted,
+						&first_check))
+			purge_next = start;
+	}
+
+	pfree(tids);
 	storage_end(&call);
 	return deleted;
 }
