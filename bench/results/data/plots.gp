@@ -94,9 +94,9 @@ set logscale y
 set key top right
 set xrange [-3:*]
 set yrange [*:*]
-set object 1 rect from 0, graph 0.94 to 6.013, graph 0.96 fc rgb "#1f77b4" fs solid 0.6 noborder
-set object 2 rect from 0, graph 0.9099999999999999 to 1.395, graph 0.9299999999999999 fc rgb "#ff7f0e" fs solid 0.6 noborder
-set object 3 rect from 0, graph 0.88 to 1.225, graph 0.9 fc rgb "#2ca02c" fs solid 0.6 noborder
+set object 1 rect from 0, graph 0.94 to 5.963, graph 0.96 fc rgb "#1f77b4" fs solid 0.6 noborder
+set object 2 rect from 0, graph 0.9099999999999999 to 5.436, graph 0.9299999999999999 fc rgb "#ff7f0e" fs solid 0.6 noborder
+set object 3 rect from 0, graph 0.88 to 5.873, graph 0.9 fc rgb "#2ca02c" fs solid 0.6 noborder
 plot "/work/main/bench/results/data/purge-ext.dat" using 1:2 with lines lw 2 lc rgb "#1f77b4" title "ext", "/work/main/bench/results/data/purge-plpgsql.dat" using 1:2 with lines lw 2 lc rgb "#ff7f0e" title "plpgsql", "/work/main/bench/results/data/purge-raw.dat" using 1:2 with lines lw 2 lc rgb "#2ca02c" title "raw"
 unset logscale y
 unset object 1
