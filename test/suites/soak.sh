@@ -273,8 +273,11 @@ fi
 
 # ---- nothing stuck ----------------------------------------------------------------
 
-stuck=$(q -v keys="$SOAK_KEYS" <<'SQL'
+# (a statement_timeout: a key whose lock nobody may take must fail the
+# check, not hang it)
+stuck=$(q -v keys="$SOAK_KEYS" 2>&1 <<'SQL'
 BEGIN;
+SET LOCAL statement_timeout = '60s';
 CREATE FUNCTION pg_temp.stuck(n integer) RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
 	stuck integer := 0;
