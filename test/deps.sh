@@ -9,9 +9,26 @@
 # then one `apt-get install` of the missing packages, through sudo when not
 # root.  Prints one line saying what it did.
 #
-# Debian 12 packages; PG_MAJOR (default 15) chooses the PostgreSQL version.
+#   test/deps.sh             install what is missing
+#   test/deps.sh --dry-run   (or DEPS_DRY_RUN=1) print the packages it would
+#                            install, one a line on stdout, and install
+#                            nothing; needs neither root nor apt
+#
+# Debian 12 packages; PG_MAJOR (default 15) chooses the PostgreSQL version,
+# PG_CONFIG the pg_config asked where the server headers are.
 
 set -euo pipefail
+
+DRY_RUN=${DEPS_DRY_RUN:-0}
+case ${1:-} in
+	--dry-run) DRY_RUN=1 ;;
+	"") ;;
+	*)
+		echo "usage: deps.sh [--dry-run]" >&2
+		exit 2
+		;;
+esac
+[[ $DRY_RUN == 0 ]] || DRY_RUN=1
 
 PG_MAJOR=${PG_MAJOR:-15}
 PG_BIN_DEFAULT=/usr/lib/postgresql/$PG_MAJOR/bin
@@ -40,9 +57,17 @@ pg_config_cmd()
 	fi
 }
 
-# pg_config --pgxs names the file even when the server headers are not
-# installed: the file itself must exist.
-have_pgxs()
+# The server headers.  Not pgxs.mk: on Debian 12 that ships in
+# postgresql-client-N, so it is there on machines that cannot build a
+# server module; postgres.h comes only with postgresql-server-dev-N.
+have_server_headers()
+{
+	local dir
+	dir=$("$(pg_config_cmd)" --includedir-server) && [[ -f $dir/postgres.h ]]
+}
+
+# pgxs.mk itself (postgresql-client-N), which the Makefile includes
+have_pgxs_makefile()
 {
 	local pgxs
 	pgxs=$("$(pg_config_cmd)" --pgxs) && [[ -f $pgxs ]]
@@ -56,12 +81,16 @@ have_isolation_regress()
 		-x $dir/pgxs/src/test/regress/pg_regress ]]
 }
 
-need "postgresql-server-dev-$PG_MAJOR" have_pgxs
+need "postgresql-server-dev-$PG_MAJOR" have_server_headers
+need "postgresql-client-$PG_MAJOR" have_pgxs_makefile
 need "postgresql-client-$PG_MAJOR" have_isolation_regress
 need "postgresql-$PG_MAJOR" test -x "$PG_BIN_DEFAULT/postgres"
 need libpq-dev test -f /usr/include/postgresql/libpq-fe.h
 need libssl-dev test -f /usr/include/openssl/ssl.h
 need gcc have gcc
+# the C library's headers: gcc only recommends libc6-dev, and apt is run
+# without recommends
+need libc6-dev test -f /usr/include/stdio.h
 need make have make
 need pkg-config have pkg-config
 need valgrind have valgrind
@@ -73,15 +102,28 @@ need bc have bc
 need libmicrohttpd-dev test -f /usr/include/microhttpd.h
 need libipc-run-perl perl -MIPC::Run -e 1
 need perl have prove
+# tests in front of a connection pooler, and SQL fuzzing
+need pgbouncer test -x /usr/sbin/pgbouncer
+need sqlsmith have sqlsmith
+
+# One package may stand for two needs (the client package carries pgxs.mk,
+# pg_regress and pg_isolation_regress): install each once.
+if ((${#missing[@]} > 0)); then
+	mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+fi
+
+if [[ $DRY_RUN == 1 ]]; then
+	if ((${#missing[@]} > 0)); then
+		printf '%s\n' "${missing[@]}"
+	fi
+	echo "deps: dry run: ${#missing[@]} package(s) would be installed" >&2
+	exit 0
+fi
 
 if ((${#missing[@]} == 0)); then
 	echo "deps: everything needed is installed"
 	exit 0
 fi
-
-# One package may stand for two needs (the client package carries both
-# pg_regress and pg_isolation_regress): install each once.
-mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
 
 sudo=()
 if [[ $(id -u) -ne 0 ]]; then
