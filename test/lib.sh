@@ -11,8 +11,14 @@
 #   check DESC CMD...  run CMD: ok when it exits 0, else fail with its output
 #   check_eq DESC WANT GOT
 #                      ok when the strings are equal, else fail showing both
+#   skip DESC REASON   count a skip (not a pass) and print, TAP style,
+#                      "ok - DESC # SKIP REASON": a check that could not run
+#                      here (a tool or a right is missing)
+#   skip_all REASON    the whole suite cannot run here: prints "1..0 # SKIP
+#                      REASON", counts one skip, finishes and exits 0
 #   psql_q ARGS...     psql -XAtq -v ON_ERROR_STOP=1 on the test cluster
-#   finish             print "N passed, M failed"; returns 1 if M > 0
+#   finish             print "N passed, M failed, K skipped"; returns 1 if
+#                      M > 0
 #
 # Environment: run-all.sh exports the cluster's PGHOST, PGPORT, PGUSER and
 # PGDATABASE (postgres, where it has run CREATE EXTENSION idempotency),
@@ -55,6 +61,7 @@ export IDEM_TMP
 
 _lib_passed=0
 _lib_failed=0
+_lib_skipped=0
 
 ok()
 {
@@ -71,6 +78,20 @@ fail()
 		printf '%s\n' "$@" | sed 's/^/#   /'
 	fi
 	return 0
+}
+
+skip()
+{
+	_lib_skipped=$((_lib_skipped + 1))
+	printf 'ok - %s # SKIP %s\n' "$1" "${2:-no reason given}"
+}
+
+skip_all()
+{
+	printf '1..0 # SKIP %s\n' "$1"
+	skip "$(basename "$0" .sh)" "$1"
+	finish
+	exit
 }
 
 check()
@@ -100,6 +121,6 @@ psql_q()
 
 finish()
 {
-	echo "$_lib_passed passed, $_lib_failed failed"
+	echo "$_lib_passed passed, $_lib_failed failed, $_lib_skipped skipped"
 	[[ $_lib_failed -eq 0 ]]
 }

@@ -6,18 +6,24 @@
 # throwaway cluster in test/tmp/cluster (stopped again on any exit), runs
 # every suite there is, going on after a failure, and ends with one line:
 #
-#   N passed, M failed
+#   N passed, M failed, K skipped
 #
 # exiting non-zero when M > 0.  A suite that crashes (ends non-zero with no
-# failure counted, or runs out of time) counts as one failure.
+# failure counted, or runs out of time) counts as one failure.  A skip (a
+# check that cannot run here: a tool or a right is missing) is counted as
+# a skip, never as a pass; so is a suite or TAP script skipped as a whole.
 #
 # The suites, in order (SUITES=regress,isolation,suites,tap picks some):
 #   regress     pg_regress on REGRESS (sql/ + expected/), via make installcheck
 #   isolation   pg_isolation_regress on ISOLATION (test/isolation/specs)
-#   suites      each test/suites/*.sh, which prints its own "N passed, M failed"
-#               (see test/lib.sh); the extension is created in the cluster's
-#               postgres database before they run
-#   tap         test/t/*.pl with prove and PostgreSQL::Test::Cluster
+#   suites      each test/suites/*.sh, which prints its own "N passed, M failed,
+#               K skipped" (see test/lib.sh; the older "N passed, M failed"
+#               is read too, and a suite that printed "1..0 # SKIP reason"
+#               or ran nothing counts as one skip); the extension is created
+#               in the cluster's postgres database before they run
+#   tap         test/t/*.pl with prove and PostgreSQL::Test::Cluster; from the
+#               raw TAP of each script, a "plan skip_all" script counts as
+#               one skip and each "ok N # skip" test as a skip
 # pg_regress and isolation failures print their regression.diffs.
 #
 # Other knobs: SKIP_BUILD=1 (use what is installed), KEEP_CLUSTER=1 (leave
@@ -39,6 +45,7 @@ CLUSTER_SH=$ROOT/test/cluster.sh
 
 passed=0
 failed=0
+skipped=0
 problems=()
 cluster_dir=
 scratch=()
@@ -65,7 +72,7 @@ finish()
 	fi
 	if ((failed > 0 || ${#problems[@]} > 0)); then
 		echo
-		echo "$passed passed, $failed failed"
+		echo "$passed passed, $failed failed, $skipped skipped"
 		exit 1
 	fi
 	# Scratch directories outside the repository are kept for a look only
@@ -74,7 +81,7 @@ finish()
 		rm -rf "${scratch[@]}"
 	fi
 	echo
-	echo "$passed passed, $failed failed"
+	echo "$passed passed, $failed failed, $skipped skipped"
 	exit 0
 }
 
@@ -229,7 +236,7 @@ run_installcheck()
 
 run_suite_scripts()
 {
-	local s name log t rc line p f
+	local s name log t rc line p f k
 	local -a scripts=()
 	shopt -s nullglob
 	scripts=("$ROOT"/test/suites/*.sh)
@@ -254,22 +261,34 @@ run_suite_scripts()
 			sed -u 's/^/    /'
 		rc=${PIPESTATUS[0]}
 		stop_stray_servers "$WORK/suites/$(basename "$s" .sh)"
-		line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$log" | tail -n 1)
+		# "N passed, M failed, K skipped" (lib.sh) or the older
+		# "N passed, M failed"
+		line=$(grep -E '^[0-9]+ passed, [0-9]+ failed(, [0-9]+ skipped)?$' "$log" | tail -n 1)
+		if [[ -z $line ]] && ((rc == 0)) && grep -qiE '^1\.\.0( |$)' "$log"; then
+			# TAP's skip_all from a suite that printed no counts
+			skipped=$((skipped + 1))
+			echo "--- $name: skipped as a whole: $(grep -iE -m 1 '^1\.\.0' "$log")"
+			continue
+		fi
 		if [[ -z $line ]]; then
 			failed=$((failed + 1))
 			if ((rc == 124 || rc == 137)); then
 				note_problem "$name: timed out after ${t}s (counted as one failure)"
 			else
-				note_problem "$name: exited $rc without its 'N passed, M failed' line (counted as one failure)"
+				note_problem "$name: exited $rc without its 'N passed, M failed, K skipped' line (counted as one failure)"
 			fi
 			continue
 		fi
-		p=${line%% passed*}
-		f=${line#* passed, }
-		f=${f%% failed*}
+		read -r p f k < <(sed -E 's/^([0-9]+) passed, ([0-9]+) failed(, ([0-9]+) skipped)?$/\1 \2 \4/' <<<"$line")
+		k=${k:-0}
+		if ((p + f + k == 0 && rc == 0)); then
+			# ran nothing: it was skipped, not passed
+			k=1
+		fi
 		passed=$((passed + p))
 		failed=$((failed + f))
-		echo "--- $name: $p ok, $f failed (exit $rc)"
+		skipped=$((skipped + k))
+		echo "--- $name: $p ok, $f failed, $k skipped (exit $rc)"
 		if ((rc != 0 && f == 0)); then
 			failed=$((failed + 1))
 			note_problem "$name: exited $rc with no failed test (counted as one failure)"
@@ -279,9 +298,32 @@ run_suite_scripts()
 	done
 }
 
+# tally_tap_skips DUMPDIR LOG: the skips of a prove run, from the raw TAP
+# that TAP::Harness wrote under DUMPDIR (PERL_TEST_HARNESS_DUMP_TAP).
+# Prints "SKIPPED_TESTS SKIPPED_FILES": the top-level "ok N # skip" lines
+# (part of prove's Tests=) and the scripts whose plan is "1..0 # skip"
+# (skip_all: no tests).  Without a dump, the skip_all scripts are read off
+# prove's "t/x.pl .. skipped: reason" lines.
+tally_tap_skips()
+{
+	local dump=$1 log=$2 tests=0 files=0 f
+	if [[ -d $dump ]] && [[ -n $(find "$dump" -type f -print -quit) ]]; then
+		while IFS= read -r f; do
+			if grep -qiE '^1\.\.0[[:space:]]*#[[:space:]]*skip' "$f"; then
+				files=$((files + 1))
+			fi
+			tests=$((tests + $(grep -ciE '^ok([[:space:]]+[0-9]+)?[^#]*#[[:space:]]*skip' "$f")))
+		done < <(find "$dump" -type f)
+	else
+		files=$(grep -cE '^[^ ]+ \.+ skipped:' "$log")
+	fi
+	echo "$tests $files"
+}
+
 run_tap()
 {
 	local user tapdir srcdir perl_dir pg_regress log t rc files tests bad ok
+	local skipped_tests skipped_files
 	local -a tests_found=()
 	shopt -s nullglob
 	tests_found=("$ROOT"/test/t/*.pl)
@@ -332,6 +374,7 @@ run_tap()
 		PG_REGRESS="$pg_regress" \
 		TESTDIR="$tapdir" \
 		IDEM_ROOT="$srcdir" \
+		PERL_TEST_HARNESS_DUMP_TAP="$tapdir/raw" \
 		prove -I "$perl_dir" -I "$srcdir/test" "${tests_found[@]#"$ROOT"/test/}" \
 		2>&1 | tee "$log"
 	rc=${PIPESTATUS[0]}
@@ -347,11 +390,14 @@ run_tap()
 		note_problem "tap: prove exited $rc without its summary (counted as one failure); see $log"
 		return
 	fi
-	ok=$((tests - bad))
+	read -r skipped_tests skipped_files < <(tally_tap_skips "$tapdir/raw" "$log")
+	ok=$((tests - bad - skipped_tests))
 	((ok < 0)) && ok=0
 	passed=$((passed + ok))
 	failed=$((failed + bad))
-	echo "--- tap: $files files, $ok ok, $bad failed (exit $rc)"
+	skipped=$((skipped + skipped_tests + skipped_files))
+	echo "--- tap: $files files, $ok ok, $bad failed," \
+		"$((skipped_tests + skipped_files)) skipped ($skipped_files scripts skipped as a whole) (exit $rc)"
 	if ((rc != 0 && bad == 0)); then
 		failed=$((failed + 1))
 		note_problem "tap: prove exited $rc with no failed test (a script died or planned more; counted as one failure)"

@@ -340,6 +340,8 @@ if command -v valgrind >/dev/null 2>&1; then
 	else
 		fail "idem under valgrind: no error, no leak" "exits: ${vg_rcs[*]}" "$(head -n 30 "$T/vg.err")"
 	fi
+else
+	skip "idem under valgrind: no error, no leak" "valgrind is not installed (test/deps.sh installs it)"
 fi
 
 # ---- purge and stats ---------------------------------------------------------------

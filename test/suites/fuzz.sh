@@ -52,10 +52,10 @@ done
 # ---- a short fuzz run ----------------------------------------------------------------
 
 if ((FUZZ_SECONDS <= 0)); then
-	echo "# FUZZ_SECONDS=0: no fuzzing"
+	skip "a short fuzz run of each harness" "FUZZ_SECONDS=0"
 elif ! make -s --no-print-directory -C "$FUZZ_DIR" have-libfuzzer >/dev/null 2>&1; then
-	echo "# no clang with libFuzzer (-fsanitize=fuzzer): the fuzz run is skipped" \
-		"(Debian: apt-get install clang libclang-rt-14-dev)"
+	skip "a short fuzz run of each harness" \
+		"no clang with libFuzzer (-fsanitize=fuzzer; Debian: apt-get install clang libclang-rt-14-dev)"
 else
 	if ! out=$(make -s --no-print-directory -C "$FUZZ_DIR" -j2 all 2>&1); then
 		fail "the fuzzers build with clang -fsanitize=fuzzer,address,undefined" "$out"

@@ -31,9 +31,7 @@
 . "$(dirname "$0")/../lib.sh"
 
 if [[ $(id -u) -ne 0 ]]; then
-	ok "skipped: needs root (to stop backends and attach gdb)"
-	finish
-	exit
+	skip_all "needs root (to stop backends and attach gdb)"
 fi
 
 db=idem_races
@@ -110,7 +108,8 @@ check_eq "3, 4, 5: no lock of ours is left" 0 \
 # ---- gdb (1 and 2) ----------------------------------------------------------------
 
 if ! command -v gdb >/dev/null 2>&1; then
-	ok "1, 2 skipped: needs gdb"
+	skip "1: a record created and committed between the read and the lock" "needs gdb"
+	skip "2: a record reserved between the read and the lock" "needs gdb"
 	finish
 	exit
 fi
@@ -123,7 +122,9 @@ sleep 0.5
 if ! timeout 20 gdb -q -batch -p "$(head -1 "$IDEM_TMP/probe.pid")" -ex detach \
 	>"$IDEM_TMP/probe.log" 2>&1 || grep -q 'ptrace:' "$IDEM_TMP/probe.log"; then
 	wait "$probe"
-	ok "skipped: gdb may not attach to the server here: $(grep -m1 ptrace "$IDEM_TMP/probe.log")"
+	why="gdb may not attach to the server here: $(grep -m1 ptrace "$IDEM_TMP/probe.log")"
+	skip "1: a record created and committed between the read and the lock" "$why"
+	skip "2: a record reserved between the read and the lock" "$why"
 	finish
 	exit
 fi
