@@ -161,8 +161,9 @@ run_as()
 	fi
 }
 
-# Servers that a suite or a TAP test started under DIR and left running
-# (it timed out or died): stopped, so that they hold no port or memory.
+# Servers and poolers that a suite or a TAP test started under DIR and left
+# running (it timed out or died): stopped, so that they hold no port or
+# memory.
 stop_stray_servers()
 {
 	local dir=$1 pidfile data pid
@@ -178,6 +179,16 @@ stop_stray_servers()
 			-m immediate -w -t 30 stop >/dev/null 2>&1 ||
 			kill -KILL "$pid" 2>/dev/null || true
 	done < <(find "$dir" -name postmaster.pid 2>/dev/null)
+	# and PgBouncers (test/pgbouncer.sh)
+	while IFS= read -r pidfile; do
+		data=$(dirname "$pidfile")
+		pid=$(head -n 1 "$pidfile" 2>/dev/null) || continue
+		if [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null; then
+			echo "run-all: stopping a pgbouncer left running in $data"
+			bash "$ROOT/test/pgbouncer.sh" stop "$data" >/dev/null 2>&1 ||
+				kill -KILL "$pid" 2>/dev/null || true
+		fi
+	done < <(find "$dir" -name pgbouncer.pid 2>/dev/null)
 }
 
 # Count pg_regress's per-test lines ("test x ... ok", "... FAILED") in a log
