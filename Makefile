@@ -16,6 +16,7 @@ OBJS = \
 	src/idem_stats.o \
 	src/idem_storage.o \
 	src/idem_tenant.o \
+	src/idem_wake.o \
 	src/idem_worker.o
 PGFILEDESC = "idempotency - idempotency keys stored beside the data"
 
@@ -23,7 +24,7 @@ DATA = $(wildcard sql/idempotency--*.sql)
 
 # pg_regress: scripts in sql/ (beside the install scripts), expected output
 # in expected/; results go to test/out
-REGRESS = init reserve commit release get_purge hashing errors transactions \
+REGRESS = init reserve commit release get_purge hashing errors transactions leases \
 	settings privileges tenants logged ops upgrade
 REGRESS_OPTS = --outputdir=test/out
 
@@ -38,6 +39,9 @@ PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
 
 ifneq ($(wildcard $(PGXS)),)
 include $(PGXS)
+
+# every file of the module includes the shared header
+$(OBJS): src/idempotency.h
 
 else
 # Server headers are missing: only the bootstrap targets below work; they

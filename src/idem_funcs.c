@@ -37,6 +37,7 @@
 PG_FUNCTION_INFO_V1(idem_reserve);
 PG_FUNCTION_INFO_V1(idem_commit);
 PG_FUNCTION_INFO_V1(idem_release);
+PG_FUNCTION_INFO_V1(idem_extend);
 PG_FUNCTION_INFO_V1(idem_get);
 PG_FUNCTION_INFO_V1(idem_purge);
 PG_FUNCTION_INFO_V1(idem_derive_key);
@@ -48,9 +49,11 @@ typedef enum RecordState
 {
 	REC_ABSENT,					/* no record, or an expired one */
 	REC_COMMITTED,				/* a response to replay */
-	REC_MINE,					/* in flight, owned by this session */
-	REC_OTHER,					/* in flight, owned by another session */
-	REC_ORPHAN					/* in flight, its owner gone (abandoned) */
+	REC_MINE,					/* in flight, owned by the caller */
+	REC_OTHER,					/* in flight, another live owner's */
+	REC_ORPHAN,					/* in flight, its owner gone (abandoned) */
+	REC_OTHER_TOKEN				/* in flight, owned by this session, but
+								 * reserved with another owner token */
 } RecordState;
 
 /* an error the caller caused: counted, then raised */
@@ -179,21 +182,176 @@ check_hash(const IdemKey *k, const IdemRecord *rec, const char *given)
 	}
 }
 
+static char *
+interval_text(const Interval *iv)
+{
+	return DatumGetCString(DirectFunctionCall1(interval_out,
+											   IntervalPGetDatum(iv)));
+}
+
 /*
- * Classifies a record.  A lock holder passes check_owner = true to learn
- * whether another session's in-flight record has a live owner; without it,
- * such a record is REC_OTHER.
+ * A ttl or a lease: positive, and no longer than idem.max_ttl.
+ */
+static void
+check_period(const IdemKey *k, const char *what, const Interval *iv,
+			 TimestampTz now)
+{
+	if (interval_usecs(iv) > (int64) idem_max_ttl * USECS_PER_SEC)
+		user_error(
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s is longer than idem.max_ttl", what),
+				 errdetail("Key \"%s\" in scope \"%s\" was given %s %s; idem.max_ttl is %d seconds.",
+						   k->key, k->scope, what, interval_text(iv),
+						   idem_max_ttl)));
+	if (add_interval(now, iv) <= now)
+		user_error(
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be positive", what),
+				 errdetail("Key \"%s\" in scope \"%s\" was given %s %s.",
+						   k->key, k->scope, what, interval_text(iv))));
+}
+
+/*
+ * The owner token argument: NULL, or 1 to IDEM_MAX_TOKEN_BYTES bytes.
+ * Functions of versions before 1.2 have no such argument.
+ */
+static char *
+get_token_arg(FunctionCallInfo fcinfo, int arg, const IdemKey *k)
+{
+	text	   *t;
+	int			len;
+
+	if (arg >= PG_NARGS() || PG_ARGISNULL(arg))
+		return NULL;
+	t = PG_GETARG_TEXT_PP(arg);
+	len = VARSIZE_ANY_EXHDR(t);
+	if (len == 0)
+		user_error(
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("owner token must not be empty"),
+				 errdetail("Key \"%s\" in scope \"%s\" was given an empty owner token.",
+						   k->key, k->scope),
+				 errhint("Pass NULL to have idem_reserve make a token.")));
+	if (len > IDEM_MAX_TOKEN_BYTES)
+		user_error(
+				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
+				 errmsg("owner token is too long"),
+				 errdetail("Key \"%s\" in scope \"%s\" was given an owner token of %d bytes; the limit is %d bytes.",
+						   k->key, k->scope, len, IDEM_MAX_TOKEN_BYTES)));
+	return text_to_cstring(t);
+}
+
+static void
+require_lease_columns(const IdemKey *k)
+{
+	if (!idem_storage_has_leases())
+		user_error(
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("lease owners need version 1.2 of extension \"idempotency\""),
+				 KEY_DETAIL(k),
+				 errhint("Run ALTER EXTENSION idempotency UPDATE.")));
+}
+
+/* A new owner token: 128 random bits, in hex */
+static char *
+new_token(void)
+{
+	uint8		bytes[16];
+	char	   *token = palloc(sizeof(bytes) * 2 + 1);
+
+	if (!pg_strong_random(bytes, sizeof(bytes)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not generate a random owner token")));
+	hex_encode((const char *) bytes, sizeof(bytes), token);
+	token[sizeof(bytes) * 2] = '\0';
+	return token;
+}
+
+/*
+ * Who idem_reserve reserves for: the token and lease arguments, else the
+ * setting idem.lease.  A positive lease makes a lease owner (with a new
+ * token unless given one); zero, a session owner.
+ */
+static void
+get_owner_args(FunctionCallInfo fcinfo, int tokenarg, int leasearg,
+			   const IdemKey *k, TimestampTz now, IdemOwner *owner)
+{
+	memset(owner, 0, sizeof(IdemOwner));
+	owner->token = get_token_arg(fcinfo, tokenarg, k);
+
+	if (leasearg < PG_NARGS() && !PG_ARGISNULL(leasearg))
+	{
+		Interval   *iv = PG_GETARG_INTERVAL_P(leasearg);
+		int64		us = interval_usecs(iv);
+
+		if (us < 0)
+			user_error(
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("lease must not be negative"),
+					 errdetail("Key \"%s\" in scope \"%s\" was given lease %s.",
+							   k->key, k->scope, interval_text(iv)),
+					 errhint("A lease of zero makes a session owner.")));
+		if (us > 0)
+		{
+			owner->lease = true;
+			owner->lease_len = *iv;
+		}
+	}
+	else if (idem_lease > 0)
+	{
+		owner->lease = true;
+		owner->lease_len.time = (int64) idem_lease * 1000;
+	}
+	if (!owner->lease)
+		return;
+
+	check_period(k, "lease", &owner->lease_len, now);
+	require_lease_columns(k);
+	if (owner->token == NULL)
+		owner->token = new_token();
+	owner->lease_expires_at = add_interval(now, &owner->lease_len);
+}
+
+static bool
+tokens_equal(const char *a, const char *b)
+{
+	if (a == NULL || b == NULL)
+		return a == NULL && b == NULL;
+	return strcmp(a, b) == 0;
+}
+
+/*
+ * Classifies a record for a caller holding token (NULL: none).  A lock
+ * holder passes check_owner = true to learn whether another session's
+ * in-flight record has a live owner; without it, such a record is
+ * REC_OTHER.  A lease owner is alive while its lease runs, on this
+ * server's clock, whichever sessions come and go.
  */
 static RecordState
-classify(const IdemRecord *rec, TimestampTz now, bool check_owner)
+classify(const IdemRecord *rec, TimestampTz now, bool check_owner,
+		 const char *token)
 {
 	if (!rec->found)
 		return REC_ABSENT;
 	if (rec->committed)
 		return rec->expires_at <= now ? REC_ABSENT : REC_COMMITTED;
+	if (rec->has_lease)
+	{
+		bool		live = rec->lease_expires_at > GetCurrentTimestamp();
+
+		/* a lease that ran out: ttl applies as to a gone owner's record */
+		if (!live && rec->expires_at <= now)
+			return REC_ABSENT;
+		if (token != NULL && rec->owner_token != NULL &&
+			strcmp(token, rec->owner_token) == 0)
+			return REC_MINE;
+		return live ? REC_OTHER : REC_ORPHAN;
+	}
 	if (rec->has_owner && rec->owner_pid == MyProcPid &&
 		rec->owner_started == MyStartTimestamp)
-		return REC_MINE;
+		return tokens_equal(rec->owner_token, token) ? REC_MINE :
+			REC_OTHER_TOKEN;
 	/*
 	 * Another session's reservation.  Without check_owner its owner is
 	 * assumed alive, unless the record has expired: then whether it counts
@@ -209,6 +367,18 @@ classify(const IdemRecord *rec, TimestampTz now, bool check_owner)
 	return rec->expires_at <= now ? REC_ABSENT : REC_ORPHAN;
 }
 
+/*
+ * A committed record whose last owner had another token than the caller's:
+ * the caller's reservation was taken over (its lease ran out) and the new
+ * owner has committed.
+ */
+static bool
+fenced(const IdemRecord *rec, const char *token)
+{
+	return token != NULL && rec->owner_token != NULL &&
+		strcmp(token, rec->owner_token) != 0;
+}
+
 static void
 prevent_in_recovery(const IdemKey *k, const char *what)
 {
@@ -221,14 +391,69 @@ prevent_in_recovery(const IdemKey *k, const char *what)
 }
 
 /*
- * Builds an idem_reservation row.
+ * This session reserved k with another owner token: another client shares
+ * the session, as a transaction-mode pooler hands one server session to
+ * many clients.
+ */
+static void
+report_other_token(const IdemKey *k)
+{
+	user_error(
+			(errcode(ERRCODE_IDEM_IN_FLIGHT),
+			 errmsg("idempotency key is reserved in this session under another owner token"),
+			 errdetail("Key \"%s\" in scope \"%s\" was reserved by a session owner with another token.",
+					   k->key, k->scope),
+			 errhint("Several clients share this server session, as behind a transaction-mode connection pooler: use lease owners there (the lease argument of idem_reserve, or the setting idem.lease).")));
+}
+
+/*
+ * The caller is not the owner of k's in-flight record (IK409).  For a
+ * lease-owned record that is also what a fenced owner gets: its lease ran
+ * out and another request took the key over.
+ */
+static void
+report_not_owner(const IdemKey *k, const IdemRecord *rec)
+{
+	if (rec->has_lease)
+		user_error(
+				(errcode(ERRCODE_IDEM_IN_FLIGHT),
+				 errmsg("idempotency key is owned by another owner"),
+				 errdetail("Key \"%s\" in scope \"%s\" is in flight, attempt %d, under another owner's lease until %s.",
+						   k->key, k->scope, rec->attempt,
+						   timestamptz_to_str(rec->lease_expires_at)),
+				 errhint("If this owner's lease ran out, another request has taken the key over: this owner's work must not be committed.")));
+	user_error(
+			(errcode(ERRCODE_IDEM_IN_FLIGHT),
+			 errmsg("idempotency key is owned by another session"),
+			 rec->has_owner ?
+			 errdetail("Key \"%s\" in scope \"%s\" is in flight in the session with PID %d.",
+					   k->key, k->scope, rec->owner_pid) :
+			 errdetail("Key \"%s\" in scope \"%s\" is being taken over by another session.",
+					   k->key, k->scope)));
+}
+
+/* The caller's reservation was taken over and committed by another owner */
+static void
+report_fenced(const IdemKey *k, const IdemRecord *rec)
+{
+	user_error(
+			(errcode(ERRCODE_IDEM_IN_FLIGHT),
+			 errmsg("idempotency key was committed by another owner"),
+			 errdetail("Key \"%s\" in scope \"%s\" was committed by another owner token, attempt %d.",
+					   k->key, k->scope, rec->attempt),
+			 errhint("If this owner's lease ran out, another request took the key over and committed it: this owner's work must not be committed.")));
+}
+
+/*
+ * Builds an idem_reservation row: 8 columns before version 1.2, 10 since.
+ * The owner token is given only to the owner.
  */
 static Datum
 make_reservation(FunctionCallInfo fcinfo, bool fresh, const IdemRecord *rec)
 {
 	TupleDesc	tupdesc = (TupleDesc) fcinfo->flinfo->fn_extra;
-	Datum		values[8];
-	bool		nulls[8];
+	Datum		values[10];
+	bool		nulls[10];
 	bool		done = rec->committed;
 
 	/* the row type, looked up once per call site */
@@ -238,6 +463,9 @@ make_reservation(FunctionCallInfo fcinfo, bool fresh, const IdemRecord *rec)
 
 		if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 			elog(ERROR, "return type must be a row type");
+		if (tupdesc->natts != 8 && tupdesc->natts != 10)
+			elog(ERROR, "idem_reservation has %d columns, expected 8 or 10",
+				 tupdesc->natts);
 		oldcxt = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
 		tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
 		MemoryContextSwitchTo(oldcxt);
@@ -256,6 +484,10 @@ make_reservation(FunctionCallInfo fcinfo, bool fresh, const IdemRecord *rec)
 	values[5] = Int32GetDatum(rec->attempt);
 	values[6] = TimestampTzGetDatum(rec->created_at);
 	values[7] = TimestampTzGetDatum(rec->expires_at);
+	nulls[8] = !fresh || rec->owner_token == NULL;
+	values[8] = nulls[8] ? (Datum) 0 : CStringGetTextDatum(rec->owner_token);
+	nulls[9] = done || !rec->has_lease;
+	values[9] = TimestampTzGetDatum(rec->lease_expires_at);
 
 	return HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls));
 }
@@ -269,6 +501,14 @@ report_in_flight(const IdemKey *k, const IdemRecord *rec, int waited_ms)
 		idem_count(IDEM_C_WAITS, 1);
 		idem_count(IDEM_C_WAIT_US, (uint64) waited_ms * 1000);
 	}
+	if (waited_ms > 0 && rec->has_lease)
+		user_error(
+				(errcode(ERRCODE_IDEM_IN_FLIGHT),
+				 errmsg("timed out waiting for in-flight idempotency key"),
+				 errdetail("Key \"%s\" in scope \"%s\" is still in flight after %d ms, under a lease until %s.",
+						   k->key, k->scope, waited_ms,
+						   timestamptz_to_str(rec->lease_expires_at)),
+				 errhint("Retry later, or raise wait_timeout.")));
 	if (waited_ms > 0)
 		user_error(
 				(errcode(ERRCODE_IDEM_IN_FLIGHT),
@@ -279,6 +519,14 @@ report_in_flight(const IdemKey *k, const IdemRecord *rec, int waited_ms)
 				 errdetail("Key \"%s\" in scope \"%s\" is still in flight after %d ms.",
 						   k->key, k->scope, waited_ms),
 				 errhint("Retry later, or raise wait_timeout.")));
+	if (rec->has_lease)
+		user_error(
+				(errcode(ERRCODE_IDEM_IN_FLIGHT),
+				 errmsg("idempotency key is in flight"),
+				 errdetail("Key \"%s\" in scope \"%s\" is in flight under a lease until %s.",
+						   k->key, k->scope,
+						   timestamptz_to_str(rec->lease_expires_at)),
+				 errhint("Retry later, or wait with a wait_timeout above zero.")));
 	user_error(
 			(errcode(ERRCODE_IDEM_IN_FLIGHT),
 			 errmsg("idempotency key is in flight"),
@@ -303,6 +551,15 @@ ms_left(TimestampTz deadline)
 	if (us / 1000 >= INT_MAX)
 		return INT_MAX;
 	return Max(1, (int) ((us + 999) / 1000));
+}
+
+/* Milliseconds since a moment, for messages */
+static int
+waited_ms(TimestampTz since)
+{
+	int64		us = GetCurrentTimestamp() - since;
+
+	return (int) Min(Max(us, 0) / 1000, INT_MAX);
 }
 
 /*
@@ -330,14 +587,15 @@ maybe_commit_async(void)
  */
 static bool
 make_fresh(const IdemKey *k, const char *hash, const Interval *ttl,
-		   TimestampTz now, RecordState st, IdemRecord *rec)
+		   TimestampTz now, RecordState st, const IdemOwner *owner,
+		   IdemRecord *rec)
 {
 	TimestampTz expires_at = add_interval(now, ttl);
 	int32		attempt = (st == REC_ORPHAN) ? rec->attempt + 1 : 1;
 
 	if (!rec->found)
 	{
-		if (!idem_storage_insert(k, hash, ttl, now, expires_at))
+		if (!idem_storage_insert(k, hash, ttl, now, expires_at, owner))
 			return false;
 	}
 	else
@@ -347,7 +605,8 @@ make_fresh(const IdemKey *k, const char *hash, const Interval *ttl,
 
 		if (st == REC_ORPHAN && newhash == NULL)
 			newhash = rec->request_hash;
-		if (!idem_storage_renew(k, newhash, attempt, ttl, now, expires_at))
+		if (!idem_storage_renew(k, newhash, attempt, ttl, now, expires_at,
+								owner))
 			return false;
 	}
 
@@ -356,6 +615,10 @@ make_fresh(const IdemKey *k, const char *hash, const Interval *ttl,
 	rec->attempt = attempt;
 	rec->created_at = now;
 	rec->expires_at = expires_at;
+	rec->owner_token = (char *) owner->token;
+	rec->has_lease = owner->lease;
+	rec->lease = owner->lease_len;
+	rec->lease_expires_at = owner->lease_expires_at;
 	maybe_commit_async();
 	return true;
 }
@@ -379,9 +642,41 @@ count_reserve(int outcome, TimestampTz wait_started)
 }
 
 /*
+ * The lock of a lease owner's key is held only for the write at hand: it
+ * goes when the transaction ends, commit or abort.  This one takes it
+ * (unless the transaction holds it already), waiting at most wait_ms.
+ * Returns false when it is not free in time.
+ */
+static bool
+lock_for_transaction(const IdemKey *k, const LOCKTAG *tag, int wait_ms)
+{
+	if (LockHeldByMe(tag, ExclusiveLock))
+		return true;
+	if (!idem_lock_try(tag, ExclusiveLock) &&
+		(wait_ms <= 0 || !idem_lock_wait(tag, ExclusiveLock, wait_ms)))
+		return false;
+	idem_own_acquired(k, tag, true);
+	idem_own_finished(k);
+	return true;
+}
+
+/*
+ * How long idem_commit, idem_release and idem_extend wait for the lock of
+ * a lease owner's key, which other calls hold only for a moment (or for
+ * the rest of a transaction that wrote the key): idem.wait_timeout, at
+ * least one second.
+ */
+static int
+write_lock_wait_ms(void)
+{
+	return Max(idem_wait_timeout, 1000);
+}
+
+/*
  * idem_reserve(key text, request_hash text DEFAULT NULL,
  *				ttl interval DEFAULT NULL, wait_timeout interval DEFAULT NULL,
- *				scope text DEFAULT '') RETURNS idem_reservation
+ *				scope text DEFAULT '', owner text DEFAULT NULL,
+ *				lease interval DEFAULT NULL) RETURNS idem_reservation
  */
 Datum
 idem_reserve(PG_FUNCTION_ARGS)
@@ -390,11 +685,13 @@ idem_reserve(PG_FUNCTION_ARGS)
 	char	   *hash;
 	Interval	ttl;
 	int64		wait_us;
+	IdemOwner	owner;
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 	TimestampTz started_waiting = GetCurrentTimestamp();
 	TimestampTz deadline;
 	LOCKTAG		tag;
 	IdemRecord	rec;
+	IdemWaiter	waiter;
 	bool		held;			/* we hold the key's lock */
 	bool		took = false;	/* ... and took it in this call */
 	int			backoff_ms = 1;
@@ -412,23 +709,7 @@ idem_reserve(PG_FUNCTION_ARGS)
 	}
 	else
 		ttl = *PG_GETARG_INTERVAL_P(2);
-	if (interval_usecs(&ttl) > (int64) idem_max_ttl * USECS_PER_SEC)
-		user_error(
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("ttl is longer than idem.max_ttl"),
-				 errdetail("Key \"%s\" in scope \"%s\" was given ttl %s; idem.max_ttl is %d seconds.",
-						   k.key, k.scope,
-						   DatumGetCString(DirectFunctionCall1(interval_out,
-															   IntervalPGetDatum(&ttl))),
-						   idem_max_ttl)));
-	if (add_interval(now, &ttl) <= now)
-		user_error(
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("ttl must be positive"),
-				 errdetail("Key \"%s\" in scope \"%s\" was given ttl %s.",
-						   k.key, k.scope,
-						   DatumGetCString(DirectFunctionCall1(interval_out,
-															   IntervalPGetDatum(&ttl))))));
+	check_period(&k, "ttl", &ttl, now);
 
 	if (PG_ARGISNULL(3))
 		wait_us = (int64) idem_wait_timeout * 1000;
@@ -442,17 +723,18 @@ idem_reserve(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("wait_timeout must not be negative"),
 					 errdetail("Key \"%s\" in scope \"%s\" was given wait_timeout %s.",
-							   k.key, k.scope,
-							   DatumGetCString(DirectFunctionCall1(interval_out,
-																   IntervalPGetDatum(w))))));
+							   k.key, k.scope, interval_text(w))));
 	}
+	get_owner_args(fcinfo, 5, 6, &k, now, &owner);
 	deadline = started_waiting + Min(wait_us, PG_INT64_MAX - started_waiting);
 
 	idem_key_locktag(&k, &tag);
+	idem_waiter_init(&waiter, &k);
 
 	/*
 	 * We may hold the lock already: this transaction committed or released
-	 * the key, and the lock goes when the transaction does.
+	 * the key, or wrote a lease owner's record of it, and the lock goes when
+	 * the transaction does.
 	 */
 	held = LockHeldByMe(&tag, ExclusiveLock);
 
@@ -464,7 +746,7 @@ idem_reserve(PG_FUNCTION_ARGS)
 		CHECK_FOR_INTERRUPTS();
 
 		idem_storage_read(&k, &rec);
-		st = classify(&rec, now, held);
+		st = classify(&rec, now, held, owner.token);
 
 		if (st != REC_ABSENT)
 			check_hash(&k, &rec, hash);
@@ -473,6 +755,7 @@ idem_reserve(PG_FUNCTION_ARGS)
 		{
 			if (took)
 				idem_own_forget(&k);
+			idem_waiter_done(&waiter);
 			count_reserve(IDEM_C_REPLAYS, wait_started);
 			PG_RETURN_DATUM(make_reservation(fcinfo, false, &rec));
 		}
@@ -480,21 +763,54 @@ idem_reserve(PG_FUNCTION_ARGS)
 		/* on a standby only a committed response can be answered */
 		prevent_in_recovery(&k, "reserve");
 
-		if (st == REC_MINE)
+		if (st == REC_OTHER_TOKEN)
+			report_other_token(&k);
+
+		if (st == REC_MINE && !rec.has_lease)
 		{
 			/* re-entrant; take the lock back if something dropped it */
 			if (!held)
 				(void) LockAcquire(&tag, ExclusiveLock, true, false);
 			idem_own_acquired(&k, &tag, false);
+			idem_waiter_done(&waiter);
 			count_reserve(-1, wait_started);
 			PG_RETURN_DATUM(make_reservation(fcinfo, true, &rec));
 		}
 
-		if (held && st != REC_OTHER)
+		if (st == REC_MINE && held)
 		{
-			if (make_fresh(&k, hash, &ttl, now, st, &rec))
+			IdemOwner	renewed = owner;
+
+			/*
+			 * A lease owner reserving again: re-entrant, with its lease
+			 * renewed (for as long as it was taken, unless given a lease).
+			 */
+			renewed.lease = true;
+			if (!owner.lease)
+				renewed.lease_len = rec.lease;
+			renewed.lease_expires_at = add_interval(now, &renewed.lease_len);
+			if (idem_storage_extend(&k, &renewed))
 			{
-				idem_own_acquired(&k, &tag, false);
+				if (took)
+					idem_own_finished(&k);
+				rec.lease = renewed.lease_len;
+				rec.lease_expires_at = renewed.lease_expires_at;
+				idem_waiter_done(&waiter);
+				count_reserve(-1, wait_started);
+				PG_RETURN_DATUM(make_reservation(fcinfo, true, &rec));
+			}
+			st = REC_ABSENT;	/* changed meanwhile: read it again */
+		}
+
+		if (held && (st == REC_ABSENT || st == REC_ORPHAN))
+		{
+			if (make_fresh(&k, hash, &ttl, now, st, &owner, &rec))
+			{
+				if (owner.lease)
+					idem_own_finished(&k);
+				else
+					idem_own_acquired(&k, &tag, false);
+				idem_waiter_done(&waiter);
 				count_reserve(st == REC_ORPHAN ? IDEM_C_TAKEOVERS : IDEM_C_FRESH,
 							  wait_started);
 				PG_RETURN_DATUM(make_reservation(fcinfo, true, &rec));
@@ -506,6 +822,35 @@ idem_reserve(PG_FUNCTION_ARGS)
 						 errmsg("could not serialize access to idempotency key"),
 						 KEY_DETAIL(&k),
 						 errhint("The transaction might succeed if retried.")));
+			continue;
+		}
+
+		if (st == REC_OTHER && rec.has_lease)
+		{
+			/*
+			 * A live lease owner holds no lock to queue on: sleep until its
+			 * commit or release wakes us, its lease runs out, or our wait
+			 * does.  When this transaction holds the lock, it wrote the
+			 * record itself, under another token: nobody else can change
+			 * it before we are done.
+			 */
+			if (held && !took)
+				report_in_flight(&k, &rec, 0);
+			if (took)
+			{
+				idem_own_forget(&k);
+				held = took = false;
+			}
+			left = ms_left(deadline);
+			if (left == 0)
+				report_in_flight(&k, &rec, wait_us > 0 ?
+								 waited_ms(started_waiting) : 0);
+			if (idem_waiter_prepare(&waiter))
+				continue;		/* on the wait list now: look once more */
+			if (wait_started == 0)
+				wait_started = GetCurrentTimestamp();
+			idem_waiter_sleep(&waiter,
+							  Min(left, Max(1, ms_left(rec.lease_expires_at))));
 			continue;
 		}
 
@@ -526,7 +871,7 @@ idem_reserve(PG_FUNCTION_ARGS)
 			left = ms_left(deadline);
 			if (left == 0)
 				report_in_flight(&k, &rec, wait_us > 0 ?
-								 (int) ((GetCurrentTimestamp() - started_waiting) / 1000) : 0);
+								 waited_ms(started_waiting) : 0);
 			if (wait_started == 0)
 				wait_started = GetCurrentTimestamp();
 			pg_usleep(Min(backoff_ms, left) * 1000L);
@@ -546,8 +891,11 @@ idem_reserve(PG_FUNCTION_ARGS)
 			 * the insert does nothing and we read it under the lock.
 			 */
 			if (st == REC_ABSENT && !rec.found &&
-				make_fresh(&k, hash, &ttl, now, st, &rec))
+				make_fresh(&k, hash, &ttl, now, st, &owner, &rec))
 			{
+				if (owner.lease)
+					idem_own_finished(&k);
+				idem_waiter_done(&waiter);
 				count_reserve(IDEM_C_FRESH, wait_started);
 				PG_RETURN_DATUM(make_reservation(fcinfo, true, &rec));
 			}
@@ -569,14 +917,15 @@ idem_reserve(PG_FUNCTION_ARGS)
 				continue;
 			}
 			report_in_flight(&k, &rec, wait_us > 0 ?
-							 (int) ((GetCurrentTimestamp() - started_waiting) / 1000) : 0);
+							 waited_ms(started_waiting) : 0);
 		}
 
 		/*
 		 * Wait for the owner.  Waiters for a known owner queue in share mode,
 		 * so that a commit wakes them all at once; when the record looked
-		 * absent or orphaned, whoever is ahead is about to create or take it
-		 * over, and we queue for the exclusive lock behind them.
+		 * absent or orphaned (or is a lease owner's own, to be renewed),
+		 * whoever is ahead is about to write it, and we queue for the
+		 * exclusive lock behind them.
 		 */
 		if (wait_started == 0)
 			wait_started = GetCurrentTimestamp();
@@ -594,57 +943,64 @@ idem_reserve(PG_FUNCTION_ARGS)
 }
 
 /*
- * Shared by idem_commit and idem_release for a record owned by another
- * session: take its lock and check that the owner is gone.  Returns the
- * record as re-read under the lock, or raises IK409.
+ * Shared by idem_commit and idem_release for a record they may not write
+ * without its lock: another session's (whose owner may be gone) or a lease
+ * owner's.  Takes the lock for the rest of the transaction, the caller's
+ * own lease waiting a moment for it, and reads the record again under it.
+ * Returns its state, or raises IK409 when another live owner has it.
  */
 static RecordState
-adopt_orphan(const IdemKey *k, IdemRecord *rec, TimestampTz now)
+lock_record(const IdemKey *k, IdemRecord *rec, TimestampTz now,
+			const char *token, RecordState st)
 {
 	LOCKTAG		tag;
-	RecordState st;
 
 	idem_key_locktag(k, &tag);
-	if (!idem_lock_try(&tag, ExclusiveLock))
-		user_error(
-				(errcode(ERRCODE_IDEM_IN_FLIGHT),
-				 errmsg("idempotency key is owned by another session"),
-				 rec->has_owner ?
-				 errdetail("Key \"%s\" in scope \"%s\" is in flight in the session with PID %d.",
-						   k->key, k->scope, rec->owner_pid) :
-				 errdetail("Key \"%s\" in scope \"%s\" is being taken over by another session.",
-						   k->key, k->scope)));
-	idem_own_acquired(k, &tag, true);
+	if (!lock_for_transaction(k, &tag,
+							  st == REC_MINE ? write_lock_wait_ms() : 0))
+		report_not_owner(k, rec);
 
 	idem_storage_read(k, rec);
-	st = classify(rec, now, true);
+	st = classify(rec, now, true, token);
 	if (st == REC_OTHER)
-		user_error(
-				(errcode(ERRCODE_IDEM_IN_FLIGHT),
-				 errmsg("idempotency key is owned by another session"),
-				 errdetail("Key \"%s\" in scope \"%s\" is in flight in the session with PID %d.",
-						   k->key, k->scope, rec->owner_pid)));
+		report_not_owner(k, rec);
+	if (st == REC_OTHER_TOKEN)
+		report_other_token(k);
 	return st;
+}
+
+static void
+report_no_reservation(const IdemKey *k)
+{
+	user_error(
+			(errcode(ERRCODE_IDEM_NOT_FOUND),
+			 errmsg("idempotency key has no live reservation"),
+			 errdetail("Key \"%s\" in scope \"%s\" is absent or expired.",
+					   k->key, k->scope),
+			 errhint("Call idem_reserve before idem_commit.")));
 }
 
 /*
  * idem_commit(key text, request_hash text, status integer, body bytea,
- *			   headers jsonb DEFAULT '{}', scope text DEFAULT '')
- *	RETURNS boolean
+ *			   headers jsonb DEFAULT '{}', scope text DEFAULT '',
+ *			   owner text DEFAULT NULL) RETURNS boolean
  */
 Datum
 idem_commit(PG_FUNCTION_ARGS)
 {
 	IdemKey		k;
 	char	   *hash;
+	char	   *token;
 	bytea	   *body = NULL;
 	Jsonb	   *headers = NULL;
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 	IdemRecord	rec;
 	RecordState st;
+	bool		was_lease;
 
 	get_key_args(fcinfo, 0, 5, &k);
 	hash = get_hash_arg(fcinfo, 1, &k);
+	token = get_token_arg(fcinfo, 6, &k);
 
 	if (!PG_ARGISNULL(3))
 	{
@@ -677,90 +1033,194 @@ idem_commit(PG_FUNCTION_ARGS)
 		headers = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
 													 CStringGetDatum("{}")));
 
-	/* the common case: our own reservation, in one query */
-	if (idem_own_holds(&k) && !RecoveryInProgress() &&
-		idem_storage_commit_mine(&k, hash, PG_ARGISNULL(2), PG_GETARG_INT32(2),
-								 headers, body, now))
+	/*
+	 * The common case, in one probe: our own reservation, whose lock we
+	 * hold (a session owner's), or may take at once (a lease owner's).
+	 */
+	if (!RecoveryInProgress())
 	{
-		idem_own_finished(&k);
-		idem_count(IDEM_C_COMMITS, 1);
-		PG_RETURN_BOOL(true);
+		bool		locked = idem_own_holds(&k);
+
+		if (!locked && token != NULL && idem_storage_has_leases())
+		{
+			LOCKTAG		tag;
+
+			idem_key_locktag(&k, &tag);
+			locked = lock_for_transaction(&k, &tag, 0);
+		}
+		if (locked &&
+			idem_storage_commit_mine(&k, hash, token, PG_ARGISNULL(2),
+									 PG_GETARG_INT32(2), headers, body, now,
+									 &was_lease))
+		{
+			if (was_lease)
+				idem_wake_at_commit(&k);
+			idem_own_finished(&k);
+			idem_count(IDEM_C_COMMITS, 1);
+			PG_RETURN_BOOL(true);
+		}
 	}
 
 	idem_storage_read(&k, &rec);
-	st = classify(&rec, now, false);
+	st = classify(&rec, now, false, token);
 	if (st == REC_ABSENT)
-		user_error(
-				(errcode(ERRCODE_IDEM_NOT_FOUND),
-				 errmsg("idempotency key has no live reservation"),
-				 errdetail("Key \"%s\" in scope \"%s\" is absent or expired.",
-						   k.key, k.scope),
-				 errhint("Call idem_reserve before idem_commit.")));
+		report_no_reservation(&k);
 	check_hash(&k, &rec, hash);
 	if (st == REC_COMMITTED)
-		PG_RETURN_BOOL(false);
-	prevent_in_recovery(&k, "commit");
-
-	if (st != REC_MINE)
 	{
-		st = adopt_orphan(&k, &rec, now);
+		if (fenced(&rec, token))
+			report_fenced(&k, &rec);
+		PG_RETURN_BOOL(false);
+	}
+	prevent_in_recovery(&k, "commit");
+	if (st == REC_OTHER_TOKEN)
+		report_other_token(&k);
+
+	if (st != REC_MINE || rec.has_lease)
+	{
+		st = lock_record(&k, &rec, now, token, st);
 		if (st == REC_ABSENT)
-			user_error(
-					(errcode(ERRCODE_IDEM_NOT_FOUND),
-					 errmsg("idempotency key has no live reservation"),
-					 errdetail("Key \"%s\" in scope \"%s\" is absent or expired.",
-							   k.key, k.scope)));
+			report_no_reservation(&k);
 		check_hash(&k, &rec, hash);
 		if (st == REC_COMMITTED)
 		{
-			idem_own_forget(&k);
+			if (fenced(&rec, token))
+				report_fenced(&k, &rec);
 			PG_RETURN_BOOL(false);
 		}
 	}
 
-	if (!idem_storage_commit(&k, hash, PG_ARGISNULL(2), PG_GETARG_INT32(2),
-							 headers, body, now, add_interval(now, &rec.ttl)))
+	if (!idem_storage_commit(&k, hash, token, PG_ARGISNULL(2),
+							 PG_GETARG_INT32(2), headers, body, now,
+							 add_interval(now, &rec.ttl)))
 		elog(ERROR, "in-flight record of key \"%s\" in scope \"%s\" vanished",
 			 k.key, k.scope);
+	if (rec.has_lease)
+		idem_wake_at_commit(&k);
 	idem_own_finished(&k);
 	idem_count(IDEM_C_COMMITS, 1);
 	PG_RETURN_BOOL(true);
 }
 
 /*
- * idem_release(key text, scope text DEFAULT '') RETURNS boolean
+ * idem_release(key text, scope text DEFAULT '', owner text DEFAULT NULL)
+ *	RETURNS boolean
  */
 Datum
 idem_release(PG_FUNCTION_ARGS)
 {
 	IdemKey		k;
+	char	   *token;
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 	IdemRecord	rec;
 	RecordState st;
 
 	get_key_args(fcinfo, 0, 1, &k);
+	token = get_token_arg(fcinfo, 2, &k);
 
 	idem_storage_read(&k, &rec);
-	st = classify(&rec, now, false);
+	st = classify(&rec, now, false, token);
+	if (st == REC_COMMITTED && fenced(&rec, token))
+		report_fenced(&k, &rec);
 	if (st == REC_ABSENT || st == REC_COMMITTED)
 		PG_RETURN_BOOL(false);
 	prevent_in_recovery(&k, "release");
+	if (st == REC_OTHER_TOKEN)
+		report_other_token(&k);
 
-	if (st != REC_MINE)
+	if (st != REC_MINE || rec.has_lease)
 	{
-		st = adopt_orphan(&k, &rec, now);
+		st = lock_record(&k, &rec, now, token, st);
+		if (st == REC_COMMITTED && fenced(&rec, token))
+			report_fenced(&k, &rec);
 		if (st == REC_ABSENT || st == REC_COMMITTED)
-		{
-			idem_own_forget(&k);
 			PG_RETURN_BOOL(false);
-		}
 	}
 
 	if (!idem_storage_delete(&k))
 		PG_RETURN_BOOL(false);
+	if (rec.has_lease)
+		idem_wake_at_commit(&k);
 	idem_own_finished(&k);
 	idem_count(IDEM_C_RELEASES, 1);
 	PG_RETURN_BOOL(true);
+}
+
+/*
+ * idem_extend(key text, owner text, lease interval DEFAULT NULL,
+ *			   scope text DEFAULT '') RETURNS timestamptz
+ *
+ * Renews a lease owner's lease to now() + lease (NULL: as long as it was
+ * taken), also after it ran out as long as nobody has taken the key over.
+ */
+Datum
+idem_extend(PG_FUNCTION_ARGS)
+{
+	IdemKey		k;
+	IdemOwner	renewed;
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	LOCKTAG		tag;
+	IdemRecord	rec;
+	RecordState st;
+
+	get_key_args(fcinfo, 0, 3, &k);
+	memset(&renewed, 0, sizeof(renewed));
+	renewed.lease = true;
+	renewed.token = get_token_arg(fcinfo, 1, &k);
+	if (renewed.token == NULL)
+		user_error(
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("owner token must not be null"),
+				 errdetail("The owner token given to extend key \"%s\" in scope \"%s\" is null.",
+						   k.key, k.scope),
+				 errhint("Pass the owner token that idem_reserve returned.")));
+	if (!PG_ARGISNULL(2))
+	{
+		renewed.lease_len = *PG_GETARG_INTERVAL_P(2);
+		check_period(&k, "lease", &renewed.lease_len, now);
+	}
+	require_lease_columns(&k);
+	prevent_in_recovery(&k, "extend");
+
+	/* every change of the record is made under its lock */
+	idem_key_locktag(&k, &tag);
+	if (!lock_for_transaction(&k, &tag, write_lock_wait_ms()))
+		user_error(
+				(errcode(ERRCODE_IDEM_IN_FLIGHT),
+				 errmsg("idempotency key is being changed by another session"),
+				 KEY_DETAIL(&k),
+				 errhint("Try again.")));
+
+	idem_storage_read(&k, &rec);
+	st = classify(&rec, now, true, renewed.token);
+	if (st == REC_COMMITTED && fenced(&rec, renewed.token))
+		report_fenced(&k, &rec);
+	if (st == REC_ABSENT || st == REC_COMMITTED)
+		user_error(
+				(errcode(ERRCODE_IDEM_NOT_FOUND),
+				 errmsg("idempotency key has no reservation to extend"),
+				 errdetail("Key \"%s\" in scope \"%s\" is %s.", k.key, k.scope,
+						   st == REC_COMMITTED ? "committed" :
+						   "absent or expired")));
+	if (st == REC_OTHER_TOKEN)
+		report_other_token(&k);
+	if (st != REC_MINE)
+		report_not_owner(&k, &rec);
+	if (!rec.has_lease)
+		user_error(
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("idempotency key is not reserved under a lease"),
+				 errdetail("Key \"%s\" in scope \"%s\" is owned by this session, not by a lease.",
+						   k.key, k.scope),
+				 errhint("A session owner keeps its reservation while its session lasts; reserve with a lease to have one to extend.")));
+
+	if (PG_ARGISNULL(2))
+		renewed.lease_len = rec.lease;
+	renewed.lease_expires_at = add_interval(now, &renewed.lease_len);
+	if (!idem_storage_extend(&k, &renewed))
+		elog(ERROR, "lease of key \"%s\" in scope \"%s\" vanished",
+			 k.key, k.scope);
+	PG_RETURN_TIMESTAMPTZ(renewed.lease_expires_at);
 }
 
 /*
@@ -774,7 +1234,7 @@ idem_get(PG_FUNCTION_ARGS)
 
 	get_key_args(fcinfo, 0, 1, &k);
 	idem_storage_read(&k, &rec);
-	if (classify(&rec, GetCurrentTransactionStartTimestamp(), true) == REC_ABSENT)
+	if (classify(&rec, GetCurrentTransactionStartTimestamp(), true, NULL) == REC_ABSENT)
 		PG_RETURN_NULL();
 	PG_RETURN_DATUM(make_reservation(fcinfo, false, &rec));
 }

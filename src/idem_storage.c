@@ -57,6 +57,7 @@ typedef enum StorageQuery
 {
 	Q_RENEW,
 	Q_COMMIT,
+	Q_EXTEND,
 	Q_DELETE,
 	Q_ABANDON,
 	Q_EVICT,
@@ -66,65 +67,90 @@ typedef enum StorageQuery
 	NUM_QUERIES
 } StorageQuery;
 
+/*
+ * A query of this file.  Before version 1.2 the key table has no lease
+ * columns; the parts of a query that name them are lease_part, given in
+ * place of legacy_part when the table has them.
+ */
 typedef struct QueryDef
 {
-	const char *sql;			/* %s = the extension's schema, quoted */
+	const char *sql;			/* %1$s = the extension's schema, quoted;
+								 * %2$s = lease_part or legacy_part */
+	const char *lease_part;
+	const char *legacy_part;
 	int			nargs;
-	Oid			argtypes[10];
+	Oid			argtypes[12];
 } QueryDef;
 
 #define EQ " OPERATOR(pg_catalog.=) "
 
 static const QueryDef query_defs[NUM_QUERIES] = {
 	[Q_RENEW] = {
-		"UPDATE %s.idem_keys SET state = 'in_flight', request_hash = $3, status = NULL,"
+		"UPDATE %1$s.idem_keys SET state = 'in_flight', request_hash = $3, status = NULL,"
 		" headers = NULL, body = NULL, attempt = $4, ttl = $5,"
 		" created_at = $6, expires_at = $7, committed_at = NULL,"
-		" owner_pid = $8, owner_started = $9"
+		" owner_pid = $8, owner_started = $9%2$s"
 		" WHERE scope" EQ "$1 AND key" EQ "$2",
-		9, {TEXTOID, TEXTOID, TEXTOID, INT4OID, INTERVALOID, TIMESTAMPTZOID,
-		TIMESTAMPTZOID, INT4OID, TIMESTAMPTZOID}
+		", owner_token = $10, lease = $11, lease_expires_at = $12", "",
+		12, {TEXTOID, TEXTOID, TEXTOID, INT4OID, INTERVALOID, TIMESTAMPTZOID,
+			TIMESTAMPTZOID, INT4OID, TIMESTAMPTZOID, TEXTOID, INTERVALOID,
+		TIMESTAMPTZOID}
 	},
 	[Q_COMMIT] = {
-		"UPDATE %s.idem_keys SET state = 'committed',"
+		"UPDATE %1$s.idem_keys SET state = 'committed',"
 		" request_hash = COALESCE(request_hash, $3),"
 		" status = $4, headers = $5, body = $6, committed_at = $7,"
-		" expires_at = $8, owner_pid = NULL, owner_started = NULL"
+		" expires_at = $8, owner_pid = NULL, owner_started = NULL%2$s"
 		" WHERE scope" EQ "$1 AND key" EQ "$2 AND state" EQ "'in_flight'",
-		8, {TEXTOID, TEXTOID, TEXTOID, INT4OID, JSONBOID, BYTEAOID,
-		TIMESTAMPTZOID, TIMESTAMPTZOID}
+		", owner_token = COALESCE($9, owner_token), lease = NULL,"
+		" lease_expires_at = NULL", "",
+		9, {TEXTOID, TEXTOID, TEXTOID, INT4OID, JSONBOID, BYTEAOID,
+		TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID}
+	},
+	[Q_EXTEND] = {
+		"UPDATE %1$s.idem_keys SET lease = $4, lease_expires_at = $5"
+		" WHERE scope" EQ "$1 AND key" EQ "$2 AND state" EQ "'in_flight'"
+		" AND owner_token" EQ "$3 AND lease_expires_at IS NOT NULL",
+		"", "",
+		5, {TEXTOID, TEXTOID, TEXTOID, INTERVALOID, TIMESTAMPTZOID}
 	},
 	[Q_DELETE] = {
-		"DELETE FROM %s.idem_keys"
+		"DELETE FROM %1$s.idem_keys"
 		" WHERE scope" EQ "$1 AND key" EQ "$2 AND state" EQ "'in_flight'",
+		"", "",
 		2, {TEXTOID, TEXTOID}
 	},
 	[Q_ABANDON] = {
-		"UPDATE %s.idem_keys SET owner_pid = NULL, owner_started = NULL"
+		"UPDATE %1$s.idem_keys SET owner_pid = NULL, owner_started = NULL"
 		" WHERE scope" EQ "$1 AND key" EQ "$2 AND state" EQ "'in_flight'"
 		" AND owner_pid" EQ "$3 AND owner_started" EQ "$4",
+		"", "",
 		4, {TEXTOID, TEXTOID, INT4OID, TIMESTAMPTZOID}
 	},
 	[Q_EVICT] = {
-		"DELETE FROM %s.idem_keys"
+		"DELETE FROM %1$s.idem_keys"
 		" WHERE scope" EQ "$1 AND key" EQ "$2 AND state" EQ "'committed'",
+		"", "",
 		2, {TEXTOID, TEXTOID}
 	},
 	[Q_PURGE_SCAN] = {
-		"SELECT ctid, state" EQ "'committed', owner_pid, owner_started"
-		" FROM %s.idem_keys WHERE expires_at OPERATOR(pg_catalog.<=) $1"
+		"SELECT ctid, state" EQ "'committed', owner_pid, owner_started, %2$s"
+		" FROM %1$s.idem_keys WHERE expires_at OPERATOR(pg_catalog.<=) $1"
 		" AND ($2 IS NULL OR scope" EQ "ANY ($2))"
 		" AND ctid OPERATOR(pg_catalog.>=) $3 AND ctid OPERATOR(pg_catalog.<) $4",
+		"lease_expires_at", "NULL::pg_catalog.timestamptz",
 		4, {TIMESTAMPTZOID, TEXTARRAYOID, TIDOID, TIDOID}
 	},
 	[Q_PURGE_DELETE] = {
-		"DELETE FROM %s.idem_keys WHERE ctid" EQ "ANY ($1)"
+		"DELETE FROM %1$s.idem_keys WHERE ctid" EQ "ANY ($1)"
 		" AND expires_at OPERATOR(pg_catalog.<=) $2",
+		"", "",
 		2, {TIDARRAYOID, TIMESTAMPTZOID}
 	},
 	[Q_CONFINED] = {
-		"SELECT scope FROM %s.idem_confinement"
+		"SELECT scope FROM %1$s.idem_confinement"
 		" WHERE role" EQ "$1",
+		"", "",
 		1, {REGROLEOID}
 	},
 };
@@ -148,8 +174,14 @@ enum
 	Anum_expires_at,
 	Anum_committed_at,
 	Anum_owner_pid,
-	Anum_owner_started
+	Anum_owner_started,
+	Anum_owner_token,			/* from version 1.2 on */
+	Anum_lease,
+	Anum_lease_expires_at
 };
+
+/* columns before version 1.2, which added the lease columns */
+#define NUM_LEGACY_COLUMNS	Anum_owner_started
 
 static const struct
 {
@@ -170,6 +202,9 @@ static const struct
 	{"committed_at", TIMESTAMPTZOID},
 	{"owner_pid", INT4OID},
 	{"owner_started", TIMESTAMPTZOID},
+	{"owner_token", TEXTOID},
+	{"lease", INTERVALOID},
+	{"lease_expires_at", TIMESTAMPTZOID},
 };
 
 /* Per-backend cache: where the table is, who owns it, the kept plans */
@@ -180,11 +215,14 @@ static struct
 	Oid			owner;
 	Oid			pkey_relid;
 	Oid			confinement_relid;	/* InvalidOid before version 1.1 */
+	bool		has_leases;		/* lease columns (version 1.2 on) */
 	char	   *schema;			/* quoted */
 	SPIPlanPtr	plans[NUM_QUERIES];
 } cache;
 
 static bool callback_registered = false;
+
+static void refresh_cache(void);
 
 static void
 invalidate_cache(Datum arg, Oid relid)
@@ -221,7 +259,9 @@ extension_schema(Oid extoid)
 
 /*
  * The key table must have the columns this file reads by number, and its
- * primary key on (scope, key).  Sets cache.pkey_relid.
+ * primary key on (scope, key).  Sets cache.pkey_relid and cache.has_leases
+ * (a table of a version before 1.2 lacks the lease columns: the module is
+ * updated before ALTER EXTENSION UPDATE runs).
  */
 static void
 check_key_table(Oid relid)
@@ -229,14 +269,17 @@ check_key_table(Oid relid)
 	Relation	rel = table_open(relid, AccessShareLock);
 	TupleDesc	desc = RelationGetDescr(rel);
 	Oid			pkey = RelationGetPrimaryKeyIndex(rel);
+	int			ncols = lengthof(key_columns);
 
-	for (int i = 0; i < lengthof(key_columns); i++)
+	if (desc->natts < ncols)
+		ncols = NUM_LEGACY_COLUMNS;
+	for (int i = 0; i < ncols; i++)
 	{
 		Form_pg_attribute att;
 
 		if (i >= desc->natts)
 			elog(ERROR, "key table has %d columns, expected at least %d",
-				 desc->natts, (int) lengthof(key_columns));
+				 desc->natts, ncols);
 		att = TupleDescAttr(desc, i);
 		if (att->attisdropped || att->atttypid != key_columns[i].type ||
 			strcmp(NameStr(att->attname), key_columns[i].name) != 0)
@@ -247,6 +290,18 @@ check_key_table(Oid relid)
 		elog(ERROR, "key table has no primary key");
 	table_close(rel, AccessShareLock);
 	cache.pkey_relid = pkey;
+	cache.has_leases = (ncols == lengthof(key_columns));
+}
+
+/*
+ * Does the key table have the lease columns (version 1.2 on)?
+ */
+bool
+idem_storage_has_leases(void)
+{
+	if (!cache.valid)
+		refresh_cache();
+	return cache.has_leases;
 }
 
 /*
@@ -313,7 +368,9 @@ get_plan(StorageQuery q)
 	if (cache.plans[q] == NULL)
 	{
 		const QueryDef *def = &query_defs[q];
-		char	   *sql = psprintf(def->sql, cache.schema);
+		char	   *sql = psprintf(def->sql, cache.schema,
+								   cache.has_leases ? def->lease_part :
+								   def->legacy_part);
 		SPIPlanPtr	plan;
 
 		plan = SPI_prepare(sql, def->nargs, (Oid *) def->argtypes);
@@ -474,6 +531,19 @@ idem_storage_read(const IdemKey *k, IdemRecord *rec)
 			DatumGetInt32(v[Anum_owner_pid - 1]);
 		rec->owner_started = n[Anum_owner_started - 1] ? 0 :
 			DatumGetTimestampTz(v[Anum_owner_started - 1]);
+		if (cache.has_leases)
+		{
+			rec->owner_token = n[Anum_owner_token - 1] ? NULL :
+				TextDatumGetCString(v[Anum_owner_token - 1]);
+			rec->has_lease = !n[Anum_lease_expires_at - 1] &&
+				!n[Anum_lease - 1];
+			if (rec->has_lease)
+			{
+				rec->lease = *DatumGetIntervalP(v[Anum_lease - 1]);
+				rec->lease_expires_at =
+					DatumGetTimestampTz(v[Anum_lease_expires_at - 1]);
+			}
+		}
 	}
 
 	ExecDropSingleTupleTableSlot(slot);
@@ -522,13 +592,44 @@ index_tuple(Relation rel, Relation idx, HeapTuple tuple,
 }
 
 /*
- * Inserts a new in-flight record owned by this session.  Returns false when
- * a record of k exists already.  The caller holds k's lock.
+ * Sets the owner columns of a new or renewed in-flight record: a session
+ * owner is this backend, a lease owner its token and lease.
+ */
+static void
+owner_values(const IdemOwner *owner, Datum *values, bool *nulls)
+{
+	memset(nulls + Anum_owner_pid - 1, true,
+		   sizeof(bool) * (lengthof(key_columns) - Anum_owner_pid + 1));
+	if (!owner->lease)
+	{
+		values[Anum_owner_pid - 1] = Int32GetDatum(MyProcPid);
+		values[Anum_owner_started - 1] = TimestampTzGetDatum(MyStartTimestamp);
+		nulls[Anum_owner_pid - 1] = nulls[Anum_owner_started - 1] = false;
+	}
+	if (!cache.has_leases)
+		return;
+	if (owner->token)
+	{
+		values[Anum_owner_token - 1] = CStringGetTextDatum(owner->token);
+		nulls[Anum_owner_token - 1] = false;
+	}
+	if (owner->lease)
+	{
+		values[Anum_lease - 1] = IntervalPGetDatum(&owner->lease_len);
+		values[Anum_lease_expires_at - 1] =
+			TimestampTzGetDatum(owner->lease_expires_at);
+		nulls[Anum_lease - 1] = nulls[Anum_lease_expires_at - 1] = false;
+	}
+}
+
+/*
+ * Inserts a new in-flight record for owner.  Returns false when a record
+ * of k exists already.  The caller holds k's lock.
  */
 bool
 idem_storage_insert(const IdemKey *k, const char *request_hash,
 					const Interval *ttl, TimestampTz now,
-					TimestampTz expires_at)
+					TimestampTz expires_at, const IdemOwner *owner)
 {
 	Relation	rel;
 	Relation	idx;
@@ -549,13 +650,11 @@ idem_storage_insert(const IdemKey *k, const char *request_hash,
 	values[Anum_ttl - 1] = IntervalPGetDatum(ttl);
 	values[Anum_created_at - 1] = TimestampTzGetDatum(now);
 	values[Anum_expires_at - 1] = TimestampTzGetDatum(expires_at);
-	values[Anum_owner_pid - 1] = Int32GetDatum(MyProcPid);
-	values[Anum_owner_started - 1] = TimestampTzGetDatum(MyStartTimestamp);
 	nulls[Anum_scope - 1] = nulls[Anum_key - 1] = nulls[Anum_state - 1] = false;
 	nulls[Anum_request_hash - 1] = (request_hash == NULL);
 	nulls[Anum_attempt - 1] = nulls[Anum_ttl - 1] = false;
 	nulls[Anum_created_at - 1] = nulls[Anum_expires_at - 1] = false;
-	nulls[Anum_owner_pid - 1] = nulls[Anum_owner_started - 1] = false;
+	owner_values(owner, values, nulls);
 
 	tuple = heap_form_tuple(RelationGetDescr(rel), values, nulls);
 	simple_heap_insert(rel, tuple);
@@ -583,18 +682,20 @@ idem_storage_insert(const IdemKey *k, const char *request_hash,
 }
 
 /*
- * Makes an existing record a new in-flight reservation of this session:
- * an expired record starts over, a dead owner's one is taken over.
- * Returns false when the record is gone (a concurrent purge deleted it).
+ * Makes an existing record a new in-flight reservation of owner: an expired
+ * record starts over, a gone owner's one is taken over.  Returns false when
+ * the record is gone (a concurrent purge deleted it).
  */
 bool
 idem_storage_renew(const IdemKey *k, const char *request_hash, int32 attempt,
 				   const Interval *ttl, TimestampTz now,
-				   TimestampTz expires_at)
+				   TimestampTz expires_at, const IdemOwner *owner)
 {
 	StorageCall call;
-	Datum		values[9];
-	char		nulls[9] = "         ";
+	Datum		values[12];
+	char		nulls[12] = "            ";
+	Datum		ovalues[lengthof(key_columns)];
+	bool		onulls[lengthof(key_columns)];
 	bool		done;
 
 	values[0] = text_datum(k->scope, k->scope_len);
@@ -607,10 +708,17 @@ idem_storage_renew(const IdemKey *k, const char *request_hash, int32 attempt,
 	values[4] = IntervalPGetDatum(ttl);
 	values[5] = TimestampTzGetDatum(now);
 	values[6] = TimestampTzGetDatum(expires_at);
-	values[7] = Int32GetDatum(MyProcPid);
-	values[8] = TimestampTzGetDatum(MyStartTimestamp);
 
 	storage_begin(&call);
+	owner_values(owner, ovalues, onulls);
+	for (int i = 0; i < 5; i++)
+	{
+		int			col = Anum_owner_pid - 1 + i;
+
+		values[7 + i] = ovalues[col];
+		if (onulls[col])
+			nulls[7 + i] = 'n';
+	}
 	run(Q_RENEW, values, nulls, false, SPI_OK_UPDATE);
 	done = (SPI_processed == 1);
 	storage_end(&call);
@@ -623,12 +731,13 @@ idem_storage_renew(const IdemKey *k, const char *request_hash, int32 attempt,
  */
 bool
 idem_storage_commit(const IdemKey *k, const char *request_hash,
+					const char *token,
 					bool status_null, int32 status, Jsonb *headers,
 					bytea *body, TimestampTz now, TimestampTz expires_at)
 {
 	StorageCall call;
-	Datum		values[8];
-	char		nulls[8] = "        ";
+	Datum		values[9];
+	char		nulls[9] = "         ";
 	bool		done;
 
 	values[0] = text_datum(k->scope, k->scope_len);
@@ -648,6 +757,10 @@ idem_storage_commit(const IdemKey *k, const char *request_hash,
 		nulls[5] = 'n';
 	values[6] = TimestampTzGetDatum(now);
 	values[7] = TimestampTzGetDatum(expires_at);
+	if (token)
+		values[8] = CStringGetTextDatum(token);
+	else
+		nulls[8] = 'n';
 
 	storage_begin(&call);
 	run(Q_COMMIT, values, nulls, false, SPI_OK_UPDATE);
@@ -656,15 +769,26 @@ idem_storage_commit(const IdemKey *k, const char *request_hash,
 	return done;
 }
 
+static bool
+text_equals(Datum d, bool isnull, const char *s)
+{
+	if (isnull || s == NULL)
+		return isnull && s == NULL;
+	return strcmp(TextDatumGetCString(d), s) == 0;
+}
+
 /*
- * The common commit: the record is in flight, this session owns it, and
- * the hashes agree.  Returns false when any of that does not hold, for the
- * caller to find out why.
+ * The common commit: the record is in flight, the caller owns it (a lease
+ * owner by its token; a session owner is this session, with the same token
+ * or none on both sides), and the hashes agree.  Returns false when any of
+ * that does not hold, for the caller to find out why.  The caller holds
+ * k's lock.  *was_lease tells a committed lease owner.
  */
 bool
 idem_storage_commit_mine(const IdemKey *k, const char *request_hash,
+						 const char *token,
 						 bool status_null, int32 status, Jsonb *headers,
-						 bytea *body, TimestampTz now)
+						 bytea *body, TimestampTz now, bool *was_lease)
 {
 	Relation	rel;
 	Relation	idx;
@@ -673,15 +797,29 @@ idem_storage_commit_mine(const IdemKey *k, const char *request_hash,
 	bool	   *n;
 	bool		mine = false;
 
+	*was_lease = false;
 	open_for_write("idem_commit", &rel, &idx);
 	slot = table_slot_create(rel, NULL);
 	if (probe(rel, idx, k, slot))
 	{
 		v = slot->tts_values;
 		n = slot->tts_isnull;
-		mine = !n[Anum_owner_pid - 1] && !n[Anum_owner_started - 1] &&
-			DatumGetInt32(v[Anum_owner_pid - 1]) == MyProcPid &&
-			DatumGetTimestampTz(v[Anum_owner_started - 1]) == MyStartTimestamp &&
+		if (cache.has_leases && !n[Anum_lease_expires_at - 1])
+		{
+			*was_lease = true;
+			mine = token != NULL &&
+				text_equals(v[Anum_owner_token - 1],
+							n[Anum_owner_token - 1], token);
+		}
+		else
+			mine = !n[Anum_owner_pid - 1] && !n[Anum_owner_started - 1] &&
+				DatumGetInt32(v[Anum_owner_pid - 1]) == MyProcPid &&
+				DatumGetTimestampTz(v[Anum_owner_started - 1]) == MyStartTimestamp &&
+				(cache.has_leases ?
+				 text_equals(v[Anum_owner_token - 1],
+							 n[Anum_owner_token - 1], token) :
+				 token == NULL);
+		mine = mine &&
 			strcmp(TextDatumGetCString(v[Anum_state - 1]), "in_flight") == 0;
 		if (mine && request_hash != NULL && !n[Anum_request_hash - 1] &&
 			strcmp(TextDatumGetCString(v[Anum_request_hash - 1]),
@@ -716,6 +854,11 @@ idem_storage_commit_mine(const IdemKey *k, const char *request_hash,
 		SET(Anum_expires_at, TimestampTzGetDatum(expires_at), false);
 		SET(Anum_owner_pid, (Datum) 0, true);
 		SET(Anum_owner_started, (Datum) 0, true);
+		if (cache.has_leases)
+		{
+			SET(Anum_lease, (Datum) 0, true);
+			SET(Anum_lease_expires_at, (Datum) 0, true);
+		}
 #undef SET
 
 		oldtup = ExecCopySlotHeapTuple(slot);
@@ -734,6 +877,32 @@ idem_storage_commit_mine(const IdemKey *k, const char *request_hash,
 	index_close(idx, RowExclusiveLock);
 	table_close(rel, RowExclusiveLock);
 	return mine;
+}
+
+/*
+ * Renews the lease of owner's in-flight record to owner->lease_expires_at.
+ * Returns false when the record is not the owner's lease (any more).  The
+ * caller holds k's lock.
+ */
+bool
+idem_storage_extend(const IdemKey *k, const IdemOwner *owner)
+{
+	StorageCall call;
+	Datum		values[5];
+	bool		done;
+
+	Assert(owner->lease && owner->token != NULL);
+	values[0] = text_datum(k->scope, k->scope_len);
+	values[1] = text_datum(k->key, k->key_len);
+	values[2] = CStringGetTextDatum(owner->token);
+	values[3] = IntervalPGetDatum(&owner->lease_len);
+	values[4] = TimestampTzGetDatum(owner->lease_expires_at);
+
+	storage_begin(&call);
+	run(Q_EXTEND, values, NULL, false, SPI_OK_UPDATE);
+	done = (SPI_processed == 1);
+	storage_end(&call);
+	return done;
 }
 
 /* Runs a DELETE that takes (scope, key); returns whether it hit a row */
@@ -873,6 +1042,16 @@ purge_range(BlockNumber from, BlockNumber to, int64 limit, TimestampTz now,
 			committed = DatumGetBool(SPI_getbinval(tup, desc, 2, &isnull));
 			if (!committed)
 			{
+				Datum		lease_end = SPI_getbinval(tup, desc, 5, &isnull);
+
+				/* a lease owner is alive while its lease runs */
+				if (!isnull)
+				{
+					if (DatumGetTimestampTz(lease_end) > GetCurrentTimestamp())
+						continue;
+					tids[ntids++] = *tid;
+					continue;
+				}
 				pid = SPI_getbinval(tup, desc, 3, &isnull);
 				started = SPI_getbinval(tup, desc, 4, &started_null);
 				if (!isnull && !started_null &&

@@ -29,6 +29,7 @@ bool		idem_async_reserve = false;
 int			idem_max_ttl = 366 * 24 * 60 * 60;
 int			idem_max_header_bytes = 64 * 1024;
 int			idem_purge_delay = 5;
+int			idem_lease = 0;
 
 static ProcessUtility_hook_type prev_ProcessUtility = NULL;
 
@@ -110,6 +111,14 @@ _PG_init(void)
 							PGC_USERSET, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
+	DefineCustomIntVariable("idem.lease",
+							"Lease of the reservations idem_reserve makes when given no lease.",
+							"Zero makes session owners: a reservation belongs to the session that made it. A positive lease makes lease owners, which work through transaction-mode connection poolers: the reservation belongs to the owner token until the lease runs out, unless renewed with idem_extend.",
+							&idem_lease,
+							0, 0, INT_MAX,
+							PGC_USERSET, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
 	DefineCustomBoolVariable("idem.async_reserve",
 							 "Commits new reservations made in autocommit mode without waiting for the WAL flush.",
 							 "Saves one WAL flush per request; after a server crash a reservation may be lost, so its key is absent (attempt 1) instead of taken over (attempt 2). Committed responses stay durable.",
@@ -146,12 +155,14 @@ _PG_init(void)
 								   NULL, NULL, NULL);
 
 		idem_stats_init();
+		idem_wake_shmem_init();
 		idem_worker_register();
 	}
 
 	MarkGUCPrefixReserved("idem");
 
 	idem_lock_init();
+	idem_wake_init();
 
 	prev_ProcessUtility = ProcessUtility_hook;
 	ProcessUtility_hook = idem_ProcessUtility;

@@ -35,6 +35,7 @@ extern bool idem_async_reserve;
 extern int	idem_max_ttl;			/* seconds */
 extern int	idem_max_header_bytes;	/* bytes */
 extern int	idem_purge_delay;		/* milliseconds */
+extern int	idem_lease;				/* milliseconds, 0 = session owners */
 
 /* A (scope, key) pair, already validated */
 typedef struct IdemKey
@@ -62,7 +63,27 @@ typedef struct IdemRecord
 	bool		has_owner;		/* owner_pid / owner_started are set */
 	int32		owner_pid;
 	TimestampTz owner_started;
+	char	   *owner_token;	/* NULL when none */
+	bool		has_lease;		/* lease-owned: lease, lease_expires_at set */
+	Interval	lease;
+	TimestampTz lease_expires_at;
 } IdemRecord;
+
+/*
+ * Who a reservation is made for: the calling session (lease = false), or
+ * the holder of a token until lease_expires_at.  A session owner may carry
+ * a token too, which its later calls must repeat.
+ */
+typedef struct IdemOwner
+{
+	const char *token;			/* NULL when none */
+	bool		lease;			/* lease-owned, else session-owned */
+	Interval	lease_len;		/* when lease-owned */
+	TimestampTz lease_expires_at;	/* when lease-owned */
+} IdemOwner;
+
+/* Longest owner token, in bytes */
+#define IDEM_MAX_TOKEN_BYTES	255
 
 /* idem_stats.c: counters in shared memory (only when preloaded) */
 typedef enum IdemCounter
@@ -98,21 +119,25 @@ extern char *idem_sha256_framed(int nparts, const char *const *parts,
 extern uint64 idem_key_hash64(const IdemKey *k);
 
 /* idem_storage.c */
+extern bool idem_storage_has_leases(void);
 extern void idem_storage_read(const IdemKey *k, IdemRecord *rec);
 extern bool idem_storage_insert(const IdemKey *k, const char *request_hash,
 								const Interval *ttl, TimestampTz now,
-								TimestampTz expires_at);
+								TimestampTz expires_at, const IdemOwner *owner);
 extern bool idem_storage_renew(const IdemKey *k, const char *request_hash,
 							   int32 attempt, const Interval *ttl,
-							   TimestampTz now, TimestampTz expires_at);
+							   TimestampTz now, TimestampTz expires_at,
+							   const IdemOwner *owner);
+extern bool idem_storage_extend(const IdemKey *k, const IdemOwner *owner);
 extern bool idem_storage_commit(const IdemKey *k, const char *request_hash,
-								bool status_null, int32 status,
+								const char *token, bool status_null, int32 status,
 								Jsonb *headers, bytea *body,
 								TimestampTz now, TimestampTz expires_at);
 extern bool idem_storage_commit_mine(const IdemKey *k, const char *request_hash,
+									 const char *token,
 									 bool status_null, int32 status,
 									 Jsonb *headers, bytea *body,
-									 TimestampTz now);
+									 TimestampTz now, bool *was_lease);
 extern bool idem_storage_delete(const IdemKey *k);
 extern bool idem_storage_evict(const IdemKey *k);
 extern void idem_storage_abandon(const IdemKey *k);
@@ -139,5 +164,21 @@ extern void idem_own_forget(const IdemKey *k);
 extern bool idem_own_holds(const IdemKey *k);
 extern bool idem_owner_alive(int32 pid, TimestampTz started, bool refresh);
 extern void idem_abandon_all(void);
+
+/* idem_wake.c: waiters of lease-owned keys */
+typedef struct IdemWaiter
+{
+	uint32		slot;			/* condition variable of the key */
+	bool		prepared;		/* on its wait list */
+	int			backoff_ms;		/* without shared memory */
+} IdemWaiter;
+
+extern void idem_wake_shmem_init(void);
+extern void idem_wake_init(void);
+extern void idem_waiter_init(IdemWaiter *w, const IdemKey *k);
+extern bool idem_waiter_prepare(IdemWaiter *w);
+extern void idem_waiter_sleep(IdemWaiter *w, int timeout_ms);
+extern void idem_waiter_done(IdemWaiter *w);
+extern void idem_wake_at_commit(const IdemKey *k);
 
 #endif							/* IDEMPOTENCY_H */
