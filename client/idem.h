@@ -26,16 +26,59 @@
  * of threads once it is fully configured (idem_http_decide and idem_http_run
  * only read it).  The hash functions are thread-safe.
  *
+ * While a runner (idem_run, idem_step, idem_http_run) runs the handler of a
+ * lease-owned reservation, the library renews the lease from a thread of
+ * its own, started before the handler is called and joined before the
+ * commit, so that no thread of the library outlives the call.  That thread
+ * uses a connection of its own, never the handle's PGconn and never the
+ * handle's error state: the handler may go on using the handle (and a
+ * wrapped PGconn) as usual.  The renewal connection is opened from the
+ * handle's connection parameters (PQconninfo, so a wrapped PGconn works
+ * too) the first time a lease is renewed, belongs to the handle and is
+ * closed by idem_free().  The thread blocks every signal, so signals reach
+ * the application's threads as before.  A handler that forks while the
+ * renewal thread runs should only exec in the child (as idem exec does).
+ *
  * Errors.  Calls return a status (an idem_outcome, or -1 / NULL); the
  * details live on the handle until the next call on it: idem_errcode(),
  * idem_errmsg(), idem_errdetail() and idem_sqlstate(), like PQerrorMessage.
  *
- * Sessions.  A reservation belongs to the server session (connection) that
- * made it.  Keep the handle, and its connection, between idem_reserve and
- * idem_commit / idem_release; if the connection dies, the reservation is
- * released to the next caller (who sees attempt + 1), unless this handle
- * reconnects first and commits (the server lets a commit adopt a
- * reservation whose owner is gone).
+ * Owners: sessions and leases.  Every handle has an owner token of its own
+ * (128 random bits as hex, from OpenSSL's RAND_bytes, made by idem_connect
+ * or idem_wrap, never shared), sent with every reserve, commit, release and
+ * extend.  A reservation is owned by one of two kinds of owner:
+ *
+ *	a session	the server session (connection) that made it, the default on
+ *				a direct connection.  Keep the handle, and its connection,
+ *				between idem_reserve and idem_commit / idem_release; if the
+ *				connection dies, the reservation goes to the next caller (who
+ *				sees attempt + 1), unless this handle reconnects first and
+ *				commits (a commit adopts a reservation whose owner is gone).
+ *				The token keeps two handles on one server session apart: a
+ *				second handle on the same PGconn (or, behind a transaction
+ *				pooler, another client on the same server connection) gets
+ *				IDEM_IN_FLIGHT, never the other's reservation.
+ *	a lease		the handle's token, valid until the lease runs out: any
+ *				connection may commit, so it works through transaction-mode
+ *				poolers.  The runners renew the lease while the handler runs;
+ *				a lease that ran out and was taken over is fenced: its commit
+ *				is refused, and reported as IDEM_LEASE_LOST.
+ *
+ * A handle uses leases when idem_set_lease gave it a positive lease, when
+ * the server's idem.lease is positive, or, when neither says, when its
+ * connection goes through a proxy (the backend PID libpq reports differs
+ * from the server's pg_backend_pid(), as behind PgBouncer, RDS Proxy or
+ * Supavisor): then with a lease of 30 seconds.  idem_set_lease(conn, "0")
+ * forces session owners.  The library finds these out with two small
+ * queries at the first call on each connection (and after a reconnect).
+ * Servers with an extension older than 1.2 have no leases: the handle then
+ * uses session owners, without tokens, as before.
+ *
+ * Poolers.  Behind a proxy the library sends unnamed statements (named
+ * prepared statements do not survive from one transaction to the next in
+ * PgBouncer's transaction mode), and waits for a key in flight in slices of
+ * at most a second (see idem_reserve), so that waiters do not hold the
+ * pool's connections.
  *
  *-------------------------------------------------------------------------
  */
@@ -46,7 +89,7 @@
 #include <stdint.h>
 
 #define IDEM_VERSION_MAJOR 1
-#define IDEM_VERSION_MINOR 0
+#define IDEM_VERSION_MINOR 1
 #define IDEM_VERSION_PATCH 0
 
 /* lowercase hex SHA-256: 64 characters plus the terminating NUL */
@@ -88,6 +131,11 @@ typedef struct idem_http idem_http;
  *	IDEM_NOT_FOUND	no such key (get), nothing to release, or commit without
  *					a live reservation (IK404)
  *	IDEM_ERROR		anything else: see idem_errcode() and idem_errmsg()
+ *	IDEM_LEASE_LOST	this handle's lease ran out and another caller took the
+ *					key over (the token is fenced, IK409): nothing was stored
+ *					or dropped; from a runner, the handler ran but its
+ *					response was not stored (the new owner's will be).  Never
+ *					a success.  (Added in 1.1, after IDEM_ERROR.)
  */
 typedef enum idem_outcome
 {
@@ -96,7 +144,8 @@ typedef enum idem_outcome
 	IDEM_MISMATCH,
 	IDEM_IN_FLIGHT,
 	IDEM_NOT_FOUND,
-	IDEM_ERROR
+	IDEM_ERROR,
+	IDEM_LEASE_LOST
 } idem_outcome;
 
 /*
@@ -126,7 +175,10 @@ typedef enum idem_error
 								 * owns (idem_reconnect on a wrapped PGconn) */
 	IDEM_ERR_SERVER,			/* any other server error: see idem_sqlstate() */
 	IDEM_ERR_PROTOCOL,			/* the server answered in an unexpected shape */
-	IDEM_ERR_NOMEM				/* out of memory */
+	IDEM_ERR_NOMEM,				/* out of memory */
+	IDEM_ERR_LEASE_LOST			/* IK409 on a lease of this handle: it ran
+								 * out and another caller took the key over
+								 * (outcome IDEM_LEASE_LOST) */
 } idem_error;
 
 /*
@@ -178,7 +230,9 @@ IDEM_API const char *idem_error_name(idem_error err);
  * Opens a connection.  conninfo is a libpq connection string or URI
  * ("host=db1 dbname=shop", "postgresql://db1/shop"), or a bare database
  * name; NULL or "" uses libpq's environment (PGHOST, PGPORT, PGDATABASE,
- * PGSERVICE, ...), like psql.  application_name defaults to "libidem".  Returns a new handle, or NULL only when out of memory.
+ * PGSERVICE, ...), like psql.  application_name defaults to "libidem".
+ * Returns a new handle with a new owner token, or NULL only when out of
+ * memory (or when OpenSSL cannot produce random bytes for the token).
  * The connection may have failed: check idem_connected() or idem_errcode()
  * (IDEM_ERR_CONNECTION).  The handle owns its connection; free it with
  * idem_free().  Whether the extension is installed is found out at the
@@ -190,12 +244,17 @@ IDEM_API idem_conn *idem_connect(const char *conninfo);
  * Wraps a connection the application owns.  The handle borrows conn:
  * idem_free() does not close it, and the application must not close it
  * while the handle lives.  The library prepares its statements on conn
- * (named "libidem1_*") and otherwise leaves its session state alone; calls
- * run inside the application's transaction when one is open.  If the
- * application drops the statements (DEALLOCATE ALL, DISCARD ALL), the next
- * call prepares them again, unless it runs inside a transaction block: it
- * then fails with SQLSTATE 26000 (IDEM_ERR_SERVER), and calls work again
- * once that transaction has ended.  Returns NULL when conn is NULL or out of memory.
+ * (named "libidem1_*"; unnamed statements behind a proxy) and otherwise
+ * leaves its session state alone; calls run inside the application's
+ * transaction when one is open (and then wait for a key in flight in one
+ * piece, in the server).  If the application drops the statements
+ * (DEALLOCATE ALL, DISCARD ALL), the next call prepares them again, and
+ * when they vanish again at once (an undetected transaction pooler) the
+ * handle switches to unnamed statements; inside a transaction block such a
+ * call fails with SQLSTATE 26000 (IDEM_ERR_SERVER), and calls work again
+ * once that transaction has ended.  Each wrapped handle has its own owner
+ * token, even on the same PGconn.  Returns NULL when conn is NULL or out
+ * of memory.
  */
 IDEM_API idem_conn *idem_wrap(struct pg_conn *conn);
 
@@ -221,6 +280,45 @@ IDEM_API int idem_reconnect(idem_conn *conn);
 /* The underlying libpq connection, owned by whoever owned it before. */
 IDEM_API struct pg_conn *idem_pgconn(const idem_conn *conn);
 
+/* ---- owners and leases ------------------------------------------------ */
+
+/*
+ * Sets the lease of the handle's reservations from now on, as a PostgreSQL
+ * interval (copied): "30s", "2 min" makes them lease-owned; "0" forces
+ * session owners, whatever idem.lease and proxies say; NULL (the default)
+ * is automatic: the server's idem.lease, else 30 seconds behind a proxy,
+ * else session owners.  The value is checked by the server at the next
+ * reserve (IDEM_ERR_BAD_INPUT when it is not an interval, or negative).  A
+ * positive lease on a server whose extension is older than 1.2 makes
+ * reserves fail with IDEM_ERR_NO_EXTENSION (ALTER EXTENSION idempotency
+ * UPDATE).  Returns 0, or -1 when out of memory.
+ */
+IDEM_API int idem_set_lease(idem_conn *conn, const char *lease);
+
+/* The lease given to idem_set_lease (owned by the handle), or NULL. */
+IDEM_API const char *idem_lease(const idem_conn *conn);
+
+/*
+ * The handle's owner token: 32 lowercase hex characters, fixed for the
+ * handle's life (across reconnects), owned by the handle.
+ */
+IDEM_API const char *idem_owner(const idem_conn *conn);
+
+/*
+ * 1 when the handle's connection goes through a proxy (PQbackendPID is not
+ * the server's pg_backend_pid()), 0 when it is direct, -1 on error (the
+ * first call on a connection asks the server).
+ */
+IDEM_API int idem_proxied(idem_conn *conn);
+
+/*
+ * 1 when the handle's reservations are lease-owned (see "Owners" above:
+ * idem_set_lease, idem.lease, a proxy, or a reservation of this handle came
+ * back lease-owned, as on a distributed key table), 0 when session-owned,
+ * -1 on error (e.g. a lease that is not an interval).
+ */
+IDEM_API int idem_uses_leases(idem_conn *conn);
+
 /* ---- errors (valid until the next call on the same handle) ------------- */
 
 /* The kind of the last error; IDEM_OK if the last call succeeded. */
@@ -244,8 +342,15 @@ IDEM_API void idem_counters(const idem_conn *conn, idem_stats *out);
 
 /*
  * Reserves key (idem_reserve in SQL): opts gives scope, request_hash, ttl
- * and wait.  Waiting for an in-flight key happens in the server and blocks
- * this call up to the wait timeout.
+ * and wait; the handle gives the owner token and the lease.  Waiting for an
+ * in-flight key blocks this call up to the wait timeout (opts->wait, else
+ * the server's idem.wait_timeout).  On a direct connection with session
+ * owners the server does the whole wait.  A handle that uses leases or is
+ * behind a proxy waits in slices: each reserve waits at most a quarter of
+ * the owner's remaining lease and at most a second, and the library
+ * reserves again until the wait timeout, so that the connections of a pool
+ * are free between slices (inside a transaction block the wait is in one
+ * piece, since an IK409 aborts the transaction).
  *
  *	IDEM_FRESH		you own the key: run the handler, then idem_commit or
  *					idem_release on this same handle.  *out (if out is not
@@ -271,7 +376,10 @@ IDEM_API idem_outcome idem_reserve(idem_conn *conn, const char *key,
  *	IDEM_FRESH		stored
  *	IDEM_REPLAY		already committed: the first response stands (no write)
  *	IDEM_MISMATCH	request_hash differs from the reservation's
- *	IDEM_IN_FLIGHT	another live session owns the reservation
+ *	IDEM_IN_FLIGHT	another live owner holds the reservation
+ *	IDEM_LEASE_LOST	IK409 on a handle that holds lease-owned reservations:
+ *					this handle's lease ran out and another caller took the
+ *					key over; nothing was written
  *	IDEM_NOT_FOUND	no live reservation (never made, released, or expired)
  *	IDEM_ERROR		e.g. IDEM_ERR_TOO_LARGE
  */
@@ -287,11 +395,31 @@ IDEM_API idem_outcome idem_commit(idem_conn *conn, const char *key,
  *	IDEM_FRESH		dropped; one waiter becomes the new owner
  *	IDEM_NOT_FOUND	nothing to drop (absent, or already committed: a
  *					committed response is never dropped)
- *	IDEM_IN_FLIGHT	another live session owns it
+ *	IDEM_IN_FLIGHT	another live owner holds it
+ *	IDEM_LEASE_LOST	as for idem_commit: our lease was taken over
  *	IDEM_ERROR
  */
 IDEM_API idem_outcome idem_release(idem_conn *conn, const char *key,
 								   const idem_opts *opts);
+
+/*
+ * Renews this handle's lease on its in-flight reservation of key
+ * (idem_extend in SQL) by the handle's lease (idem_set_lease), or, without
+ * one, by the length it was reserved with.  opts gives scope.  The runners
+ * do this themselves while the handler runs; call it when you reserve and
+ * commit yourself and the work may outlast the lease.  *lease_expires_at
+ * (if not NULL) gets the new end of the lease, as microseconds since
+ * 1970-01-01 UTC (0 unless FRESH).
+ *
+ *	IDEM_FRESH		renewed
+ *	IDEM_LEASE_LOST	the token is not the owner (IK409): the lease was taken
+ *					over, or the key is session-owned or another's
+ *	IDEM_NOT_FOUND	the key is absent or already committed (IK404)
+ *	IDEM_ERROR		e.g. IDEM_ERR_NO_EXTENSION before extension 1.2
+ */
+IDEM_API idem_outcome idem_extend(idem_conn *conn, const char *key,
+								  const idem_opts *opts,
+								  int64_t *lease_expires_at);
 
 /*
  * Looks at key without reserving or waiting (idem_get in SQL).  opts gives
@@ -370,6 +498,21 @@ IDEM_API int idem_record_attempt(const idem_record *rec);
 IDEM_API int64_t idem_record_created_at(const idem_record *rec);
 IDEM_API int64_t idem_record_expires_at(const idem_record *rec);
 
+/*
+ * When the lease of an in-flight reservation ends (same units as above);
+ * 0 for a session-owned reservation, a committed response, or a server
+ * without leases.  Non-zero on a fresh reservation means it is lease-owned
+ * (by idem_set_lease, by a proxy, or by the server's idem.lease).
+ */
+IDEM_API int64_t idem_record_lease_expires_at(const idem_record *rec);
+
+/*
+ * The owner token of the reservation, given only to its owner: this
+ * handle's token (idem_owner) on a fresh reservation from a server with
+ * owners, NULL otherwise.
+ */
+IDEM_API const char *idem_record_owner(const idem_record *rec);
+
 /* ---- responses (what a handler produces) ------------------------------- */
 
 /*
@@ -412,6 +555,15 @@ IDEM_API const char *idem_response_headers_json(idem_response *resp);
 IDEM_API int idem_response_attempt(const idem_response *resp);
 IDEM_API const char *idem_response_key(const idem_response *resp);
 
+/*
+ * Within a handler of a lease-owned reservation: 1 once the renewal found
+ * the lease lost (it ran out and another caller took the key over), so
+ * that a long handler may stop early; its response will not be stored and
+ * the runner returns IDEM_LEASE_LOST.  0 otherwise, and outside a runner.
+ * May be called from any thread while the handler runs.
+ */
+IDEM_API int idem_response_lease_lost(const idem_response *resp);
+
 /* ---- runners ---------------------------------------------------------- */
 
 /*
@@ -426,8 +578,11 @@ typedef int (*idem_handler_fn) (idem_response *resp, void *arg);
  * Runs handler at most once for key: reserve; when fresh, run the handler,
  * then commit its response (return 0) or release (non-zero); when a
  * response is already committed, return it without running the handler.
- * Concurrent callers with the same key wait in the server for the one in
- * flight and all get its response.
+ * Concurrent callers with the same key wait for the one in flight (see
+ * idem_reserve) and all get its response.  When the reservation is
+ * lease-owned, the lease is renewed every third of its length while the
+ * handler runs, from a thread with its own connection (see "Threads"),
+ * stopped and joined when the handler returns.
  *
  *	IDEM_FRESH		the handler ran and its response was stored; *out holds
  *					it, exactly as a replay will return it
@@ -438,6 +593,10 @@ typedef int (*idem_handler_fn) (idem_response *resp, void *arg);
  *					handler did not run) or the commit failed (the handler
  *					ran: its response is lost, the key is released or left
  *					to the next caller)
+ *	IDEM_LEASE_LOST	the reservation was lease-owned, and while the handler
+ *					ran the lease ran out and another caller took the key
+ *					over: the handler ran, its response was not stored (the
+ *					renewal found it fenced, or the commit was refused)
  *
  * When the commit fails because the connection was lost and the handle owns
  * its connection, the runner reconnects once and commits again, adopting
@@ -585,9 +744,10 @@ IDEM_API int idem_http_cacheable(const idem_http *http, int status);
 
 /*
  * The HTTP status to answer with when a call ended in outcome (with the
- * handle's error code err): 409 in flight, 422 mismatch, 503 database
- * unreachable, 400 bad input, 500 other errors; 0 for FRESH and REPLAY
- * (answer with the record's status).
+ * handle's error code err): 409 in flight or lease lost (another request
+ * took over: the client's retry gets its response), 422 mismatch, 503
+ * database unreachable, 400 bad input, 500 other errors; 0 for FRESH and
+ * REPLAY (answer with the record's status).
  */
 IDEM_API int idem_http_error_status(idem_outcome outcome, idem_error err);
 
@@ -601,7 +761,7 @@ IDEM_API int idem_http_error_status(idem_outcome outcome, idem_error err);
  *	IDEM_FRESH		handler ran; *out is its response, state "committed",
  *					"released" (not stored by policy) or "bypassed"
  *	IDEM_REPLAY		*out is the stored response; handler did not run
- *	IDEM_MISMATCH	*status = 422;  IDEM_IN_FLIGHT: *status = 409
+ *	IDEM_MISMATCH	*status = 422;  IDEM_IN_FLIGHT, IDEM_LEASE_LOST: 409
  *	IDEM_ERROR		*status = 400 (rejected: IDEM_ERR_BAD_INPUT), 500 (the
  *					handler failed: IDEM_ERR_HANDLER, or the store failed) or
  *					503 (database unreachable)

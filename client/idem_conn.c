@@ -1,50 +1,108 @@
 /*-------------------------------------------------------------------------
  *
  * idem_conn.c
- *	  Connection handles, errors, and the five calls (reserve, commit,
- *	  release, get, purge) over prepared statements.
+ *	  Connection handles, errors, owner tokens and leases, and the calls
+ *	  (reserve, commit, release, extend, get, purge).
  *
  * Each call is one round trip: the statement is prepared the first time it
  * is used on a connection, then run with PQexecPrepared, results in binary
  * (the body comes back as raw bytes, no hex decoding).  A statement that
  * vanished (DISCARD ALL by a pooler, a reset of a wrapped PGconn) is
- * prepared again and the call retried once, when no transaction is open.
+ * prepared again and the call retried, when no transaction is open.
+ *
+ * The first call on a connection probes the server once (probe()): the
+ * extension's version (1.2 and later take owner and lease arguments, older
+ * ones get the old statements), whether a proxy sits in between (libpq's
+ * backend PID is not the server's pg_backend_pid(): PgBouncer makes one
+ * up), and the settings idem.wait_timeout and idem.lease.  Behind a proxy
+ * the statements are sent unnamed (PQexecParams): in a transaction pooler
+ * a named statement prepared in one transaction is gone in the next.  On a
+ * direct connection named statements stay, since parsing each call again
+ * costs some 15% of a reserve and commit.
  *
  *-------------------------------------------------------------------------
  */
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <libpq-fe.h>
+#include <openssl/rand.h>
 
 #include "idem_int.h"
 
 /*
  * Statement names carry the library's major version, so that two versions
- * of the library sharing a wrapped connection do not run each other's SQL.
+ * of the library sharing a wrapped connection do not run each other's SQL;
+ * the forms with owners have names of their own.  Form 0 is for extension
+ * 1.0 and 1.1, form 1 for 1.2 and later.
  */
-static const char *const stmt_name[IDEM_NSTMTS] = {
-	"libidem1_reserve",
-	"libidem1_commit",
-	"libidem1_release",
-	"libidem1_get",
-	"libidem1_purge",
+static const char *const stmt_name[2][IDEM_NSTMTS] = {
+	{
+		"libidem1_reserve",
+		"libidem1_commit",
+		"libidem1_release",
+		"libidem1_get",
+		"libidem1_purge",
+		NULL,
+	},
+	{
+		"libidem1_owner_reserve",
+		"libidem1_owner_commit",
+		"libidem1_owner_release",
+		"libidem1_owner_get",
+		"libidem1_purge",
+		"libidem1_owner_extend",
+	},
 };
 
 #define RECORD_COLUMNS \
 	"fresh, state, status, headers, body, attempt, created_at, expires_at"
 
-static const char *const stmt_sql[IDEM_NSTMTS] = {
-	"SELECT " RECORD_COLUMNS " FROM idem_reserve($1::text, $2::text, "
-	"$3::interval, $4::interval, $5::text)",
-	"SELECT idem_commit($1::text, $2::text, $3::integer, $4::bytea, "
-	"$5::jsonb, $6::text)",
-	"SELECT idem_release($1::text, $2::text)",
-	"SELECT " RECORD_COLUMNS " FROM idem_get($1::text, $2::text)",
-	"SELECT idem_purge($1::integer)",
+/* the lease's remaining length by the server's clock, for waiters */
+#define OWNER_COLUMNS RECORD_COLUMNS ", owner, lease_expires_at, " \
+	"(extract(epoch FROM lease_expires_at - now()) * 1000)::int8 " \
+	"AS lease_left_ms"
+
+static const char *const stmt_sql[2][IDEM_NSTMTS] = {
+	{
+		"SELECT " RECORD_COLUMNS " FROM idem_reserve($1::text, $2::text, "
+		"$3::interval, $4::interval, $5::text)",
+		"SELECT idem_commit($1::text, $2::text, $3::integer, $4::bytea, "
+		"$5::jsonb, $6::text)",
+		"SELECT idem_release($1::text, $2::text)",
+		"SELECT " RECORD_COLUMNS " FROM idem_get($1::text, $2::text)",
+		"SELECT idem_purge($1::integer)",
+		NULL,
+	},
+	{
+		"SELECT " OWNER_COLUMNS " FROM idem_reserve($1::text, $2::text, "
+		"$3::interval, $4::interval, $5::text, $6::text, $7::interval)",
+		"SELECT idem_commit($1::text, $2::text, $3::integer, $4::bytea, "
+		"$5::jsonb, $6::text, $7::text)",
+		"SELECT idem_release($1::text, $2::text, $3::text)",
+		"SELECT " OWNER_COLUMNS " FROM idem_get($1::text, $2::text)",
+		"SELECT idem_purge($1::integer)",
+		"SELECT idem_extend($1::text, $2::text, $3::interval, $4::text)",
+	},
 };
+
+/* the server settings, read once the module is loaded (hence the call) */
+#define PROBE_SQL \
+	"SELECT pg_catalog.pg_backend_pid(), " \
+	"(SELECT extversion FROM pg_catalog.pg_extension " \
+	" WHERE extname = 'idempotency')"
+#define SETTINGS_SQL \
+	"SELECT idem_derive_key('libidem'), " \
+	"(extract(epoch FROM current_setting('idem.wait_timeout', true)" \
+	"::interval) * 1000)::int8, " \
+	"(extract(epoch FROM current_setting('idem.lease', true)" \
+	"::interval) * 1000)::int8"
+#define INTERVAL_MS_SQL \
+	"SELECT (extract(epoch FROM $1::interval) * 1000)::int8"
 
 /* microseconds from 1970-01-01 to 2000-01-01, PostgreSQL's epoch */
 #define PG_EPOCH_OFFSET_USEC INT64_C(946684800000000)
@@ -75,6 +133,8 @@ idem_outcome_name(idem_outcome outcome)
 			return "not_found";
 		case IDEM_ERROR:
 			return "error";
+		case IDEM_LEASE_LOST:
+			return "lease_lost";
 	}
 	return "unknown";
 }
@@ -114,6 +174,8 @@ idem_error_name(idem_error err)
 			return "protocol";
 		case IDEM_ERR_NOMEM:
 			return "nomem";
+		case IDEM_ERR_LEASE_LOST:
+			return "lease_lost";
 	}
 	return "unknown";
 }
@@ -214,6 +276,9 @@ outcome_of(idem_conn *conn)
 			break;
 		case IDEM_ERR_NOT_FOUND:
 			o = IDEM_NOT_FOUND;
+			break;
+		case IDEM_ERR_LEASE_LOST:
+			o = IDEM_LEASE_LOST;
 			break;
 		default:
 			o = IDEM_ERROR;
@@ -332,6 +397,25 @@ idem_counters(const idem_conn *conn, idem_stats *out)
 
 /* ---- connections ------------------------------------------------------- */
 
+/* a new owner token: IDEM_OWNER_BYTES random bytes as lowercase hex */
+static int
+make_token(char out[2 * IDEM_OWNER_BYTES + 1])
+{
+	static const char hex[] = "0123456789abcdef";
+	unsigned char raw[IDEM_OWNER_BYTES];
+	int			i;
+
+	if (RAND_bytes(raw, (int) sizeof(raw)) != 1)
+		return -1;
+	for (i = 0; i < IDEM_OWNER_BYTES; i++)
+	{
+		out[2 * i] = hex[raw[i] >> 4];
+		out[2 * i + 1] = hex[raw[i] & 15];
+	}
+	out[2 * IDEM_OWNER_BYTES] = '\0';
+	return 0;
+}
+
 static idem_conn *
 conn_new(PGconn *pg, int owned)
 {
@@ -339,6 +423,11 @@ conn_new(PGconn *pg, int owned)
 
 	if (conn == NULL)
 		return NULL;
+	if (make_token(conn->owner) < 0)
+	{
+		free(conn);
+		return NULL;
+	}
 	conn->pg = pg;
 	conn->owned = owned;
 	idem__clear_error(conn);
@@ -399,6 +488,9 @@ idem_free(idem_conn *conn)
 		return;
 	if (conn->owned && conn->pg)
 		PQfinish(conn->pg);
+	idem__renewer_free(conn->renewer);
+	free(conn->lease);
+	free(conn->wait_text);
 	free(conn->run_id);
 	free(conn);
 }
@@ -422,6 +514,7 @@ idem_reconnect(idem_conn *conn)
 	}
 	PQreset(conn->pg);
 	conn->prepared = 0;
+	memset(&conn->sess, 0, sizeof(conn->sess));
 	check_connection(conn);
 	return conn->err == IDEM_OK ? 0 : -1;
 }
@@ -434,27 +527,38 @@ idem_pgconn(const idem_conn *conn)
 
 /* ---- running statements ------------------------------------------------ */
 
+/* the form of the statements on this connection: 1 with owners */
+#define FORM(conn) ((conn)->sess.owners ? 1 : 0)
+#define PREPARED_BIT(form, stmt) (1u << ((form) * IDEM_NSTMTS + (int) (stmt)))
+
 static int
-prepare(idem_conn *conn, idem_stmt stmt)
+has_sqlstate(const PGresult *res, const char *state)
+{
+	const char *s = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+
+	return s != NULL && strcmp(s, state) == 0;
+}
+
+static int
+prepare(idem_conn *conn, int form, idem_stmt stmt)
 {
 	PGresult   *res;
-	const char *state;
 
-	if (conn->prepared & (1u << stmt))
+	if (conn->prepared & PREPARED_BIT(form, stmt))
 		return 0;
-	res = PQprepare(conn->pg, stmt_name[stmt], stmt_sql[stmt], 0, NULL);
+	res = PQprepare(conn->pg, stmt_name[form][stmt], stmt_sql[form][stmt],
+					0, NULL);
 	if (res && PQresultStatus(res) == PGRES_COMMAND_OK)
 	{
 		PQclear(res);
-		conn->prepared |= 1u << stmt;
+		conn->prepared |= PREPARED_BIT(form, stmt);
 		return 0;
 	}
 	/* another handle on the same wrapped connection prepared it already */
-	state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-	if (state && strcmp(state, "42P05") == 0)
+	if (has_sqlstate(res, "42P05"))
 	{
 		PQclear(res);
-		conn->prepared |= 1u << stmt;
+		conn->prepared |= PREPARED_BIT(form, stmt);
 		return 0;
 	}
 	set_error_from_result(conn, res);
@@ -463,26 +567,35 @@ prepare(idem_conn *conn, idem_stmt stmt)
 }
 
 /*
- * Runs a prepared statement with text parameters (the formats given, if
- * any) and binary results.  Returns a PGRES_TUPLES_OK result with exactly
- * one row, or NULL with the error set on the handle.
+ * Runs a statement with text parameters (the formats given, if any) and
+ * binary results: prepared, or unnamed when the connection's statements do
+ * not last.  Returns a PGRES_TUPLES_OK result with exactly one row, or
+ * NULL with the error set on the handle.  The caller has probed the
+ * connection (begin_call), so that the form is known.
  */
 static PGresult *
 exec_stmt(idem_conn *conn, idem_stmt stmt, int nparams,
 		  const char *const *values, const int *lengths, const int *formats)
 {
+	int			form = FORM(conn);
+	int			vanished = 0;
 	PGresult   *res;
-	int			retried = 0;
 
 	check_connection(conn);
 	if (conn->err != IDEM_OK)
 		return NULL;
 
 again:
-	if (prepare(conn, stmt) < 0)
-		return NULL;
-	res = PQexecPrepared(conn->pg, stmt_name[stmt], nparams, values, lengths,
-						 formats, 1);
+	if (conn->sess.unnamed)
+		res = PQexecParams(conn->pg, stmt_sql[form][stmt], nparams, NULL,
+						   values, lengths, formats, 1);
+	else
+	{
+		if (prepare(conn, form, stmt) < 0)
+			return NULL;
+		res = PQexecPrepared(conn->pg, stmt_name[form][stmt], nparams,
+							 values, lengths, formats, 1);
+	}
 	if (res && PQresultStatus(res) == PGRES_TUPLES_OK)
 	{
 		int			ntuples = PQntuples(res);
@@ -492,42 +605,233 @@ again:
 			PQclear(res);
 			idem__set_error(conn, IDEM_ERR_PROTOCOL,
 							"%s returned %d rows, expected 1",
-							stmt_name[stmt], ntuples);
+							stmt_name[form][stmt], ntuples);
 			return NULL;
 		}
 		return res;
 	}
-	if (res && PQresultStatus(res) == PGRES_FATAL_ERROR &&
-		PQresultErrorField(res, PG_DIAG_SQLSTATE) &&
-		strcmp(PQresultErrorField(res, PG_DIAG_SQLSTATE), "26000") == 0)
-		conn->prepared = 0;
-	if (!retried && res &&
-		PQresultStatus(res) == PGRES_FATAL_ERROR &&
-		PQresultErrorField(res, PG_DIAG_SQLSTATE) &&
-		strcmp(PQresultErrorField(res, PG_DIAG_SQLSTATE), "26000") == 0 &&
-		PQtransactionStatus(conn->pg) == PQTRANS_IDLE)
+	if (has_sqlstate(res, "26000"))
 	{
 		/*
 		 * Deallocated behind our back (DEALLOCATE ALL, DISCARD ALL): all
-		 * of them are gone, prepare again.  Inside a transaction the error
+		 * of them are gone, prepare again.  Gone again at once, they do
+		 * not outlive a transaction (a pooler we did not detect): unnamed
+		 * statements from now on.  Inside a transaction block the error
 		 * has already aborted it, so it is reported instead.
 		 */
-		PQclear(res);
 		conn->prepared = 0;
-		retried = 1;
-		goto again;
+		if (PQtransactionStatus(conn->pg) == PQTRANS_IDLE)
+		{
+			if (vanished++ > 0)
+				conn->sess.unnamed = 1;
+			PQclear(res);
+			goto again;
+		}
 	}
 	if (res && PQresultStatus(res) != PGRES_FATAL_ERROR)
 	{
 		idem__set_error(conn, IDEM_ERR_PROTOCOL,
 						"unexpected result status %s from %s",
-						PQresStatus(PQresultStatus(res)), stmt_name[stmt]);
+						PQresStatus(PQresultStatus(res)),
+						stmt_name[form][stmt]);
 		PQclear(res);
 		return NULL;
 	}
 	set_error_from_result(conn, res);
 	PQclear(res);
 	return NULL;
+}
+
+/*
+ * Runs a query without parameters, or with one, unnamed, text results;
+ * returns its one row, or NULL with the error set.
+ */
+static PGresult *
+exec_text(idem_conn *conn, const char *sql, const char *param)
+{
+	PGresult   *res = PQexecParams(conn->pg, sql, param ? 1 : 0, NULL,
+								   param ? &param : NULL, NULL, NULL, 0);
+
+	if (res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
+		return res;
+	if (res && PQresultStatus(res) == PGRES_TUPLES_OK)
+		idem__set_error(conn, IDEM_ERR_PROTOCOL, "query returned %d rows",
+						PQntuples(res));
+	else
+		set_error_from_result(conn, res);
+	PQclear(res);
+	return NULL;
+}
+
+/*
+ * Learns, once per connection, what the calls need to know about the
+ * server: see the comment at the top of the file.  A new backend PID means
+ * the application reset a wrapped PGconn: probe again.
+ */
+static int
+probe(idem_conn *conn)
+{
+	int			pid = PQbackendPID(conn->pg);
+	PGresult   *res;
+	int			major = 0,
+				minor = 0;
+
+	if (conn->sess.probed && conn->sess.backend_pid == pid)
+		return 0;
+	memset(&conn->sess, 0, sizeof(conn->sess));
+	conn->prepared = 0;
+	res = exec_text(conn, PROBE_SQL, NULL);
+	if (res == NULL)
+		return -1;
+	conn->sess.backend_pid = pid;
+	conn->sess.proxied = atoi(PQgetvalue(res, 0, 0)) != pid;
+	conn->sess.unnamed = conn->sess.proxied;
+	conn->sess.wait_ms = 30000;
+	if (PQnfields(res) > 1 && !PQgetisnull(res, 0, 1))
+	{
+		snprintf(conn->sess.extversion, sizeof(conn->sess.extversion), "%s",
+				 PQgetvalue(res, 0, 1));
+		if (sscanf(conn->sess.extversion, "%d.%d", &major, &minor) < 1)
+			major = 0;
+		conn->sess.owners = major > 1 || (major == 1 && minor >= 2);
+	}
+	PQclear(res);
+
+	if (conn->sess.extversion[0])
+	{
+		res = exec_text(conn, SETTINGS_SQL, NULL);
+		if (res == NULL)
+			return -1;
+		if (PQnfields(res) == 3)
+		{
+			if (!PQgetisnull(res, 0, 1))
+				conn->sess.wait_ms = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
+			if (!PQgetisnull(res, 0, 2))
+				conn->sess.lease_ms = strtoll(PQgetvalue(res, 0, 2), NULL, 10);
+		}
+		PQclear(res);
+	}
+	conn->sess.probed = 1;
+	return 0;
+}
+
+/* what every call does first: a connection, probed */
+static int
+begin_call(idem_conn *conn)
+{
+	check_connection(conn);
+	if (conn->err != IDEM_OK)
+		return -1;
+	return probe(conn);
+}
+
+/* the length of an interval in ms, by the server's rules */
+static int
+interval_ms(idem_conn *conn, const char *interval, int64_t *ms)
+{
+	PGresult   *res = exec_text(conn, INTERVAL_MS_SQL, interval);
+
+	if (res == NULL)
+		return -1;
+	*ms = PQgetisnull(res, 0, 0) ? 0 : strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+	PQclear(res);
+	return 0;
+}
+
+/* opts->wait in ms (NULL: idem.wait_timeout), the last one remembered */
+static int
+wait_ms_of(idem_conn *conn, const char *wait, int64_t *ms)
+{
+	char	   *copy;
+
+	if (wait == NULL)
+	{
+		*ms = conn->sess.wait_ms;
+		return 0;
+	}
+	if (conn->wait_text && strcmp(conn->wait_text, wait) == 0)
+	{
+		*ms = conn->wait_ms;
+		return 0;
+	}
+	if (interval_ms(conn, wait, ms) < 0)
+		return -1;
+	if ((copy = idem__strdup(wait)) != NULL)
+	{
+		free(conn->wait_text);
+		conn->wait_text = copy;
+		conn->wait_ms = *ms;
+	}
+	return 0;
+}
+
+/*
+ * The lease argument of idem_reserve for this handle (*arg; NULL leaves it
+ * to the server's idem.lease) and whether its reservations are lease-owned
+ * (*leased): see "Owners" in idem.h.
+ */
+static int
+lease_arg(idem_conn *conn, const char **arg, int *leased)
+{
+	*arg = NULL;
+	*leased = conn->lease_seen;
+	if (conn->lease)
+	{
+		if (!conn->lease_resolved)
+		{
+			if (interval_ms(conn, conn->lease, &conn->lease_ms) < 0)
+				return -1;
+			conn->lease_resolved = 1;
+		}
+		if (conn->lease_ms < 0)
+		{
+			idem__set_error(conn, IDEM_ERR_BAD_INPUT,
+							"lease must not be negative: \"%s\"", conn->lease);
+			return -1;
+		}
+		if (conn->lease_ms > 0 && !conn->sess.owners)
+		{
+			idem__set_error(conn, IDEM_ERR_NO_EXTENSION,
+							"leases need version 1.2 of the idempotency "
+							"extension, this database has %s",
+							conn->sess.extversion[0] ? conn->sess.extversion :
+							"none");
+			snprintf(conn->errdetail, sizeof(conn->errdetail), "%s",
+					 "Run ALTER EXTENSION idempotency UPDATE, or use "
+					 "session owners (a lease of \"0\").");
+			return -1;
+		}
+		if (conn->sess.owners)
+			*arg = conn->lease;
+		*leased |= conn->lease_ms > 0;
+		return 0;
+	}
+	if (!conn->sess.owners)
+		return 0;
+	if (conn->sess.lease_ms > 0)
+		*leased = 1;
+	else if (conn->sess.proxied)
+	{
+		*arg = IDEM_PROXY_LEASE;
+		*leased = 1;
+	}
+	return 0;
+}
+
+/*
+ * IK409 on a handle whose reservations are lease-owned (always, for
+ * idem_extend): the token was fenced, our lease was taken over.
+ */
+static void
+check_fenced(idem_conn *conn, int always)
+{
+	char		msg[sizeof(conn->errmsg)];
+
+	if (conn->err != IDEM_ERR_IN_FLIGHT || !(always || conn->lease_seen))
+		return;
+	conn->err = IDEM_ERR_LEASE_LOST;
+	snprintf(msg, sizeof(msg), "lease lost: %.1000s", conn->errmsg);
+	memcpy(conn->errmsg, msg, sizeof(msg));
 }
 
 /* ---- binary result decoding -------------------------------------------- */
@@ -568,16 +872,22 @@ get_int4(const PGresult *res, const char *name, int dflt)
 	return (int) (int32_t) be32((const unsigned char *) PQgetvalue(res, 0, col));
 }
 
-static int64_t
-get_timestamptz(const PGresult *res, const char *name)
+/* an int8 column: 1 and *v, or 0 when absent or NULL */
+static int
+get_int8(const PGresult *res, const char *name, int64_t *v)
 {
 	int			col = column(res, name, 8);
 
-	int64_t		v;
-
 	if (col < 0)
 		return 0;
-	v = (int64_t) be64((const unsigned char *) PQgetvalue(res, 0, col));
+	*v = (int64_t) be64((const unsigned char *) PQgetvalue(res, 0, col));
+	return 1;
+}
+
+static int64_t
+timestamptz_value(const char *value)
+{
+	int64_t		v = (int64_t) be64((const unsigned char *) value);
 
 	/*
 	 * 'infinity' is INT64_MAX and '-infinity' INT64_MIN: keep them so, and
@@ -589,6 +899,16 @@ get_timestamptz(const PGresult *res, const char *name)
 	if (v > INT64_MAX - PG_EPOCH_OFFSET_USEC)
 		return INT64_MAX;
 	return v + PG_EPOCH_OFFSET_USEC;
+}
+
+static int64_t
+get_timestamptz(const PGresult *res, const char *name)
+{
+	int			col = column(res, name, 8);
+
+	if (col < 0)
+		return 0;
+	return timestamptz_value(PQgetvalue(res, 0, col));
 }
 
 /*
@@ -627,6 +947,16 @@ record_from_result(idem_conn *conn, const PGresult *res)
 	rec->attempt = get_int4(res, "attempt", 0);
 	rec->created_at = get_timestamptz(res, "created_at");
 	rec->expires_at = get_timestamptz(res, "expires_at");
+	rec->lease_expires_at = get_timestamptz(res, "lease_expires_at");
+	rec->has_lease_left = get_int8(res, "lease_left_ms", &rec->lease_left_ms);
+
+	col = column(res, "owner", -1);
+	if (col >= 0)
+	{
+		rec->owner = idem__strdup(PQgetvalue(res, 0, col));
+		if (rec->owner == NULL)
+			goto nomem;
+	}
 
 	col = column(res, "body", -1);
 	if (col >= 0)
@@ -690,28 +1020,172 @@ check_key(idem_conn *conn, const char *key)
 	return 0;
 }
 
+static int64_t
+clock_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void
+sleep_ms(int64_t ms)
+{
+	struct timespec ts;
+
+	if (ms <= 0)
+		return;
+	ts.tv_sec = (time_t) (ms / 1000);
+	ts.tv_nsec = (long) (ms % 1000) * 1000000L;
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+}
+
+/* one idem_reserve statement: 0 and *rec, or -1 with the error set */
+static int
+reserve_once(idem_conn *conn, const char *key, const idem_opts *opts,
+			 const char *wait, const char *lease, idem_record **rec)
+{
+	const char *values[7];
+	PGresult   *res;
+
+	values[0] = key;
+	values[1] = opts ? opts->request_hash : NULL;
+	values[2] = opts ? opts->ttl : NULL;
+	values[3] = wait;
+	values[4] = scope_of(opts);
+	values[5] = conn->owner;
+	values[6] = lease;
+	res = exec_stmt(conn, IDEM_STMT_RESERVE, conn->sess.owners ? 7 : 5,
+					values, NULL, NULL);
+	if (res == NULL)
+		return -1;
+	*rec = record_from_result(conn, res);
+	PQclear(res);
+	if (*rec == NULL)
+		return -1;
+	if ((*rec)->state == NULL)
+	{
+		idem_record_free(*rec);
+		*rec = NULL;
+		idem__set_error(conn, IDEM_ERR_PROTOCOL,
+						"idem_reserve returned no state");
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * How long the next slice of a wait may be: at most a quarter of the
+ * owner's remaining lease, at most IDEM_MAX_SLICE_MS, at most left.  0
+ * when the key is no longer in flight or its lease has run out (the next
+ * reserve replays it or takes it over at once); -1 on error.
+ */
+static int64_t
+next_slice(idem_conn *conn, const char *key, const idem_opts *opts,
+		   int64_t left)
+{
+	const char *values[2];
+	PGresult   *res;
+	idem_record *rec;
+	int64_t		slice = IDEM_MAX_SLICE_MS;
+
+	values[0] = key;
+	values[1] = scope_of(opts);
+	res = exec_stmt(conn, IDEM_STMT_GET, 2, values, NULL, NULL);
+	if (res == NULL)
+		return -1;
+	rec = record_from_result(conn, res);
+	PQclear(res);
+	if (rec == NULL)
+		return -1;
+	if (rec->state == NULL || strcmp(rec->state, "in_flight") != 0)
+		slice = 0;
+	else if (rec->has_lease_left)
+	{
+		slice = rec->lease_left_ms / 4;
+		if (rec->lease_left_ms <= 0)
+			slice = 0;
+		else if (slice < 1)
+			slice = 1;
+	}
+	idem_record_free(rec);
+	if (slice > IDEM_MAX_SLICE_MS)
+		slice = IDEM_MAX_SLICE_MS;
+	return slice < left ? slice : left;
+}
+
+/*
+ * Waits in slices (see idem_reserve in idem.h): reserve without waiting,
+ * then, while the key is in flight, reserve again waiting one slice at a
+ * time until total ms have passed.  Between two slices the connection is
+ * free for the pool.  A reserve that answers IK409 before its slice is
+ * over (the server refused at once, e.g. another token on this session)
+ * is not retried before the slice is over.
+ */
+static int
+reserve_sliced(idem_conn *conn, const char *key, const idem_opts *opts,
+			   int64_t total, const char *lease, idem_record **rec)
+{
+	int64_t		deadline = clock_ms() + total;
+	int64_t		slice = 0;
+
+	for (;;)
+	{
+		char		wait[32];
+		int64_t		started = clock_ms();
+		int64_t		now;
+
+		snprintf(wait, sizeof(wait), "%lld ms", (long long) slice);
+		if (reserve_once(conn, key, opts, wait, lease, rec) == 0)
+			return 0;
+		if (conn->err != IDEM_ERR_IN_FLIGHT)
+			return -1;
+		now = clock_ms();
+		if (now - started < slice)
+		{
+			sleep_ms((started + slice < deadline ? started + slice : deadline) - now);
+			now = clock_ms();
+		}
+		if (now >= deadline)
+			return -1;			/* the last IK409 stands */
+		slice = next_slice(conn, key, opts, deadline - now);
+		if (slice < 0)
+			return -1;
+	}
+}
+
 idem_outcome
 idem_reserve(idem_conn *conn, const char *key, const idem_opts *opts,
 			 idem_record **out)
 {
-	const char *values[5];
-	PGresult   *res;
-	idem_record *rec;
+	const char *wait = opts ? opts->wait : NULL;
+	const char *lease = NULL;
+	idem_record *rec = NULL;
 	idem_outcome outcome;
+	int64_t		total = 0;
+	int			leased = 0;
+	int			sliced;
+	int			rc;
 
 	if (out)
 		*out = NULL;
 	idem__clear_error(conn);
 	if (check_key(conn, key) < 0)
 		return outcome_of(conn);
+	if (begin_call(conn) < 0 || lease_arg(conn, &lease, &leased) < 0)
+		return outcome_of(conn);
 
-	values[0] = key;
-	values[1] = opts ? opts->request_hash : NULL;
-	values[2] = opts ? opts->ttl : NULL;
-	values[3] = opts ? opts->wait : NULL;
-	values[4] = scope_of(opts);
-	res = exec_stmt(conn, IDEM_STMT_RESERVE, 5, values, NULL, NULL);
-	if (res == NULL)
+	sliced = (conn->sess.proxied || leased) &&
+		PQtransactionStatus(conn->pg) == PQTRANS_IDLE;
+	if (sliced && wait_ms_of(conn, wait, &total) < 0)
+		return outcome_of(conn);
+	if (sliced && total > 0)
+		rc = reserve_sliced(conn, key, opts, total, lease, &rec);
+	else
+		rc = reserve_once(conn, key, opts, wait, lease, &rec);
+	if (rc < 0)
 	{
 		if (conn->err != IDEM_ERR_CONNECTION &&
 			conn->err != IDEM_ERR_NO_EXTENSION)
@@ -719,22 +1193,14 @@ idem_reserve(idem_conn *conn, const char *key, const idem_opts *opts,
 		return outcome_of(conn);
 	}
 	conn->stats.reserves++;
-	rec = record_from_result(conn, res);
-	PQclear(res);
-	if (rec == NULL)
-		return outcome_of(conn);
-	if (rec->state == NULL)
-	{
-		idem_record_free(rec);
-		return idem__fail(conn, IDEM_ERR_PROTOCOL,
-						  "idem_reserve returned no state");
-	}
 	if (rec->fresh)
 	{
 		outcome = IDEM_FRESH;
 		conn->stats.fresh++;
 		if (rec->attempt > 1)
 			conn->stats.takeovers++;
+		if (rec->lease_expires_at != 0)
+			conn->lease_seen = 1;
 	}
 	else if (strcmp(rec->state, "committed") == 0)
 	{
@@ -762,9 +1228,9 @@ idem_commit(idem_conn *conn, const char *key, const idem_opts *opts,
 			const char *headers_json)
 {
 	char		status_text[16];
-	const char *values[6];
-	int			lengths[6] = {0, 0, 0, 0, 0, 0};
-	int			formats[6] = {0, 0, 0, 1, 0, 0};
+	const char *values[7];
+	int			lengths[7] = {0, 0, 0, 0, 0, 0, 0};
+	int			formats[7] = {0, 0, 0, 1, 0, 0, 0};
 	PGresult   *res;
 	int			stored;
 
@@ -775,6 +1241,8 @@ idem_commit(idem_conn *conn, const char *key, const idem_opts *opts,
 		return idem__fail(conn, IDEM_ERR_TOO_LARGE,
 						  "response body of %zu bytes is too large",
 						  body_len);
+	if (begin_call(conn) < 0)
+		return outcome_of(conn);
 
 	snprintf(status_text, sizeof(status_text), "%d", status);
 	values[0] = key;
@@ -785,9 +1253,14 @@ idem_commit(idem_conn *conn, const char *key, const idem_opts *opts,
 	lengths[3] = (int) body_len;
 	values[4] = headers_json ? headers_json : "{}";
 	values[5] = scope_of(opts);
-	res = exec_stmt(conn, IDEM_STMT_COMMIT, 6, values, lengths, formats);
+	values[6] = conn->owner;
+	res = exec_stmt(conn, IDEM_STMT_COMMIT, conn->sess.owners ? 7 : 6,
+					values, lengths, formats);
 	if (res == NULL)
+	{
+		check_fenced(conn, 0);
 		return outcome_of(conn);
+	}
 	stored = bool_result(res);
 	PQclear(res);
 	if (stored)
@@ -801,18 +1274,23 @@ idem_commit(idem_conn *conn, const char *key, const idem_opts *opts,
 idem_outcome
 idem_release(idem_conn *conn, const char *key, const idem_opts *opts)
 {
-	const char *values[2];
+	const char *values[3];
 	PGresult   *res;
 	int			dropped;
 
 	idem__clear_error(conn);
-	if (check_key(conn, key) < 0)
+	if (check_key(conn, key) < 0 || begin_call(conn) < 0)
 		return outcome_of(conn);
 	values[0] = key;
 	values[1] = scope_of(opts);
-	res = exec_stmt(conn, IDEM_STMT_RELEASE, 2, values, NULL, NULL);
+	values[2] = conn->owner;
+	res = exec_stmt(conn, IDEM_STMT_RELEASE, conn->sess.owners ? 3 : 2,
+					values, NULL, NULL);
 	if (res == NULL)
+	{
+		check_fenced(conn, 0);
 		return outcome_of(conn);
+	}
 	dropped = bool_result(res);
 	PQclear(res);
 	if (dropped)
@@ -821,6 +1299,55 @@ idem_release(idem_conn *conn, const char *key, const idem_opts *opts)
 		return IDEM_FRESH;
 	}
 	return IDEM_NOT_FOUND;
+}
+
+idem_outcome
+idem_extend(idem_conn *conn, const char *key, const idem_opts *opts,
+			int64_t *lease_expires_at)
+{
+	const char *values[4];
+	PGresult   *res;
+	int64_t		until;
+
+	if (lease_expires_at)
+		*lease_expires_at = 0;
+	idem__clear_error(conn);
+	if (check_key(conn, key) < 0 || begin_call(conn) < 0)
+		return outcome_of(conn);
+	if (!conn->sess.owners)
+	{
+		idem__set_error(conn, IDEM_ERR_NO_EXTENSION,
+						"idem_extend needs version 1.2 of the idempotency "
+						"extension, this database has %s",
+						conn->sess.extversion[0] ? conn->sess.extversion :
+						"none");
+		snprintf(conn->errdetail, sizeof(conn->errdetail), "%s",
+				 "Run ALTER EXTENSION idempotency UPDATE.");
+		return outcome_of(conn);
+	}
+	values[0] = key;
+	values[1] = conn->owner;
+	/* the handle's lease, else the length it was reserved with */
+	values[2] = conn->lease && conn->lease_resolved && conn->lease_ms > 0 ?
+		conn->lease : NULL;
+	values[3] = scope_of(opts);
+	res = exec_stmt(conn, IDEM_STMT_EXTEND, 4, values, NULL, NULL);
+	if (res == NULL)
+	{
+		check_fenced(conn, 1);
+		return outcome_of(conn);
+	}
+	if (PQgetisnull(res, 0, 0) || PQgetlength(res, 0, 0) != 8)
+	{
+		PQclear(res);
+		return idem__fail(conn, IDEM_ERR_PROTOCOL,
+						  "idem_extend returned no lease_expires_at");
+	}
+	until = timestamptz_value(PQgetvalue(res, 0, 0));
+	PQclear(res);
+	if (lease_expires_at)
+		*lease_expires_at = until;
+	return IDEM_FRESH;
 }
 
 idem_outcome
@@ -835,7 +1362,7 @@ idem_get(idem_conn *conn, const char *key, const idem_opts *opts,
 	if (out)
 		*out = NULL;
 	idem__clear_error(conn);
-	if (check_key(conn, key) < 0)
+	if (check_key(conn, key) < 0 || begin_call(conn) < 0)
 		return outcome_of(conn);
 	values[0] = key;
 	values[1] = scope_of(opts);
@@ -870,6 +1397,11 @@ idem_purge(idem_conn *conn, int batch_limit)
 	int64_t		n;
 
 	idem__clear_error(conn);
+	if (begin_call(conn) < 0)
+	{
+		outcome_of(conn);
+		return -1;
+	}
 	snprintf(limit_text, sizeof(limit_text), "%d", batch_limit);
 	values[0] = batch_limit > 0 ? limit_text : NULL;
 	res = exec_stmt(conn, IDEM_STMT_PURGE, 1, values, NULL, NULL);
@@ -889,6 +1421,59 @@ idem_purge(idem_conn *conn, int batch_limit)
 	n = (int64_t) be64((const unsigned char *) PQgetvalue(res, 0, 0));
 	PQclear(res);
 	return n;
+}
+
+/* ---- owners and leases ------------------------------------------------- */
+
+int
+idem_set_lease(idem_conn *conn, const char *lease)
+{
+	char	   *copy = NULL;
+
+	idem__clear_error(conn);
+	if (lease && (copy = idem__strdup(lease)) == NULL)
+	{
+		idem__set_error(conn, IDEM_ERR_NOMEM, "out of memory");
+		return -1;
+	}
+	free(conn->lease);
+	conn->lease = copy;
+	conn->lease_resolved = 0;
+	conn->lease_seen = 0;
+	return 0;
+}
+
+const char *
+idem_lease(const idem_conn *conn)
+{
+	return conn ? conn->lease : NULL;
+}
+
+const char *
+idem_owner(const idem_conn *conn)
+{
+	return conn ? conn->owner : "";
+}
+
+int
+idem_proxied(idem_conn *conn)
+{
+	idem__clear_error(conn);
+	if (begin_call(conn) < 0)
+		return -1;
+	return conn->sess.proxied;
+}
+
+int
+idem_uses_leases(idem_conn *conn)
+{
+	const char *arg;
+	int			leased;
+
+	idem__clear_error(conn);
+	if (begin_call(conn) < 0 || lease_arg(conn, &arg, &leased) < 0)
+		return -1;
+	return leased;
 }
 
 /* ---- run ids (used by idem_step) --------------------------------------- */

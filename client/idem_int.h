@@ -12,11 +12,18 @@
 #ifndef IDEM_INT_H
 #define IDEM_INT_H
 
+#include <pthread.h>
+#include <stdatomic.h>
+
 #include <libpq-fe.h>
 
 #include "idem.h"
 
-/* prepared statements, prepared lazily once per connection */
+/*
+ * The statements, prepared lazily once per connection (or sent unnamed
+ * behind a proxy).  Each has two forms: with owner and lease arguments
+ * (extension 1.2 and later) and without (1.0, 1.1).
+ */
 typedef enum idem_stmt
 {
 	IDEM_STMT_RESERVE = 0,
@@ -24,14 +31,76 @@ typedef enum idem_stmt
 	IDEM_STMT_RELEASE,
 	IDEM_STMT_GET,
 	IDEM_STMT_PURGE,
+	IDEM_STMT_EXTEND,			/* 1.2 and later only */
 	IDEM_NSTMTS
 } idem_stmt;
+
+/* random bytes of an owner token; the token is their lowercase hex */
+#define IDEM_OWNER_BYTES 16
+
+/* the lease of a handle behind a proxy when neither it nor the server says */
+#define IDEM_PROXY_LEASE "30s"
+
+/* the longest slice of a wait for a key in flight, in ms */
+#define IDEM_MAX_SLICE_MS 1000
+
+/*
+ * What the library learns about the server session once per connection
+ * (see probe() in idem_conn.c); forgotten on reconnect.
+ */
+typedef struct idem_session
+{
+	int			probed;
+	int			backend_pid;	/* PQbackendPID when probed */
+	int			proxied;		/* PQbackendPID != pg_backend_pid() */
+	int			owners;			/* extension 1.2+: owner and lease arguments */
+	int			unnamed;		/* unnamed statements: named ones may vanish */
+	int64_t		wait_ms;		/* idem.wait_timeout */
+	int64_t		lease_ms;		/* idem.lease (0: session owners) */
+	char		extversion[32]; /* "" when not installed */
+} idem_session;
+
+/*
+ * Renews the lease of a reservation while its handler runs, from a thread
+ * of its own with a connection of its own (opened from the handle's
+ * conninfo the first time, kept until idem_free).  Everything but lost is
+ * read and written only under mu, or while the thread is not running.
+ */
+typedef struct idem_renewer
+{
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	pthread_t	thread;
+	int			running;
+	int			stop;
+	atomic_int	lost;			/* the lease is gone: IK409 / IK404 on extend */
+	PGconn	   *pg;
+	char	  **keywords;		/* the handle's conninfo, NULL-terminated */
+	char	  **values;
+	char	   *key;
+	char	   *scope;
+	char		owner[2 * IDEM_OWNER_BYTES + 1];
+	int64_t		period_ms;
+	int			renewals;		/* successful idem_extend calls, this run */
+	char		errmsg[512];	/* why the lease was lost */
+} idem_renewer;
 
 struct idem_conn
 {
 	PGconn	   *pg;
 	int			owned;			/* we opened pg and close it */
-	unsigned	prepared;		/* bit per idem_stmt */
+	unsigned	prepared;		/* bit per idem_stmt and form */
+	idem_session sess;
+
+	char		owner[2 * IDEM_OWNER_BYTES + 1];	/* this handle's token */
+	char	   *lease;			/* idem_set_lease; NULL = automatic */
+	int			lease_resolved; /* lease_ms is lease in ms */
+	int64_t		lease_ms;
+	int			lease_seen;		/* a reservation of ours came back
+								 * lease-owned */
+	char	   *wait_text;		/* the last opts->wait turned into ms */
+	int64_t		wait_ms;
+	idem_renewer *renewer;		/* NULL until a lease-owned handler runs */
 
 	idem_error	err;
 	char		errmsg[1024];	/* "" = none */
@@ -59,6 +128,10 @@ struct idem_record
 	int			attempt;
 	int64_t		created_at;
 	int64_t		expires_at;
+	char	   *owner;			/* NULL unless the reserve made us owner */
+	int64_t		lease_expires_at;	/* 0: session owner, or not in flight */
+	int			has_lease_left;
+	int64_t		lease_left_ms;	/* lease_expires_at - the server's now() */
 	idem_hdr   *hdrs;
 	size_t		nhdrs;
 };
@@ -77,6 +150,7 @@ struct idem_response
 	/* set by the runners */
 	int			attempt;
 	const char *key;
+	idem_renewer *renewer;		/* renewing its lease, or NULL */
 };
 
 /* idem_conn.c */
@@ -85,6 +159,12 @@ void		idem__set_error(idem_conn *conn, idem_error err, const char *fmt,...)
 			__attribute__((format(printf, 3, 4)));
 idem_outcome idem__fail(idem_conn *conn, idem_error err, const char *fmt,...)
 			__attribute__((format(printf, 3, 4)));
+
+/* idem_lease.c */
+int			idem__renew_start(idem_conn *conn, const char *key,
+							  const char *scope, int64_t lease_ms);
+int			idem__renew_stop(idem_conn *conn);
+void		idem__renewer_free(idem_renewer *r);
 
 /* idem_record.c */
 idem_record *idem__record_new(void);

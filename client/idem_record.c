@@ -439,6 +439,7 @@ idem_record_free(idem_record *rec)
 	if (rec == NULL)
 		return;
 	free(rec->state);
+	free(rec->owner);
 	free(rec->headers_json);
 	free(rec->body);
 	idem__free_hdrs(rec->hdrs, rec->nhdrs);
@@ -522,6 +523,18 @@ int64_t
 idem_record_expires_at(const idem_record *rec)
 {
 	return rec->expires_at;
+}
+
+int64_t
+idem_record_lease_expires_at(const idem_record *rec)
+{
+	return rec->lease_expires_at;
+}
+
+const char *
+idem_record_owner(const idem_record *rec)
+{
+	return rec->owner;
 }
 
 /*
@@ -656,6 +669,12 @@ const char *
 idem_response_key(const idem_response *resp)
 {
 	return resp->key;
+}
+
+int
+idem_response_lease_lost(const idem_response *resp)
+{
+	return resp && resp->renewer && atomic_load(&resp->renewer->lost) != 0;
 }
 
 /* a growing buffer for the encoder */

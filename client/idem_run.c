@@ -6,8 +6,10 @@
  *
  * All of them are built on the public calls: reserve, run the callback
  * only when the reservation is fresh, then commit or release on the same
- * handle.  Concurrent callers wait inside the server's idem_reserve, so a
- * callback runs once per key however many callers race for it.
+ * handle.  Concurrent callers wait in idem_reserve, so a callback runs
+ * once per key however many callers race for it.  While the callback of a
+ * lease-owned reservation runs, its lease is renewed (idem_lease.c); a
+ * lease lost meanwhile is reported as IDEM_LEASE_LOST, never as success.
  *
  *-------------------------------------------------------------------------
  */
@@ -95,6 +97,25 @@ commit_response(idem_conn *conn, const char *key, const idem_opts *opts,
 	}
 }
 
+/* the outcome of a handler whose lease was lost while it ran */
+static idem_outcome
+lease_lost(idem_conn *conn, const char *key, const char *why)
+{
+	saved_error saved;
+
+	save_error(conn, &saved);
+	idem__fail(conn, IDEM_ERR_LEASE_LOST,
+			   "the lease on key \"%s\" ran out while the handler ran and "
+			   "another caller took the key over: the handler ran, its "
+			   "response was not stored", key);
+	if (why && *why)
+		snprintf(conn->errdetail, sizeof(conn->errdetail), "%s", why);
+	else if (saved.errmsg[0])
+		snprintf(conn->errdetail, sizeof(conn->errdetail), "%s",
+				 saved.errmsg);
+	return IDEM_LEASE_LOST;
+}
+
 /*
  * The core of every runner.  http is NULL for plain runs (every response
  * the handler returns 0 for is stored), else its cache policy applies.
@@ -108,6 +129,10 @@ run_guarded(idem_conn *conn, const char *key, const idem_opts *opts,
 	idem_response *resp;
 	idem_outcome o;
 	int			rc;
+	int			leased;
+	int			renewing = 0;
+	int			lost = 0;
+	char		why[sizeof(((idem_renewer *) 0)->errmsg)] = "";
 
 	o = idem_reserve(conn, key, opts, &rec);
 	if (o == IDEM_REPLAY)
@@ -129,18 +154,37 @@ run_guarded(idem_conn *conn, const char *key, const idem_opts *opts,
 		resp->status = 200;
 	resp->attempt = rec->attempt;
 	resp->key = key;
+	leased = rec->lease_expires_at != 0;
+	if (leased)
+		renewing = idem__renew_start(conn, key, opts && opts->scope ?
+									 opts->scope : "",
+									 rec->has_lease_left ?
+									 rec->lease_left_ms : 0) == 0;
+	resp->renewer = renewing ? conn->renewer : NULL;
 	idem_record_free(rec);
 
 	conn->stats.handler_runs++;
 	rc = handler(resp, arg);
 
+	if (renewing)
+	{
+		lost = idem__renew_stop(conn);
+		if (lost)
+			snprintf(why, sizeof(why), "%s", conn->renewer->errmsg);
+	}
+	resp->renewer = NULL;
+
 	if (rc != 0 || (http && !idem_http_cacheable(http, resp->status)))
 	{
-		idem_outcome rel = idem_release(conn, key, opts);
-		char		why[512];
+		idem_outcome rel = IDEM_NOT_FOUND;
+		char		note[512];
 
-		snprintf(why, sizeof(why), "%s%.400s",
-				 rel == IDEM_ERROR ? "; releasing the key failed: " : "",
+		if (!lost)
+			rel = idem_release(conn, key, opts);
+		snprintf(note, sizeof(note), "%s%.400s",
+				 lost ? "; the lease had been lost: another caller took "
+				 "the key over" : rel == IDEM_ERROR ?
+				 "; releasing the key failed: " : "",
 				 rel == IDEM_ERROR ? conn->errmsg : "");
 		if (rc != 0)
 		{
@@ -148,7 +192,7 @@ run_guarded(idem_conn *conn, const char *key, const idem_opts *opts,
 			return idem__fail(conn, IDEM_ERR_HANDLER,
 							  "handler failed (returned %d); the key was "
 							  "released so that a retry runs it again%s",
-							  rc, why);
+							  rc, note);
 		}
 		/* served, not stored: a retry runs the handler again */
 		idem__clear_error(conn);
@@ -157,7 +201,22 @@ run_guarded(idem_conn *conn, const char *key, const idem_opts *opts,
 		return *out ? IDEM_FRESH : nomem(conn);
 	}
 
+	if (lost)
+	{
+		idem_response_free(resp);
+		return lease_lost(conn, key, why);
+	}
 	o = commit_response(conn, key, opts, resp);
+	if (leased && (o == IDEM_LEASE_LOST || o == IDEM_REPLAY))
+	{
+		/*
+		 * Refused (fenced), or committed by someone else: nobody but the
+		 * owner of a live lease can commit, so ours ran out and was taken
+		 * over while the handler ran.
+		 */
+		idem_response_free(resp);
+		return lease_lost(conn, key, NULL);
+	}
 	if (o == IDEM_FRESH)
 	{
 		*out = idem__record_from_response(resp, "committed");
@@ -477,6 +536,7 @@ idem_http_error_status(idem_outcome outcome, idem_error err)
 		case IDEM_MISMATCH:
 			return 422;
 		case IDEM_IN_FLIGHT:
+		case IDEM_LEASE_LOST:
 			return 409;
 		case IDEM_NOT_FOUND:
 		case IDEM_ERROR:
