@@ -5,7 +5,7 @@
  *	  any number of hosts or cron jobs at once.
  *
  *	  idem exec --key K [--scope S] [--ttl 24h] [--wait 30s]
- *	            [--cache-failures] -- CMD [ARG...]
+ *	            [--lease 30s] [--cache-failures] -- CMD [ARG...]
  *	  idem get --key K [--scope S] [--body]
  *	  idem purge [--limit N]
  *	  idem stats
@@ -37,7 +37,8 @@
 #define EXIT_MISMATCH	65		/* the key was used with another command */
 #define EXIT_UNAVAILABLE 69		/* database unreachable, extension missing */
 #define EXIT_SOFTWARE	70		/* any other failure */
-#define EXIT_TEMPFAIL	75		/* timed out waiting for an in-flight key */
+#define EXIT_TEMPFAIL	75		/* timed out waiting for an in-flight key,
+								 * or the lease was lost to another run */
 #define EXIT_NOPERM		77		/* stats: not allowed to read idem_stats */
 
 static const char usage_text[] =
@@ -46,7 +47,7 @@ static const char usage_text[] =
 "\n"
 "Usage:\n"
 "  idem [--dsn DSN] exec --key K [--scope S] [--ttl 24h] [--wait 30s]\n"
-"                        [--cache-failures] -- CMD [ARG...]\n"
+"                        [--lease INTERVAL] [--cache-failures] -- CMD [ARG...]\n"
 "  idem [--dsn DSN] get --key K [--scope S] [--body]\n"
 "  idem [--dsn DSN] purge [--limit N]\n"
 "  idem [--dsn DSN] stats\n"
@@ -61,6 +62,13 @@ static const char usage_text[] =
 "       the server's idem.wait_timeout, 30s; \"0\" = do not wait).  The\n"
 "       request hash is the command line: the same key with another command\n"
 "       is a mismatch.  --ttl: how long the result is kept (default 24h).\n"
+"       --lease INTERVAL: the run owns the key by a lease that idem renews\n"
+"       while CMD runs (every third of it), instead of by its database\n"
+"       session; needed behind a transaction-mode pooler (PgBouncer ...),\n"
+"       where it is the default (30s), as it is when the server sets\n"
+"       idem.lease.  --lease 0 forces session ownership.  If the lease runs\n"
+"       out all the same (idem was stopped) and another run takes the key\n"
+"       over, the result of this run is not stored and idem exits 75.\n"
 "get    Shows the record of a key; --body prints only the stored stdout.\n"
 "purge  Deletes expired records (at most N with --limit).\n"
 "stats  Shows the extension's version, settings, counters and the number of\n"
@@ -76,7 +84,8 @@ static const char usage_text[] =
 "  65  the key was used with another command line (hash mismatch)\n"
 "  69  database unreachable, or the idempotency extension is not installed\n"
 "  70  any other failure (e.g. stdout larger than idem.max_body_bytes)\n"
-"  75  timed out waiting for another run of the same key\n"
+"  75  timed out waiting for another run of the same key, or the lease was\n"
+"      lost: another run took the key over while CMD ran\n"
 "  77  stats: not allowed to read idem_stats (needs pg_monitor)\n";
 
 static void usage_error(const char *fmt, const char *arg)
@@ -135,6 +144,7 @@ exit_code_for(const idem_conn *conn, idem_outcome outcome)
 		case IDEM_MISMATCH:
 			return EXIT_MISMATCH;
 		case IDEM_IN_FLIGHT:
+		case IDEM_LEASE_LOST:
 			return EXIT_TEMPFAIL;
 		default:
 			break;
@@ -198,6 +208,7 @@ typedef struct exec_ctx
 	int			cache_failures;
 	int			ran;
 	int			exit_code;
+	int			warned_lost;	/* told that the lease was lost */
 } exec_ctx;
 
 static volatile sig_atomic_t child_pid;
@@ -235,8 +246,9 @@ run_command(idem_response *resp, void *arg)
 
 	ctx->ran = 1;
 	if (idem_response_attempt(resp) > 1)
-		fprintf(stderr, "idem: key %s: the run that held it died; running "
-				"again (attempt %d)\n", idem_response_key(resp),
+		fprintf(stderr, "idem: key %s: the run that held it is gone (it died, "
+				"or its lease ran out); running again (attempt %d)\n",
+				idem_response_key(resp),
 				idem_response_attempt(resp));
 	if (pipe(fds) < 0)
 	{
@@ -297,6 +309,14 @@ run_command(idem_response *resp, void *arg)
 			/* drain what is already in the pipe, without waiting */
 			fcntl(fds[0], F_SETFL, fcntl(fds[0], F_GETFL) | O_NONBLOCK);
 		}
+		if (!ctx->warned_lost && idem_response_lease_lost(resp))
+		{
+			ctx->warned_lost = 1;
+			fprintf(stderr, "idem: key %s: the lease was lost while the "
+					"command runs: another run took the key over; the "
+					"result of this run will not be stored\n",
+					idem_response_key(resp));
+		}
 		ready = exited ? 1 : poll(&pfd, 1, 100);
 		if (ready < 0 && errno != EINTR)
 			break;
@@ -341,8 +361,9 @@ static int
 cmd_exec(const char *dsn, int argc, char **argv)
 {
 	const char *key = NULL;
+	const char *lease = NULL;
 	idem_opts	opts = {NULL, NULL, NULL, NULL};
-	exec_ctx	ctx = {NULL, 0, 0, 0};
+	exec_ctx	ctx = {NULL, 0, 0, 0, 0};
 	char		hash[IDEM_HASH_SIZE];
 	idem_conn  *conn;
 	idem_record *rec = NULL;
@@ -365,6 +386,7 @@ cmd_exec(const char *dsn, int argc, char **argv)
 			take_value(argc, argv, &i, "--scope", &opts.scope) ||
 			take_value(argc, argv, &i, "--ttl", &opts.ttl) ||
 			take_value(argc, argv, &i, "--wait", &opts.wait) ||
+			take_value(argc, argv, &i, "--lease", &lease) ||
 			take_value(argc, argv, &i, "--dsn", &dsn))
 			continue;
 		if (strcmp(a, "--cache-failures") == 0)
@@ -393,6 +415,12 @@ cmd_exec(const char *dsn, int argc, char **argv)
 	opts.request_hash = hash;
 
 	conn = connect_or_exit(dsn);
+	if (lease && idem_set_lease(conn, lease) < 0)
+	{
+		print_error(conn);
+		idem_free(conn);
+		return EXIT_SOFTWARE;
+	}
 	o = idem_run(conn, key, &opts, run_command, &ctx, &rec);
 	switch (o)
 	{
@@ -424,6 +452,17 @@ cmd_exec(const char *dsn, int argc, char **argv)
 			{
 				/* CMD failed; the key was released for a retry */
 				rc = ctx.exit_code;
+				break;
+			}
+			if (o == IDEM_LEASE_LOST)
+			{
+				fprintf(stderr, "idem: key %s: the lease was lost: it ran "
+						"out while the command ran (exit code %d), and "
+						"another run took the key over; the result of this "
+						"run was not stored\n", key, ctx.exit_code);
+				if (*idem_errdetail(conn))
+					fprintf(stderr, "idem: DETAIL: %s\n", idem_errdetail(conn));
+				rc = EXIT_TEMPFAIL;
 				break;
 			}
 			print_error(conn);
@@ -511,10 +550,13 @@ cmd_get(const char *dsn, int argc, char **argv)
 		else
 		{
 			char		created[48],
-						expires[48];
+						expires[48],
+						lease_end[48];
 
 			format_time(created, sizeof(created), idem_record_created_at(rec));
 			format_time(expires, sizeof(expires), idem_record_expires_at(rec));
+			format_time(lease_end, sizeof(lease_end),
+						idem_record_lease_expires_at(rec));
 			printf("key:        %s\n", key);
 			printf("scope:      %s\n", opts.scope ? opts.scope : "");
 			printf("state:      %s\n", idem_record_state(rec));
@@ -523,6 +565,8 @@ cmd_get(const char *dsn, int argc, char **argv)
 			printf("attempt:    %d\n", idem_record_attempt(rec));
 			printf("created_at: %s\n", created);
 			printf("expires_at: %s\n", expires);
+			if (idem_record_lease_expires_at(rec) != 0)
+				printf("lease_expires_at: %s\n", lease_end);
 			if (idem_record_headers_json(rec))
 				printf("headers:    %s\n", idem_record_headers_json(rec));
 			if (body)
@@ -693,6 +737,7 @@ cmd_stats(const char *dsn, int argc, char **argv)
 				 "SELECT idem_derive_key('idem stats'), "
 				 "  current_setting('idem.default_ttl', true) AS default_ttl, "
 				 "  current_setting('idem.wait_timeout', true) AS wait_timeout, "
+				 "  current_setting('idem.lease', true) AS lease, "
 				 "  current_setting('idem.max_body_bytes', true) AS max_body_bytes");
 	if (PQresultStatus(res) == PGRES_TUPLES_OK)
 	{

@@ -99,6 +99,7 @@ static struct config
 	char		mail_port[16];
 	const char *wait;
 	const char *ttl;
+	const char *lease;
 	int			no_wait;
 	int			optional_key;
 	int			test_hooks;
@@ -166,7 +167,7 @@ worker_ready(worker *w, char *errbuf, size_t errlen)
 		return -1;
 	}
 	w->idem = idem_wrap(w->pg);
-	if (w->idem == NULL)
+	if (w->idem == NULL || idem_set_lease(w->idem, cfg.lease) < 0)
 	{
 		snprintf(errbuf, errlen, "out of memory");
 		worker_close(w);
@@ -1502,11 +1503,11 @@ prepare_database(void)
 	}
 	/* a bad --wait or --ttl would fail every request: refuse it now */
 	{
-		const char *iv[2] = {cfg.wait, cfg.ttl};
-		const char *opt[2] = {"--wait", "--ttl"};
+		const char *iv[3] = {cfg.wait, cfg.ttl, cfg.lease};
+		const char *opt[3] = {"--wait", "--ttl", "--lease"};
 		int			k;
 
-		for (k = 0; k < 2; k++)
+		for (k = 0; k < 3; k++)
 		{
 			if (iv[k] == NULL)
 				continue;
@@ -1572,6 +1573,9 @@ usage(FILE *f)
 			"  --no-wait             answer 409 at once to a duplicate of a request in flight\n"
 			"                        (per request: header X-Idempotency-Wait: 0)\n"
 			"  --ttl INTERVAL        how long responses are kept (default idem.default_ttl, 24h)\n"
+			"  --lease INTERVAL      requests own their key by a lease, renewed while the\n"
+			"                        handler runs (for transaction-mode poolers); 0 = by the\n"
+			"                        worker's session (default: automatic, see libidem)\n"
 			"  --optional-key        guarded requests without Idempotency-Key run unprotected\n"
 			"                        (default: 400)\n"
 			"  --api-key TOKEN=TENANT  map \"Authorization: Bearer TOKEN\" to a tenant\n"
@@ -1667,6 +1671,8 @@ main(int argc, char **argv)
 			cfg.wait = argv[++i];
 		else if (strcmp(a, "--ttl") == 0)
 			cfg.ttl = argv[++i];
+		else if (strcmp(a, "--lease") == 0)
+			cfg.lease = argv[++i];
 		else if (strcmp(a, "--mail") == 0)
 		{
 			const char *colon = strrchr(next, ':');
