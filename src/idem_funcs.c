@@ -799,7 +799,11 @@ idem_reserve(PG_FUNCTION_ARGS)
 				count_reserve(-1, wait_started);
 				PG_RETURN_DATUM(make_reservation(fcinfo, true, &rec));
 			}
-			st = REC_ABSENT;	/* changed meanwhile: read it again */
+			/* cannot change under our lock, but read it again to be sure */
+			if (++retries > 3)
+				elog(ERROR, "lease of key \"%s\" in scope \"%s\" changed under its lock",
+					 k.key, k.scope);
+			continue;
 		}
 
 		if (held && (st == REC_ABSENT || st == REC_ORPHAN))
