@@ -9,6 +9,7 @@ EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" idempotency.con
 MODULE_big = idempotency
 OBJS = \
 	src/idempotency.o \
+	src/idem_args.o \
 	src/idem_funcs.o \
 	src/idem_hash.o \
 	src/idem_lock.o \

@@ -137,3 +137,36 @@ AS $$
 	   AND k.created_at < now() - $1
 	 ORDER BY 4 DESC
 $$;
+
+-- A NULL scope, or one longer than a scope may be, is bad input in the
+-- extension's own words, not a constraint violation of its table.
+CREATE OR REPLACE FUNCTION idem_confine(role regrole, VARIADIC scopes text[])
+RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	s	text;
+	i	integer := 0;
+BEGIN
+	FOREACH s IN ARRAY scopes LOOP
+		i := i + 1;
+		IF s IS NULL THEN
+			RAISE EXCEPTION 'idempotency scope must not be null'
+				USING ERRCODE = 'null_value_not_allowed',
+					  DETAIL = format('Scope %s of %s given to confine role "%s" is null.',
+									  i, cardinality(scopes), role),
+					  HINT = 'Use the empty string for the default scope.';
+		END IF;
+		IF octet_length(s) > 255 THEN
+			RAISE EXCEPTION 'idempotency scope is too long'
+				USING ERRCODE = 'string_data_right_truncation',
+					  DETAIL = format('Scope "%s..." given to confine role "%s" is %s bytes; the limit is 255 bytes.',
+									  left(s, 32), role, octet_length(s));
+		END IF;
+	END LOOP;
+	INSERT INTO @extschema@.idem_confinement (role, scope)
+	SELECT $1, u FROM unnest($2) u
+	ON CONFLICT DO NOTHING;
+END
+$$;

@@ -56,111 +56,6 @@ typedef enum RecordState
 								 * reserved with another owner token */
 } RecordState;
 
-/* an error the caller caused: counted, then raised */
-#define user_error(rest) \
-	do { \
-		idem_count(IDEM_C_ERRORS, 1); \
-		ereport(ERROR, rest); \
-	} while (0)
-
-#define KEY_DETAIL(k) \
-	errdetail("Key \"%s\" in scope \"%s\".", (k)->key, (k)->scope)
-
-/*
- * Validates and extracts the key and scope arguments.
- */
-static void
-get_key_args(FunctionCallInfo fcinfo, int keyarg, int scopearg, IdemKey *k)
-{
-	text	   *t;
-
-	if (PG_ARGISNULL(keyarg))
-		user_error(
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("idempotency key must not be null"),
-				 PG_ARGISNULL(scopearg) ? 0 :
-				 errdetail("The key given in scope \"%s\" is null.",
-						   text_to_cstring(PG_GETARG_TEXT_PP(scopearg)))));
-	if (PG_ARGISNULL(scopearg))
-		user_error(
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("idempotency scope must not be null"),
-				 errdetail("The scope given for key \"%s\" is null.",
-						   text_to_cstring(PG_GETARG_TEXT_PP(keyarg))),
-				 errhint("Use the empty string for the default scope.")));
-
-	t = PG_GETARG_TEXT_PP(scopearg);
-	k->scope = text_to_cstring(t);
-	k->scope_len = VARSIZE_ANY_EXHDR(t);
-	t = PG_GETARG_TEXT_PP(keyarg);
-	k->key = text_to_cstring(t);
-	k->key_len = VARSIZE_ANY_EXHDR(t);
-
-	if (k->key_len == 0)
-		user_error(
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("idempotency key must not be empty"),
-				 errdetail("Key \"\" in scope \"%s\".", k->scope)));
-	if (k->key_len > IDEM_MAX_KEY_BYTES)
-		user_error(
-				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
-				 errmsg("idempotency key is too long"),
-				 errdetail("Key \"%.*s...\" in scope \"%s\" is %d bytes; the limit is %d bytes.",
-						   pg_mbcliplen(k->key, k->key_len, 32), k->key,
-						   k->scope, k->key_len, IDEM_MAX_KEY_BYTES)));
-	if (k->scope_len > IDEM_MAX_KEY_BYTES)
-		user_error(
-				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
-				 errmsg("idempotency scope is too long"),
-				 errdetail("Scope \"%.*s...\" of key \"%s\" is %d bytes; the limit is %d bytes.",
-						   pg_mbcliplen(k->scope, k->scope_len, 32), k->scope,
-						   k->key, k->scope_len, IDEM_MAX_KEY_BYTES)));
-
-	idem_check_scope(k->scope);
-}
-
-static char *
-get_hash_arg(FunctionCallInfo fcinfo, int arg, const IdemKey *k)
-{
-	text	   *t;
-
-	if (PG_ARGISNULL(arg))
-		return NULL;
-	t = PG_GETARG_TEXT_PP(arg);
-	if (VARSIZE_ANY_EXHDR(t) > IDEM_MAX_HASH_BYTES)
-		user_error(
-				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
-				 errmsg("request hash is too long"),
-				 errdetail("Key \"%s\" in scope \"%s\" was given a request hash of %d bytes; the limit is %d bytes.",
-						   k->key, k->scope, (int) VARSIZE_ANY_EXHDR(t),
-						   IDEM_MAX_HASH_BYTES)));
-	return text_to_cstring(t);
-}
-
-/* Microseconds of an interval, months counted as 30 days */
-static int64
-interval_usecs(const Interval *iv)
-{
-	int128		us;
-
-	us = (int128) iv->time +
-		(int128) iv->day * USECS_PER_DAY +
-		(int128) iv->month * DAYS_PER_MONTH * USECS_PER_DAY;
-	if (us > PG_INT64_MAX)
-		return PG_INT64_MAX;
-	if (us < PG_INT64_MIN)
-		return PG_INT64_MIN;
-	return (int64) us;
-}
-
-static TimestampTz
-add_interval(TimestampTz ts, const Interval *iv)
-{
-	return DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
-												   TimestampTzGetDatum(ts),
-												   IntervalPGetDatum(iv)));
-}
-
 static bool
 hashes_differ(const char *stored, const char *given)
 {
@@ -180,137 +75,6 @@ check_hash(const IdemKey *k, const IdemRecord *rec, const char *given)
 						   k->key, k->scope, rec->request_hash, given),
 				 errhint("Use a new idempotency key for a different request.")));
 	}
-}
-
-static char *
-interval_text(const Interval *iv)
-{
-	return DatumGetCString(DirectFunctionCall1(interval_out,
-											   IntervalPGetDatum(iv)));
-}
-
-/*
- * A ttl or a lease: positive, and no longer than idem.max_ttl.
- */
-static void
-check_period(const IdemKey *k, const char *what, const Interval *iv,
-			 TimestampTz now)
-{
-	if (interval_usecs(iv) > (int64) idem_max_ttl * USECS_PER_SEC)
-		user_error(
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s is longer than idem.max_ttl", what),
-				 errdetail("Key \"%s\" in scope \"%s\" was given %s %s; idem.max_ttl is %d seconds.",
-						   k->key, k->scope, what, interval_text(iv),
-						   idem_max_ttl)));
-	if (add_interval(now, iv) <= now)
-		user_error(
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s must be positive", what),
-				 errdetail("Key \"%s\" in scope \"%s\" was given %s %s.",
-						   k->key, k->scope, what, interval_text(iv))));
-}
-
-/*
- * The owner token argument: NULL, or 1 to IDEM_MAX_TOKEN_BYTES bytes.
- * Functions of versions before 1.2 have no such argument.
- */
-static char *
-get_token_arg(FunctionCallInfo fcinfo, int arg, const IdemKey *k)
-{
-	text	   *t;
-	int			len;
-
-	if (arg >= PG_NARGS() || PG_ARGISNULL(arg))
-		return NULL;
-	t = PG_GETARG_TEXT_PP(arg);
-	len = VARSIZE_ANY_EXHDR(t);
-	if (len == 0)
-		user_error(
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("owner token must not be empty"),
-				 errdetail("Key \"%s\" in scope \"%s\" was given an empty owner token.",
-						   k->key, k->scope),
-				 errhint("Pass NULL to have idem_reserve make a token.")));
-	if (len > IDEM_MAX_TOKEN_BYTES)
-		user_error(
-				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
-				 errmsg("owner token is too long"),
-				 errdetail("Key \"%s\" in scope \"%s\" was given an owner token of %d bytes; the limit is %d bytes.",
-						   k->key, k->scope, len, IDEM_MAX_TOKEN_BYTES)));
-	return text_to_cstring(t);
-}
-
-static void
-require_lease_columns(const IdemKey *k)
-{
-	if (!idem_storage_has_leases())
-		user_error(
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("lease owners need version 1.2 of extension \"idempotency\""),
-				 KEY_DETAIL(k),
-				 errhint("Run ALTER EXTENSION idempotency UPDATE.")));
-}
-
-/* A new owner token: 128 random bits, in hex */
-static char *
-new_token(void)
-{
-	uint8		bytes[16];
-	char	   *token = palloc(sizeof(bytes) * 2 + 1);
-
-	if (!pg_strong_random(bytes, sizeof(bytes)))
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("could not generate a random owner token")));
-	hex_encode((const char *) bytes, sizeof(bytes), token);
-	token[sizeof(bytes) * 2] = '\0';
-	return token;
-}
-
-/*
- * Who idem_reserve reserves for: the token and lease arguments, else the
- * setting idem.lease.  A positive lease makes a lease owner (with a new
- * token unless given one); zero, a session owner.
- */
-static void
-get_owner_args(FunctionCallInfo fcinfo, int tokenarg, int leasearg,
-			   const IdemKey *k, TimestampTz now, IdemOwner *owner)
-{
-	memset(owner, 0, sizeof(IdemOwner));
-	owner->token = get_token_arg(fcinfo, tokenarg, k);
-
-	if (leasearg < PG_NARGS() && !PG_ARGISNULL(leasearg))
-	{
-		Interval   *iv = PG_GETARG_INTERVAL_P(leasearg);
-		int64		us = interval_usecs(iv);
-
-		if (us < 0)
-			user_error(
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("lease must not be negative"),
-					 errdetail("Key \"%s\" in scope \"%s\" was given lease %s.",
-							   k->key, k->scope, interval_text(iv)),
-					 errhint("A lease of zero makes a session owner.")));
-		if (us > 0)
-		{
-			owner->lease = true;
-			owner->lease_len = *iv;
-		}
-	}
-	else if (idem_lease > 0)
-	{
-		owner->lease = true;
-		owner->lease_len.time = (int64) idem_lease * 1000;
-	}
-	if (!owner->lease)
-		return;
-
-	check_period(k, "lease", &owner->lease_len, now);
-	require_lease_columns(k);
-	if (owner->token == NULL)
-		owner->token = new_token();
-	owner->lease_expires_at = add_interval(now, &owner->lease_len);
 }
 
 static bool
@@ -590,7 +354,7 @@ make_fresh(const IdemKey *k, const char *hash, const Interval *ttl,
 		   TimestampTz now, RecordState st, const IdemOwner *owner,
 		   IdemRecord *rec)
 {
-	TimestampTz expires_at = add_interval(now, ttl);
+	TimestampTz expires_at = idem_add_interval(now, ttl);
 	int32		attempt = (st == REC_ORPHAN) ? rec->attempt + 1 : 1;
 
 	if (!rec->found)
@@ -699,33 +463,12 @@ idem_reserve(PG_FUNCTION_ARGS)
 	int			retries = 0;
 	int			passing = 0;	/* wait 0: times only waiters held the lock */
 
-	get_key_args(fcinfo, 0, 4, &k);
-	hash = get_hash_arg(fcinfo, 1, &k);
+	idem_arg_key(fcinfo, 0, 4, &k);
+	hash = idem_arg_hash(fcinfo, 1, &k);
 
-	if (PG_ARGISNULL(2))
-	{
-		memset(&ttl, 0, sizeof(ttl));
-		ttl.time = (int64) idem_default_ttl * USECS_PER_SEC;
-	}
-	else
-		ttl = *PG_GETARG_INTERVAL_P(2);
-	check_period(&k, "ttl", &ttl, now);
-
-	if (PG_ARGISNULL(3))
-		wait_us = (int64) idem_wait_timeout * 1000;
-	else
-	{
-		Interval   *w = PG_GETARG_INTERVAL_P(3);
-
-		wait_us = interval_usecs(w);
-		if (wait_us < 0)
-			user_error(
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("wait_timeout must not be negative"),
-					 errdetail("Key \"%s\" in scope \"%s\" was given wait_timeout %s.",
-							   k.key, k.scope, interval_text(w))));
-	}
-	get_owner_args(fcinfo, 5, 6, &k, now, &owner);
+	idem_arg_ttl(fcinfo, 2, &k, now, &ttl);
+	wait_us = idem_arg_wait(fcinfo, 3, &k);
+	idem_arg_owner(fcinfo, 5, 6, &k, now, &owner);
 	deadline = started_waiting + Min(wait_us, PG_INT64_MAX - started_waiting);
 
 	idem_key_locktag(&k, &tag);
@@ -788,7 +531,7 @@ idem_reserve(PG_FUNCTION_ARGS)
 			renewed.lease = true;
 			if (!owner.lease)
 				renewed.lease_len = rec.lease;
-			renewed.lease_expires_at = add_interval(now, &renewed.lease_len);
+			renewed.lease_expires_at = idem_add_interval(now, &renewed.lease_len);
 			if (idem_storage_extend(&k, &renewed))
 			{
 				if (took)
@@ -1002,9 +745,9 @@ idem_commit(PG_FUNCTION_ARGS)
 	RecordState st;
 	bool		was_lease;
 
-	get_key_args(fcinfo, 0, 5, &k);
-	hash = get_hash_arg(fcinfo, 1, &k);
-	token = get_token_arg(fcinfo, 6, &k);
+	idem_arg_key(fcinfo, 0, 5, &k);
+	hash = idem_arg_hash(fcinfo, 1, &k);
+	token = idem_arg_token(fcinfo, 6, &k, false);
 
 	if (!PG_ARGISNULL(3))
 	{
@@ -1096,7 +839,7 @@ idem_commit(PG_FUNCTION_ARGS)
 
 	if (!idem_storage_commit(&k, hash, token, PG_ARGISNULL(2),
 							 PG_GETARG_INT32(2), headers, body, now,
-							 add_interval(now, &rec.ttl)))
+							 idem_add_interval(now, &rec.ttl)))
 		elog(ERROR, "in-flight record of key \"%s\" in scope \"%s\" vanished",
 			 k.key, k.scope);
 	if (rec.has_lease)
@@ -1119,8 +862,8 @@ idem_release(PG_FUNCTION_ARGS)
 	IdemRecord	rec;
 	RecordState st;
 
-	get_key_args(fcinfo, 0, 1, &k);
-	token = get_token_arg(fcinfo, 2, &k);
+	idem_arg_key(fcinfo, 0, 1, &k);
+	token = idem_arg_token(fcinfo, 2, &k, false);
 
 	idem_storage_read(&k, &rec);
 	st = classify(&rec, now, false, token);
@@ -1162,28 +905,18 @@ idem_extend(PG_FUNCTION_ARGS)
 {
 	IdemKey		k;
 	IdemOwner	renewed;
+	bool		lease_given;
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 	LOCKTAG		tag;
 	IdemRecord	rec;
 	RecordState st;
 
-	get_key_args(fcinfo, 0, 3, &k);
+	idem_arg_key(fcinfo, 0, 3, &k);
 	memset(&renewed, 0, sizeof(renewed));
 	renewed.lease = true;
-	renewed.token = get_token_arg(fcinfo, 1, &k);
-	if (renewed.token == NULL)
-		user_error(
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("owner token must not be null"),
-				 errdetail("The owner token given to extend key \"%s\" in scope \"%s\" is null.",
-						   k.key, k.scope),
-				 errhint("Pass the owner token that idem_reserve returned.")));
-	if (!PG_ARGISNULL(2))
-	{
-		renewed.lease_len = *PG_GETARG_INTERVAL_P(2);
-		check_period(&k, "lease", &renewed.lease_len, now);
-	}
-	require_lease_columns(&k);
+	renewed.token = idem_arg_token(fcinfo, 1, &k, true);
+	lease_given = idem_arg_lease(fcinfo, 2, &k, now, &renewed.lease_len);
+	idem_require_leases(&k);
 	prevent_in_recovery(&k, "extend");
 
 	/* every change of the record is made under its lock */
@@ -1218,9 +951,9 @@ idem_extend(PG_FUNCTION_ARGS)
 						   k.key, k.scope),
 				 errhint("A session owner keeps its reservation while its session lasts; reserve with a lease to have one to extend.")));
 
-	if (PG_ARGISNULL(2))
+	if (!lease_given)
 		renewed.lease_len = rec.lease;
-	renewed.lease_expires_at = add_interval(now, &renewed.lease_len);
+	renewed.lease_expires_at = idem_add_interval(now, &renewed.lease_len);
 	if (!idem_storage_extend(&k, &renewed))
 		elog(ERROR, "lease of key \"%s\" in scope \"%s\" vanished",
 			 k.key, k.scope);
@@ -1236,7 +969,7 @@ idem_get(PG_FUNCTION_ARGS)
 	IdemKey		k;
 	IdemRecord	rec;
 
-	get_key_args(fcinfo, 0, 1, &k);
+	idem_arg_key(fcinfo, 0, 1, &k);
 	idem_storage_read(&k, &rec);
 	if (classify(&rec, GetCurrentTransactionStartTimestamp(), true, NULL) == REC_ABSENT)
 		PG_RETURN_NULL();

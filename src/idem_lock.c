@@ -66,6 +66,11 @@ static bool xact_pending = false;
 static void
 owned_tag(const IdemKey *k, OwnedKeyTag *tag)
 {
+	/* the argument checkers keep longer ones out; never trust that here */
+	if (k->scope_len < 0 || k->scope_len > IDEM_MAX_KEY_BYTES ||
+		k->key_len < 0 || k->key_len > IDEM_MAX_KEY_BYTES)
+		elog(ERROR, "idempotency key of %d bytes in a scope of %d bytes does not fit a lock tag",
+			 k->key_len, k->scope_len);
 	memset(tag, 0, sizeof(OwnedKeyTag));
 	memcpy(tag->scope, k->scope, k->scope_len);
 	memcpy(tag->key, k->key, k->key_len);

@@ -38,18 +38,8 @@ idem_evict(PG_FUNCTION_ARGS)
 	IdemKey		k;
 	IdemRecord	rec;
 	LOCKTAG		tag;
-	text	   *t;
 
-	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("idempotency key and scope must not be null")));
-	t = PG_GETARG_TEXT_PP(0);
-	k.key = text_to_cstring(t);
-	k.key_len = VARSIZE_ANY_EXHDR(t);
-	t = PG_GETARG_TEXT_PP(1);
-	k.scope = text_to_cstring(t);
-	k.scope_len = VARSIZE_ANY_EXHDR(t);
+	idem_arg_key(fcinfo, 0, 1, &k);
 
 	if (RecoveryInProgress())
 		ereport(ERROR,

@@ -9,6 +9,7 @@
 #define IDEMPOTENCY_H
 
 #include "datatype/timestamp.h"
+#include "fmgr.h"
 #include "storage/lock.h"
 #include "utils/jsonb.h"
 
@@ -85,6 +86,16 @@ typedef struct IdemOwner
 /* Longest owner token, in bytes */
 #define IDEM_MAX_TOKEN_BYTES	255
 
+/* an error the caller caused: counted, then raised */
+#define user_error(rest) \
+	do { \
+		idem_count(IDEM_C_ERRORS, 1); \
+		ereport(ERROR, rest); \
+	} while (0)
+
+#define KEY_DETAIL(k) \
+	errdetail("Key \"%s\" in scope \"%s\".", (k)->key, (k)->scope)
+
 /* idem_stats.c: counters in shared memory (only when preloaded) */
 typedef enum IdemCounter
 {
@@ -112,6 +123,24 @@ extern char *idem_purge_database;
 extern int	idem_purge_interval;
 extern int	idem_purge_batch_size;
 extern void idem_worker_register(void);
+
+/* idem_args.c: arguments of the SQL-callable functions */
+extern void idem_arg_key(FunctionCallInfo fcinfo, int keyarg, int scopearg,
+						 IdemKey *k);
+extern char *idem_arg_hash(FunctionCallInfo fcinfo, int arg, const IdemKey *k);
+extern char *idem_arg_token(FunctionCallInfo fcinfo, int arg, const IdemKey *k,
+							bool required);
+extern void idem_arg_ttl(FunctionCallInfo fcinfo, int arg, const IdemKey *k,
+						 TimestampTz now, Interval *ttl);
+extern int64 idem_arg_wait(FunctionCallInfo fcinfo, int arg, const IdemKey *k);
+extern void idem_arg_owner(FunctionCallInfo fcinfo, int tokenarg, int leasearg,
+						   const IdemKey *k, TimestampTz now, IdemOwner *owner);
+extern bool idem_arg_lease(FunctionCallInfo fcinfo, int arg, const IdemKey *k,
+						   TimestampTz now, Interval *lease);
+extern void idem_require_leases(const IdemKey *k);
+extern int64 idem_interval_usecs(const Interval *iv);
+extern TimestampTz idem_add_interval(TimestampTz ts, const Interval *iv);
+extern char *idem_interval_text(const Interval *iv);
 
 /* idem_hash.c */
 extern char *idem_sha256_framed(int nparts, const char *const *parts,

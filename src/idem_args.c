@@ -1,0 +1,326 @@
+/*-------------------------------------------------------------------------
+ *
+ * idem_args.c
+ *	  The arguments of the SQL-callable functions, checked in one place.
+ *
+ * Every function of the extension takes its arguments through these
+ * checkers, one per kind (key and scope, request hash, owner token, ttl,
+ * wait, lease), so that a bad value gets the same class-22 error, in the
+ * same words and with a detail naming the key, whichever function it was
+ * given to, and so that nothing downstream ever sees a value it cannot
+ * hold (a key or scope over IDEM_MAX_KEY_BYTES, say).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "mb/pg_wchar.h"
+#include "utils/builtins.h"
+#include "utils/datetime.h"
+#include "utils/timestamp.h"
+
+#include "idempotency.h"
+
+/* at most the first 32 characters of a text, for a message */
+static char *
+clipped(text *t)
+{
+	const char *s = VARDATA_ANY(t);
+	int			len = VARSIZE_ANY_EXHDR(t);
+	int			n = pg_mbcliplen(s, len, 32);
+
+	return psprintf("%.*s%s", n, s, n < len ? "..." : "");
+}
+
+/*
+ * Validates and extracts the key and scope arguments.
+ */
+void
+idem_arg_key(FunctionCallInfo fcinfo, int keyarg, int scopearg, IdemKey *k)
+{
+	text	   *t;
+
+	if (PG_ARGISNULL(keyarg))
+		user_error(
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("idempotency key must not be null"),
+				 PG_ARGISNULL(scopearg) ? 0 :
+				 errdetail("The key given in scope \"%s\" is null.",
+						   clipped(PG_GETARG_TEXT_PP(scopearg)))));
+	if (PG_ARGISNULL(scopearg))
+		user_error(
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("idempotency scope must not be null"),
+				 errdetail("The scope given for key \"%s\" is null.",
+						   clipped(PG_GETARG_TEXT_PP(keyarg))),
+				 errhint("Use the empty string for the default scope.")));
+
+	t = PG_GETARG_TEXT_PP(scopearg);
+	k->scope = text_to_cstring(t);
+	k->scope_len = VARSIZE_ANY_EXHDR(t);
+	t = PG_GETARG_TEXT_PP(keyarg);
+	k->key = text_to_cstring(t);
+	k->key_len = VARSIZE_ANY_EXHDR(t);
+
+	if (k->key_len == 0)
+		user_error(
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("idempotency key must not be empty"),
+				 errdetail("Key \"\" in scope \"%s\".", k->scope)));
+	if (k->key_len > IDEM_MAX_KEY_BYTES)
+		user_error(
+				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
+				 errmsg("idempotency key is too long"),
+				 errdetail("Key \"%.*s...\" in scope \"%.*s\" is %d bytes; the limit is %d bytes.",
+						   pg_mbcliplen(k->key, k->key_len, 32), k->key,
+						   pg_mbcliplen(k->scope, k->scope_len, IDEM_MAX_KEY_BYTES),
+						   k->scope, k->key_len, IDEM_MAX_KEY_BYTES)));
+	if (k->scope_len > IDEM_MAX_KEY_BYTES)
+		user_error(
+				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
+				 errmsg("idempotency scope is too long"),
+				 errdetail("Scope \"%.*s...\" of key \"%s\" is %d bytes; the limit is %d bytes.",
+						   pg_mbcliplen(k->scope, k->scope_len, 32), k->scope,
+						   k->key, k->scope_len, IDEM_MAX_KEY_BYTES)));
+
+	idem_check_scope(k->scope);
+}
+
+char *
+idem_arg_hash(FunctionCallInfo fcinfo, int arg, const IdemKey *k)
+{
+	text	   *t;
+
+	if (PG_ARGISNULL(arg))
+		return NULL;
+	t = PG_GETARG_TEXT_PP(arg);
+	if (VARSIZE_ANY_EXHDR(t) > IDEM_MAX_HASH_BYTES)
+		user_error(
+				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
+				 errmsg("request hash is too long"),
+				 errdetail("Key \"%s\" in scope \"%s\" was given a request hash of %d bytes; the limit is %d bytes.",
+						   k->key, k->scope, (int) VARSIZE_ANY_EXHDR(t),
+						   IDEM_MAX_HASH_BYTES)));
+	return text_to_cstring(t);
+}
+
+/* Microseconds of an interval, months counted as 30 days */
+int64
+idem_interval_usecs(const Interval *iv)
+{
+	int128		us;
+
+	us = (int128) iv->time +
+		(int128) iv->day * USECS_PER_DAY +
+		(int128) iv->month * DAYS_PER_MONTH * USECS_PER_DAY;
+	if (us > PG_INT64_MAX)
+		return PG_INT64_MAX;
+	if (us < PG_INT64_MIN)
+		return PG_INT64_MIN;
+	return (int64) us;
+}
+
+TimestampTz
+idem_add_interval(TimestampTz ts, const Interval *iv)
+{
+	return DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+												   TimestampTzGetDatum(ts),
+												   IntervalPGetDatum(iv)));
+}
+
+
+char *
+idem_interval_text(const Interval *iv)
+{
+	return DatumGetCString(DirectFunctionCall1(interval_out,
+											   IntervalPGetDatum(iv)));
+}
+
+/*
+ * A ttl or a lease: positive, and no longer than idem.max_ttl.
+ */
+static void
+check_period(const IdemKey *k, const char *what, const Interval *iv,
+			 TimestampTz now)
+{
+	if (idem_interval_usecs(iv) > (int64) idem_max_ttl * USECS_PER_SEC)
+		user_error(
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s is longer than idem.max_ttl", what),
+				 errdetail("Key \"%s\" in scope \"%s\" was given %s %s; idem.max_ttl is %d seconds.",
+						   k->key, k->scope, what, idem_interval_text(iv),
+						   idem_max_ttl)));
+	if (idem_add_interval(now, iv) <= now)
+		user_error(
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be positive", what),
+				 errdetail("Key \"%s\" in scope \"%s\" was given %s %s.",
+						   k->key, k->scope, what, idem_interval_text(iv))));
+}
+
+/*
+ * The owner token argument: NULL, or 1 to IDEM_MAX_TOKEN_BYTES bytes.
+ * Functions of versions before 1.2 have no such argument.
+ */
+char *
+idem_arg_token(FunctionCallInfo fcinfo, int arg, const IdemKey *k,
+			   bool required)
+{
+	text	   *t;
+	int			len;
+
+	if (arg >= PG_NARGS() || PG_ARGISNULL(arg))
+	{
+		if (required)
+			user_error(
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("owner token must not be null"),
+					 errdetail("The owner token given for key \"%s\" in scope \"%s\" is null.",
+							   k->key, k->scope),
+					 errhint("Pass the owner token that idem_reserve returned.")));
+		return NULL;
+	}
+	t = PG_GETARG_TEXT_PP(arg);
+	len = VARSIZE_ANY_EXHDR(t);
+	if (len == 0)
+		user_error(
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("owner token must not be empty"),
+				 errdetail("Key \"%s\" in scope \"%s\" was given an empty owner token.",
+						   k->key, k->scope),
+				 errhint("Pass NULL to have idem_reserve make a token.")));
+	if (len > IDEM_MAX_TOKEN_BYTES)
+		user_error(
+				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
+				 errmsg("owner token is too long"),
+				 errdetail("Key \"%s\" in scope \"%s\" was given an owner token of %d bytes; the limit is %d bytes.",
+						   k->key, k->scope, len, IDEM_MAX_TOKEN_BYTES)));
+	return text_to_cstring(t);
+}
+
+void
+idem_require_leases(const IdemKey *k)
+{
+	if (!idem_storage_has_leases())
+		user_error(
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("lease owners need version 1.2 of extension \"idempotency\""),
+				 KEY_DETAIL(k),
+				 errhint("Run ALTER EXTENSION idempotency UPDATE.")));
+}
+
+/* A new owner token: 128 random bits, in hex */
+static char *
+new_token(void)
+{
+	uint8		bytes[16];
+	char	   *token = palloc(sizeof(bytes) * 2 + 1);
+
+	if (!pg_strong_random(bytes, sizeof(bytes)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not generate a random owner token")));
+	hex_encode((const char *) bytes, sizeof(bytes), token);
+	token[sizeof(bytes) * 2] = '\0';
+	return token;
+}
+
+/*
+ * Who idem_reserve reserves for: the token and lease arguments, else the
+ * setting idem.lease.  A positive lease makes a lease owner (with a new
+ * token unless given one); zero, a session owner.
+ */
+void
+idem_arg_owner(FunctionCallInfo fcinfo, int tokenarg, int leasearg,
+			   const IdemKey *k, TimestampTz now, IdemOwner *owner)
+{
+	memset(owner, 0, sizeof(IdemOwner));
+	owner->token = idem_arg_token(fcinfo, tokenarg, k, false);
+
+	if (leasearg < PG_NARGS() && !PG_ARGISNULL(leasearg))
+	{
+		Interval   *iv = PG_GETARG_INTERVAL_P(leasearg);
+		int64		us = idem_interval_usecs(iv);
+
+		if (us < 0)
+			user_error(
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("lease must not be negative"),
+					 errdetail("Key \"%s\" in scope \"%s\" was given lease %s.",
+							   k->key, k->scope, idem_interval_text(iv)),
+					 errhint("A lease of zero makes a session owner.")));
+		if (us > 0)
+		{
+			owner->lease = true;
+			owner->lease_len = *iv;
+		}
+	}
+	else if (idem_lease > 0)
+	{
+		owner->lease = true;
+		owner->lease_len.time = (int64) idem_lease * 1000;
+	}
+	if (!owner->lease)
+		return;
+
+	check_period(k, "lease", &owner->lease_len, now);
+	idem_require_leases(k);
+	if (owner->token == NULL)
+		owner->token = new_token();
+	owner->lease_expires_at = idem_add_interval(now, &owner->lease_len);
+}
+
+/*
+ * The ttl argument: NULL means idem.default_ttl.
+ */
+void
+idem_arg_ttl(FunctionCallInfo fcinfo, int arg, const IdemKey *k,
+			 TimestampTz now, Interval *ttl)
+{
+	if (PG_ARGISNULL(arg))
+	{
+		memset(ttl, 0, sizeof(Interval));
+		ttl->time = (int64) idem_default_ttl * USECS_PER_SEC;
+	}
+	else
+		*ttl = *PG_GETARG_INTERVAL_P(arg);
+	check_period(k, "ttl", ttl, now);
+}
+
+/*
+ * The wait_timeout argument, in microseconds: NULL means idem.wait_timeout;
+ * zero, do not wait.
+ */
+int64
+idem_arg_wait(FunctionCallInfo fcinfo, int arg, const IdemKey *k)
+{
+	Interval   *w;
+	int64		wait_us;
+
+	if (PG_ARGISNULL(arg))
+		return (int64) idem_wait_timeout * 1000;
+	w = PG_GETARG_INTERVAL_P(arg);
+	wait_us = idem_interval_usecs(w);
+	if (wait_us < 0)
+		user_error(
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("wait_timeout must not be negative"),
+				 errdetail("Key \"%s\" in scope \"%s\" was given wait_timeout %s.",
+						   k->key, k->scope, idem_interval_text(w))));
+	return wait_us;
+}
+
+/*
+ * The lease argument of idem_extend: positive, or NULL (returns false).
+ */
+bool
+idem_arg_lease(FunctionCallInfo fcinfo, int arg, const IdemKey *k,
+			   TimestampTz now, Interval *lease)
+{
+	if (PG_ARGISNULL(arg))
+		return false;
+	*lease = *PG_GETARG_INTERVAL_P(arg);
+	check_period(k, "lease", lease, now);
+	return true;
+}
