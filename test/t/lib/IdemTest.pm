@@ -32,7 +32,7 @@ use Time::HiRes qw(usleep);
 
 our @EXPORT = qw(idem_node run_sql sql_ok sqlstate_of wait_until
   lock_waiters backend_pid_of hires_now psql_bin pump_all start_tcp_proxy
-  stop_tcp_proxy);
+  stop_tcp_proxy statement_waiters db_now);
 
 # Every live Session and Client, so that any wait moves their data: a
 # psql process only gets its input while its harness is pumped.
@@ -163,6 +163,36 @@ sub lock_waiters
 	return -1 if $r->{rc} != 0;
 	chomp(my $n = $r->{out});
 	return $n;
+}
+
+# How many sessions whose application_name is LIKE $app_like have been
+# in one idem_reserve statement for at least $min_ms milliseconds.  The
+# waiters of a lease owner's key sleep inside their statement, holding no
+# lock and queueing for none, so pg_locks does not show them; a reserve
+# that does not wait returns in well under a millisecond.
+sub statement_waiters
+{
+	my ($node, $app_like, $min_ms, $db) = @_;
+	$min_ms //= 50;
+	my $r = run_sql($node,
+		"SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE '$app_like' "
+		  . "AND state = 'active' AND query LIKE '%idem_reserve%' "
+		  . "AND clock_timestamp() - query_start >= interval '$min_ms ms'",
+		db => $db // 'postgres', timeout => 10);
+	return -1 if $r->{rc} != 0;
+	chomp(my $n = $r->{out});
+	return $n;
+}
+
+# The database server's clock, in seconds since the epoch (the clock that
+# leases run on; the same host's as hires_now, read by the server).
+sub db_now
+{
+	my ($node, $db) = @_;
+	my $r = run_sql($node, 'SELECT extract(epoch FROM clock_timestamp())',
+		db => $db // 'postgres', timeout => 10);
+	chomp(my $t = $r->{out});
+	return $t;
 }
 
 # The backend PID of the session whose application_name is $app.
