@@ -26,7 +26,7 @@ DATA = $(wildcard sql/idempotency--*.sql)
 # pg_regress: scripts in sql/ (beside the install scripts), expected output
 # in expected/; results go to test/out
 REGRESS = init reserve commit release get_purge hashing errors transactions leases \
-	settings privileges tenants logged ops upgrade
+	settings privileges tenants logged ops dba upgrade
 REGRESS_OPTS = --outputdir=test/out
 
 # pg_isolation_regress: specs and expected output in test/isolation

@@ -55,6 +55,8 @@
 
 typedef enum StorageQuery
 {
+	Q_READ,
+	Q_INSERT,
 	Q_RENEW,
 	Q_COMMIT,
 	Q_EXTEND,
@@ -85,6 +87,23 @@ typedef struct QueryDef
 #define EQ " OPERATOR(pg_catalog.=) "
 
 static const QueryDef query_defs[NUM_QUERIES] = {
+	/* reads and inserts when the table cannot be accessed directly */
+	[Q_READ] = {
+		"SELECT * FROM %1$s.idem_keys WHERE scope" EQ "$1 AND key" EQ "$2",
+		"", "",
+		2, {TEXTOID, TEXTOID}
+	},
+	[Q_INSERT] = {
+		"INSERT INTO %1$s.idem_keys (scope, key, state, request_hash, attempt,"
+		" ttl, created_at, expires_at, owner_pid, owner_started%2$s"
+		" ON CONFLICT DO NOTHING",
+		", owner_token, lease, lease_expires_at)"
+		" VALUES ($1, $2, 'in_flight', $3, 1, $4, $5, $6, $7, $8, $9, $10, $11)",
+		") VALUES ($1, $2, 'in_flight', $3, 1, $4, $5, $6, $7, $8)",
+		11, {TEXTOID, TEXTOID, TEXTOID, INTERVALOID, TIMESTAMPTZOID,
+			TIMESTAMPTZOID, INT4OID, TIMESTAMPTZOID, TEXTOID, INTERVALOID,
+		TIMESTAMPTZOID}
+	},
 	[Q_RENEW] = {
 		"UPDATE %1$s.idem_keys SET state = 'in_flight', request_hash = $3, status = NULL,"
 		" headers = NULL, body = NULL, attempt = $4, ttl = $5,"
@@ -216,6 +235,9 @@ static struct
 	Oid			pkey_relid;
 	Oid			confinement_relid;	/* InvalidOid before version 1.1 */
 	bool		has_leases;		/* lease columns (version 1.2 on) */
+	bool		direct_reads;	/* a heap table: probe its primary key */
+	bool		direct_writes;	/* ... with nothing the direct writes would
+								 * skip: see check_key_table */
 	char	   *schema;			/* quoted */
 	SPIPlanPtr	plans[NUM_QUERIES];
 } cache;
@@ -270,6 +292,7 @@ check_key_table(Oid relid)
 	TupleDesc	desc = RelationGetDescr(rel);
 	Oid			pkey = RelationGetPrimaryKeyIndex(rel);
 	int			ncols = lengthof(key_columns);
+	List	   *indexes;
 
 	if (desc->natts < ncols)
 		ncols = NUM_LEGACY_COLUMNS;
@@ -288,6 +311,29 @@ check_key_table(Oid relid)
 	}
 	if (!OidIsValid(pkey))
 		elog(ERROR, "key table has no primary key");
+
+	/*
+	 * Reads probe the primary key of a heap table.  Writes go to the heap
+	 * and the primary key directly only when that is all there is to do:
+	 * no other index to maintain, no trigger or rule to fire, no check
+	 * constraint, no column of someone else's, no forced row security.
+	 * When a DBA adds any of these, the writes go through the executor
+	 * (SPI), which does all of it, at the cost of some speed.  Checked
+	 * again on every relcache invalidation of the table, which such a
+	 * change sends.
+	 */
+	cache.direct_reads = rel->rd_rel->relkind == RELKIND_RELATION &&
+		rel->rd_rel->relam == HEAP_TABLE_AM_OID;
+	indexes = RelationGetIndexList(rel);
+	cache.direct_writes = cache.direct_reads &&
+		list_length(indexes) == 1 &&
+		desc->natts == ncols &&
+		rel->trigdesc == NULL && rel->rd_rules == NULL &&
+		(desc->constr == NULL ||
+		 (desc->constr->num_check == 0 &&
+		  !desc->constr->has_generated_stored)) &&
+		!rel->rd_rel->relforcerowsecurity;
+	list_free(indexes);
 	table_close(rel, AccessShareLock);
 	cache.pkey_relid = pkey;
 	cache.has_leases = (ncols == lengthof(key_columns));
@@ -439,7 +485,7 @@ run(StorageQuery q, Datum *values, const char *nulls, bool read_only,
 		crosscheck = GetTransactionSnapshot();
 	}
 	rc = SPI_execute_snapshot(get_plan(q), values, nulls, snapshot,
-							  crosscheck, read_only, false, 0);
+							  crosscheck, read_only, !read_only, 0);
 	if (rc != expected)
 		elog(ERROR, "idempotency storage query %d failed: %s",
 			 (int) q, SPI_result_code_string(rc));
@@ -491,6 +537,76 @@ probe(Relation rel, Relation idx, const IdemKey *k, TupleTableSlot *slot)
  * This is the call every reserve, commit and replay makes, so it probes
  * the primary key directly instead of going through SPI and the executor.
  */
+static void
+fill_record(const Datum *v, const bool *n, IdemRecord *rec)
+{
+	rec->found = true;
+	rec->committed = (strcmp(TextDatumGetCString(v[Anum_state - 1]),
+							 "committed") == 0);
+	rec->request_hash = n[Anum_request_hash - 1] ? NULL :
+		TextDatumGetCString(v[Anum_request_hash - 1]);
+	rec->status_null = n[Anum_status - 1];
+	rec->status = n[Anum_status - 1] ? 0 : DatumGetInt32(v[Anum_status - 1]);
+	rec->headers = n[Anum_headers - 1] ? NULL :
+		DatumGetJsonbPCopy(v[Anum_headers - 1]);
+	rec->body = n[Anum_body - 1] ? NULL :
+		DatumGetByteaPCopy(v[Anum_body - 1]);
+	rec->attempt = DatumGetInt32(v[Anum_attempt - 1]);
+	rec->ttl = *DatumGetIntervalP(v[Anum_ttl - 1]);
+	rec->created_at = DatumGetTimestampTz(v[Anum_created_at - 1]);
+	rec->expires_at = DatumGetTimestampTz(v[Anum_expires_at - 1]);
+	rec->has_owner = !n[Anum_owner_pid - 1] && !n[Anum_owner_started - 1];
+	rec->owner_pid = n[Anum_owner_pid - 1] ? 0 :
+		DatumGetInt32(v[Anum_owner_pid - 1]);
+	rec->owner_started = n[Anum_owner_started - 1] ? 0 :
+		DatumGetTimestampTz(v[Anum_owner_started - 1]);
+	if (cache.has_leases)
+	{
+		rec->owner_token = n[Anum_owner_token - 1] ? NULL :
+			TextDatumGetCString(v[Anum_owner_token - 1]);
+		rec->has_lease = !n[Anum_lease_expires_at - 1] &&
+			!n[Anum_lease - 1];
+		if (rec->has_lease)
+		{
+			rec->lease = *DatumGetIntervalP(v[Anum_lease - 1]);
+			rec->lease_expires_at =
+				DatumGetTimestampTz(v[Anum_lease_expires_at - 1]);
+		}
+	}
+}
+
+/*
+ * idem_storage_read for a table that is not a heap of its own (a
+ * partitioned table, another access method): through the executor.
+ */
+static void
+read_by_query(const IdemKey *k, IdemRecord *rec)
+{
+	StorageCall call;
+	MemoryContext callercxt = CurrentMemoryContext;
+	Datum		values[2];
+
+	values[0] = text_datum(k->scope, k->scope_len);
+	values[1] = text_datum(k->key, k->key_len);
+
+	storage_begin(&call);
+	run(Q_READ, values, NULL, true, SPI_OK_SELECT);
+	if (SPI_processed > 0)
+	{
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		Datum	   *v = palloc(sizeof(Datum) * desc->natts);
+		bool	   *n = palloc(sizeof(bool) * desc->natts);
+		MemoryContext spicxt;
+
+		heap_deform_tuple(SPI_tuptable->vals[0], desc, v, n);
+		/* the record outlives SPI_finish */
+		spicxt = MemoryContextSwitchTo(callercxt);
+		fill_record(v, n, rec);
+		MemoryContextSwitchTo(spicxt);
+	}
+	storage_end(&call);
+}
+
 void
 idem_storage_read(const IdemKey *k, IdemRecord *rec)
 {
@@ -501,50 +617,18 @@ idem_storage_read(const IdemKey *k, IdemRecord *rec)
 	memset(rec, 0, sizeof(IdemRecord));
 	if (!cache.valid)
 		refresh_cache();
+	if (!cache.direct_reads)
+	{
+		read_by_query(k, rec);
+		return;
+	}
 
 	rel = table_open(cache.relid, AccessShareLock);
 	idx = index_open(cache.pkey_relid, AccessShareLock);
 	slot = table_slot_create(rel, NULL);
 
 	if (probe(rel, idx, k, slot))
-	{
-		Datum	   *v = slot->tts_values;
-		bool	   *n = slot->tts_isnull;
-
-		rec->found = true;
-		rec->committed = (strcmp(TextDatumGetCString(v[Anum_state - 1]),
-								 "committed") == 0);
-		rec->request_hash = n[Anum_request_hash - 1] ? NULL :
-			TextDatumGetCString(v[Anum_request_hash - 1]);
-		rec->status_null = n[Anum_status - 1];
-		rec->status = n[Anum_status - 1] ? 0 : DatumGetInt32(v[Anum_status - 1]);
-		rec->headers = n[Anum_headers - 1] ? NULL :
-			DatumGetJsonbPCopy(v[Anum_headers - 1]);
-		rec->body = n[Anum_body - 1] ? NULL :
-			DatumGetByteaPCopy(v[Anum_body - 1]);
-		rec->attempt = DatumGetInt32(v[Anum_attempt - 1]);
-		rec->ttl = *DatumGetIntervalP(v[Anum_ttl - 1]);
-		rec->created_at = DatumGetTimestampTz(v[Anum_created_at - 1]);
-		rec->expires_at = DatumGetTimestampTz(v[Anum_expires_at - 1]);
-		rec->has_owner = !n[Anum_owner_pid - 1] && !n[Anum_owner_started - 1];
-		rec->owner_pid = n[Anum_owner_pid - 1] ? 0 :
-			DatumGetInt32(v[Anum_owner_pid - 1]);
-		rec->owner_started = n[Anum_owner_started - 1] ? 0 :
-			DatumGetTimestampTz(v[Anum_owner_started - 1]);
-		if (cache.has_leases)
-		{
-			rec->owner_token = n[Anum_owner_token - 1] ? NULL :
-				TextDatumGetCString(v[Anum_owner_token - 1]);
-			rec->has_lease = !n[Anum_lease_expires_at - 1] &&
-				!n[Anum_lease - 1];
-			if (rec->has_lease)
-			{
-				rec->lease = *DatumGetIntervalP(v[Anum_lease - 1]);
-				rec->lease_expires_at =
-					DatumGetTimestampTz(v[Anum_lease_expires_at - 1]);
-			}
-		}
-	}
+		fill_record(slot->tts_values, slot->tts_isnull, rec);
 
 	ExecDropSingleTupleTableSlot(slot);
 	index_close(idx, AccessShareLock);
@@ -555,9 +639,10 @@ idem_storage_read(const IdemKey *k, IdemRecord *rec)
  * The two writes every request makes, a new reservation and the commit of
  * one's own, go to the heap and the primary key directly, as catalog
  * updates do: no executor to start, no plan to check.  The caller holds
- * the key's lock, so no other session writes the row meanwhile.  There
- * are no triggers or constraints to fire on this table; what the executor
- * would also check, a read-only transaction, is checked here.
+ * the key's lock, so no other session writes the row meanwhile.  This is
+ * done only while the table has nothing else to maintain or fire (see
+ * check_key_table); what the executor would also check, a read-only
+ * transaction, is checked here.
  */
 static void
 open_for_write(const char *what, Relation *rel, Relation *idx)
@@ -623,6 +708,48 @@ owner_values(const IdemOwner *owner, Datum *values, bool *nulls)
 }
 
 /*
+ * idem_storage_insert through the executor, which maintains every index and
+ * fires every trigger.
+ */
+static bool
+insert_by_query(const IdemKey *k, const char *request_hash,
+				const Interval *ttl, TimestampTz now, TimestampTz expires_at,
+				const IdemOwner *owner)
+{
+	StorageCall call;
+	Datum		values[11];
+	char		nulls[11] = "           ";
+	Datum		ovalues[lengthof(key_columns)];
+	bool		onulls[lengthof(key_columns)];
+	bool		done;
+
+	values[0] = text_datum(k->scope, k->scope_len);
+	values[1] = text_datum(k->key, k->key_len);
+	if (request_hash)
+		values[2] = CStringGetTextDatum(request_hash);
+	else
+		nulls[2] = 'n';
+	values[3] = IntervalPGetDatum(ttl);
+	values[4] = TimestampTzGetDatum(now);
+	values[5] = TimestampTzGetDatum(expires_at);
+
+	storage_begin(&call);
+	owner_values(owner, ovalues, onulls);
+	for (int i = 0; i < 5; i++)
+	{
+		int			col = Anum_owner_pid - 1 + i;
+
+		values[6 + i] = ovalues[col];
+		if (onulls[col])
+			nulls[6 + i] = 'n';
+	}
+	run(Q_INSERT, values, nulls, false, SPI_OK_INSERT);
+	done = (SPI_processed == 1);
+	storage_end(&call);
+	return done;
+}
+
+/*
  * Inserts a new in-flight record for owner.  Returns false when a record
  * of k exists already.  The caller holds k's lock.
  */
@@ -638,6 +765,10 @@ idem_storage_insert(const IdemKey *k, const char *request_hash,
 	HeapTuple	tuple;
 	bool		inserted;
 
+	if (!cache.valid)
+		refresh_cache();
+	if (!cache.direct_writes)
+		return insert_by_query(k, request_hash, ttl, now, expires_at, owner);
 	open_for_write("idem_reserve", &rel, &idx);
 
 	memset(nulls, true, sizeof(nulls));
@@ -798,6 +929,10 @@ idem_storage_commit_mine(const IdemKey *k, const char *request_hash,
 	bool		mine = false;
 
 	*was_lease = false;
+	if (!cache.valid)
+		refresh_cache();
+	if (!cache.direct_writes)
+		return false;			/* the caller's general path commits it */
 	open_for_write("idem_commit", &rel, &idx);
 	slot = table_slot_create(rel, NULL);
 	if (probe(rel, idx, k, slot))
