@@ -209,32 +209,42 @@ report_fenced(const IdemKey *k, const IdemRecord *rec)
 }
 
 /*
+ * The row type of idem_reservation, looked up once per call site.  A
+ * reserve looks it up before it waits: the function may be dropped and
+ * made anew meanwhile (ALTER EXTENSION UPDATE), and its old pg_proc row is
+ * then gone.
+ */
+static TupleDesc
+reservation_tupdesc(FunctionCallInfo fcinfo)
+{
+	TupleDesc	tupdesc = (TupleDesc) fcinfo->flinfo->fn_extra;
+	MemoryContext oldcxt;
+
+	if (tupdesc != NULL)
+		return tupdesc;
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	if (tupdesc->natts != 8 && tupdesc->natts != 10)
+		elog(ERROR, "idem_reservation has %d columns, expected 8 or 10",
+			 tupdesc->natts);
+	oldcxt = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
+	tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
+	MemoryContextSwitchTo(oldcxt);
+	fcinfo->flinfo->fn_extra = tupdesc;
+	return tupdesc;
+}
+
+/*
  * Builds an idem_reservation row: 8 columns before version 1.2, 10 since.
  * The owner token is given only to the owner.
  */
 static Datum
 make_reservation(FunctionCallInfo fcinfo, bool fresh, const IdemRecord *rec)
 {
-	TupleDesc	tupdesc = (TupleDesc) fcinfo->flinfo->fn_extra;
+	TupleDesc	tupdesc = reservation_tupdesc(fcinfo);
 	Datum		values[10];
 	bool		nulls[10];
 	bool		done = rec->committed;
-
-	/* the row type, looked up once per call site */
-	if (tupdesc == NULL)
-	{
-		MemoryContext oldcxt;
-
-		if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-			elog(ERROR, "return type must be a row type");
-		if (tupdesc->natts != 8 && tupdesc->natts != 10)
-			elog(ERROR, "idem_reservation has %d columns, expected 8 or 10",
-				 tupdesc->natts);
-		oldcxt = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
-		tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
-		MemoryContextSwitchTo(oldcxt);
-		fcinfo->flinfo->fn_extra = tupdesc;
-	}
 
 	memset(nulls, 0, sizeof(nulls));
 	values[0] = BoolGetDatum(fresh);
@@ -473,6 +483,7 @@ idem_reserve(PG_FUNCTION_ARGS)
 
 	idem_key_locktag(&k, &tag);
 	idem_waiter_init(&waiter, &k);
+	(void) reservation_tupdesc(fcinfo);
 
 	/*
 	 * We may hold the lock already: this transaction committed or released
