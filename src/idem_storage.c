@@ -76,8 +76,9 @@ typedef enum StorageQuery
  */
 typedef struct QueryDef
 {
-	const char *sql;			/* %1$s = the extension's schema, quoted;
-								 * %2$s = lease_part or legacy_part */
+	const char *sql;			/* {schema} = the extension's schema, quoted;
+								 * {lease} = lease_part or legacy_part;
+								 * {table} = the table (or shard), qualified */
 	const char *lease_part;
 	const char *legacy_part;
 	int			nargs;
@@ -89,13 +90,13 @@ typedef struct QueryDef
 static const QueryDef query_defs[NUM_QUERIES] = {
 	/* reads and inserts when the table cannot be accessed directly */
 	[Q_READ] = {
-		"SELECT * FROM %1$s.idem_keys WHERE scope" EQ "$1 AND key" EQ "$2",
+		"SELECT * FROM {table} WHERE scope" EQ "$1 AND key" EQ "$2",
 		"", "",
 		2, {TEXTOID, TEXTOID}
 	},
 	[Q_INSERT] = {
-		"INSERT INTO %1$s.idem_keys (scope, key, state, request_hash, attempt,"
-		" ttl, created_at, expires_at, owner_pid, owner_started%2$s"
+		"INSERT INTO {table} (scope, key, state, request_hash, attempt,"
+		" ttl, created_at, expires_at, owner_pid, owner_started{lease}"
 		" ON CONFLICT DO NOTHING",
 		", owner_token, lease, lease_expires_at)"
 		" VALUES ($1, $2, 'in_flight', $3, 1, $4, $5, $6, $7, $8, $9, $10, $11)",
@@ -105,10 +106,10 @@ static const QueryDef query_defs[NUM_QUERIES] = {
 		TIMESTAMPTZOID}
 	},
 	[Q_RENEW] = {
-		"UPDATE %1$s.idem_keys SET state = 'in_flight', request_hash = $3, status = NULL,"
+		"UPDATE {table} SET state = 'in_flight', request_hash = $3, status = NULL,"
 		" headers = NULL, body = NULL, attempt = $4, ttl = $5,"
 		" created_at = $6, expires_at = $7, committed_at = NULL,"
-		" owner_pid = $8, owner_started = $9%2$s"
+		" owner_pid = $8, owner_started = $9{lease}"
 		" WHERE scope" EQ "$1 AND key" EQ "$2",
 		", owner_token = $10, lease = $11, lease_expires_at = $12", "",
 		12, {TEXTOID, TEXTOID, TEXTOID, INT4OID, INTERVALOID, TIMESTAMPTZOID,
@@ -116,10 +117,10 @@ static const QueryDef query_defs[NUM_QUERIES] = {
 		TIMESTAMPTZOID}
 	},
 	[Q_COMMIT] = {
-		"UPDATE %1$s.idem_keys SET state = 'committed',"
+		"UPDATE {table} SET state = 'committed',"
 		" request_hash = COALESCE(request_hash, $3),"
 		" status = $4, headers = $5, body = $6, committed_at = $7,"
-		" expires_at = $8, owner_pid = NULL, owner_started = NULL%2$s"
+		" expires_at = $8, owner_pid = NULL, owner_started = NULL{lease}"
 		" WHERE scope" EQ "$1 AND key" EQ "$2 AND state" EQ "'in_flight'",
 		", owner_token = COALESCE($9, owner_token), lease = NULL,"
 		" lease_expires_at = NULL", "",
@@ -127,47 +128,47 @@ static const QueryDef query_defs[NUM_QUERIES] = {
 		TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID}
 	},
 	[Q_EXTEND] = {
-		"UPDATE %1$s.idem_keys SET lease = $4, lease_expires_at = $5"
+		"UPDATE {table} SET lease = $4, lease_expires_at = $5"
 		" WHERE scope" EQ "$1 AND key" EQ "$2 AND state" EQ "'in_flight'"
 		" AND owner_token" EQ "$3 AND lease_expires_at IS NOT NULL",
 		"", "",
 		5, {TEXTOID, TEXTOID, TEXTOID, INTERVALOID, TIMESTAMPTZOID}
 	},
 	[Q_DELETE] = {
-		"DELETE FROM %1$s.idem_keys"
+		"DELETE FROM {table}"
 		" WHERE scope" EQ "$1 AND key" EQ "$2 AND state" EQ "'in_flight'",
 		"", "",
 		2, {TEXTOID, TEXTOID}
 	},
 	[Q_ABANDON] = {
-		"UPDATE %1$s.idem_keys SET owner_pid = NULL, owner_started = NULL"
+		"UPDATE {table} SET owner_pid = NULL, owner_started = NULL"
 		" WHERE scope" EQ "$1 AND key" EQ "$2 AND state" EQ "'in_flight'"
 		" AND owner_pid" EQ "$3 AND owner_started" EQ "$4",
 		"", "",
 		4, {TEXTOID, TEXTOID, INT4OID, TIMESTAMPTZOID}
 	},
 	[Q_EVICT] = {
-		"DELETE FROM %1$s.idem_keys"
+		"DELETE FROM {table}"
 		" WHERE scope" EQ "$1 AND key" EQ "$2 AND state" EQ "'committed'",
 		"", "",
 		2, {TEXTOID, TEXTOID}
 	},
 	[Q_PURGE_SCAN] = {
-		"SELECT ctid, state" EQ "'committed', owner_pid, owner_started, %2$s"
-		" FROM %1$s.idem_keys WHERE expires_at OPERATOR(pg_catalog.<=) $1"
+		"SELECT ctid, state" EQ "'committed', owner_pid, owner_started, {lease}"
+		" FROM {table} WHERE expires_at OPERATOR(pg_catalog.<=) $1"
 		" AND ($2 IS NULL OR scope" EQ "ANY ($2))"
 		" AND ctid OPERATOR(pg_catalog.>=) $3 AND ctid OPERATOR(pg_catalog.<) $4",
 		"lease_expires_at", "NULL::pg_catalog.timestamptz",
 		4, {TIMESTAMPTZOID, TEXTARRAYOID, TIDOID, TIDOID}
 	},
 	[Q_PURGE_DELETE] = {
-		"DELETE FROM %1$s.idem_keys WHERE ctid" EQ "ANY ($1)"
+		"DELETE FROM {table} WHERE ctid" EQ "ANY ($1)"
 		" AND expires_at OPERATOR(pg_catalog.<=) $2",
 		"", "",
 		2, {TIDARRAYOID, TIMESTAMPTZOID}
 	},
 	[Q_CONFINED] = {
-		"SELECT scope FROM %1$s.idem_confinement"
+		"SELECT scope FROM {schema}.idem_confinement"
 		" WHERE role" EQ "$1",
 		"", "",
 		1, {REGROLEOID}
@@ -226,32 +227,87 @@ static const struct
 	{"lease_expires_at", TIMESTAMPTZOID},
 };
 
-/* Per-backend cache: where the table is, who owns it, the kept plans */
-static struct
+/*
+ * A table that holds records: the key table, or, when Citus distributes
+ * it, one of its shards placed on this node.
+ */
+typedef struct KeyTable
 {
-	bool		valid;
-	Oid			relid;
-	Oid			owner;
+	int64		shardid;		/* hash key; 0 for the key table itself */
+	Oid			relid;			/* InvalidOid: the shard is elsewhere */
 	Oid			pkey_relid;
-	Oid			confinement_relid;	/* InvalidOid before version 1.1 */
-	bool		has_leases;		/* lease columns (version 1.2 on) */
 	bool		direct_reads;	/* a heap table: probe its primary key */
 	bool		direct_writes;	/* ... with nothing the direct writes would
 								 * skip: see check_key_table */
-	char	   *schema;			/* quoted */
+	char	   *name;			/* schema-qualified, quoted */
 	SPIPlanPtr	plans[NUM_QUERIES];
+	BlockNumber purge_next;		/* where this backend's next purge of it
+								 * starts */
+} KeyTable;
+
+/* The hash range of one shard of a distributed key table */
+typedef struct ShardRange
+{
+	int32		min;
+	int32		max;
+	int64		shardid;
+} ShardRange;
+
+/*
+ * Per-backend cache: where the tables are, who owns them, the kept plans;
+ * rebuilt after a relcache invalidation of any of them.
+ */
+static struct
+{
+	bool		valid;
+	Oid			relid;			/* idem_keys (with Citus, the distributed
+								 * table, whose rows are in its shards) */
+	Oid			owner;
+	Oid			nspid;
+	Oid			confinement_relid;	/* InvalidOid before version 1.1 */
+	bool		has_leases;		/* lease columns (version 1.2 on) */
+	char	   *schema;			/* quoted */
+	KeyTable	main;			/* idem_keys itself */
+	/* when Citus distributes idem_keys */
+	bool		distributed;
+	bool		coordinator;	/* this node is Citus's coordinator */
+	Oid			key_collation;
+	int			nshards;
+	ShardRange *shards;			/* sorted by min */
+	HTAB	   *shard_tables;	/* shardid -> KeyTable */
 } cache;
 
 static bool callback_registered = false;
 
 static void refresh_cache(void);
+static KeyTable *shard_table(int i);
 
 static void
 invalidate_cache(Datum arg, Oid relid)
 {
+	HASH_SEQ_STATUS status;
+	KeyTable   *t;
+
+	if (!cache.valid)
+		return;
 	if (relid == InvalidOid || relid == cache.relid ||
-		relid == cache.pkey_relid)
+		relid == cache.main.pkey_relid)
+	{
 		cache.valid = false;
+		return;
+	}
+	if (cache.shard_tables == NULL)
+		return;
+	hash_seq_init(&status, cache.shard_tables);
+	while ((t = (KeyTable *) hash_seq_search(&status)) != NULL)
+	{
+		if (relid == t->relid || relid == t->pkey_relid)
+		{
+			cache.valid = false;
+			hash_seq_term(&status);
+			return;
+		}
+	}
 }
 
 /*
@@ -280,13 +336,14 @@ extension_schema(Oid extoid)
 }
 
 /*
- * The key table must have the columns this file reads by number, and its
- * primary key on (scope, key).  Sets cache.pkey_relid and cache.has_leases
- * (a table of a version before 1.2 lacks the lease columns: the module is
- * updated before ALTER EXTENSION UPDATE runs).
+ * A key table (or shard) must have the columns this file reads by number,
+ * and its primary key on (scope, key).  Fills t's pkey_relid and access
+ * flags; returns how many of the columns it has (a table of a version
+ * before 1.2 lacks the lease columns: the module is updated before ALTER
+ * EXTENSION UPDATE runs).
  */
-static void
-check_key_table(Oid relid)
+static int
+check_key_table(Oid relid, KeyTable *t)
 {
 	Relation	rel = table_open(relid, AccessShareLock);
 	TupleDesc	desc = RelationGetDescr(rel);
@@ -322,10 +379,11 @@ check_key_table(Oid relid)
 	 * again on every relcache invalidation of the table, which such a
 	 * change sends.
 	 */
-	cache.direct_reads = rel->rd_rel->relkind == RELKIND_RELATION &&
+	t->relid = relid;
+	t->direct_reads = rel->rd_rel->relkind == RELKIND_RELATION &&
 		rel->rd_rel->relam == HEAP_TABLE_AM_OID;
 	indexes = RelationGetIndexList(rel);
-	cache.direct_writes = cache.direct_reads &&
+	t->direct_writes = t->direct_reads &&
 		list_length(indexes) == 1 &&
 		desc->natts == ncols &&
 		rel->trigdesc == NULL && rel->rd_rules == NULL &&
@@ -335,8 +393,8 @@ check_key_table(Oid relid)
 		!rel->rd_rel->relforcerowsecurity;
 	list_free(indexes);
 	table_close(rel, AccessShareLock);
-	cache.pkey_relid = pkey;
-	cache.has_leases = (ncols == lengthof(key_columns));
+	t->pkey_relid = pkey;
+	return ncols;
 }
 
 /*
@@ -350,8 +408,98 @@ idem_storage_has_leases(void)
 	return cache.has_leases;
 }
 
+static void
+forget_table(KeyTable *t)
+{
+	for (int i = 0; i < NUM_QUERIES; i++)
+	{
+		if (t->plans[i] != NULL)
+			SPI_freeplan(t->plans[i]);
+		t->plans[i] = NULL;
+	}
+	if (t->name != NULL)
+		pfree(t->name);
+	t->name = NULL;
+}
+
 /*
- * Looks up the table (once per backend) and forgets old plans.
+ * When Citus distributes the key table: its shards' hash ranges (metadata
+ * that Citus keeps on every node), and whether this node is the
+ * coordinator.
+ */
+static void
+load_citus_metadata(void)
+{
+	Datum		arg = ObjectIdGetDatum(cache.relid);
+	Oid			argtype = OIDOID;
+	int			rc;
+
+	cache.distributed = false;
+	if (!OidIsValid(get_extension_oid("citus", true)))
+		return;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	rc = SPI_execute_with_args("SELECT shardid, shardminvalue::pg_catalog.int4,"
+							   " shardmaxvalue::pg_catalog.int4"
+							   " FROM pg_catalog.pg_dist_shard"
+							   " WHERE logicalrelid OPERATOR(pg_catalog.=) $1"
+							   " AND EXISTS (SELECT FROM pg_catalog.pg_dist_partition"
+							   " WHERE logicalrelid OPERATOR(pg_catalog.=) $1"
+							   " AND partmethod OPERATOR(pg_catalog.=) 'h')"
+							   " ORDER BY 2",
+							   1, &argtype, &arg, NULL, true, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "could not read the shards of the key table: %s",
+			 SPI_result_code_string(rc));
+	if (SPI_processed > 0)
+	{
+		cache.nshards = (int) SPI_processed;
+		cache.shards = MemoryContextAlloc(TopMemoryContext,
+										  sizeof(ShardRange) * cache.nshards);
+		for (int i = 0; i < cache.nshards; i++)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[i];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			bool		isnull;
+
+			cache.shards[i].shardid =
+				DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+			cache.shards[i].min =
+				DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
+			cache.shards[i].max =
+				DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
+		}
+		cache.distributed = true;
+		rc = SPI_execute("SELECT pg_catalog.citus_is_coordinator()", true, 1);
+		{
+			bool		isnull;
+
+			cache.coordinator = (rc == SPI_OK_SELECT && SPI_processed == 1 &&
+								 DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+															SPI_tuptable->tupdesc,
+															1, &isnull)));
+		}
+	}
+	if (SPI_finish() != SPI_OK_FINISH)
+		elog(ERROR, "SPI_finish failed");
+
+	if (cache.distributed)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(int64);
+		ctl.entrysize = sizeof(KeyTable);
+		ctl.hcxt = TopMemoryContext;
+		cache.shard_tables = hash_create("idempotency key table shards", 64,
+										 &ctl,
+										 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+}
+
+/*
+ * Looks up the tables (once per backend, and again after they change) and
+ * forgets old plans.
  */
 static void
 refresh_cache(void)
@@ -361,13 +509,25 @@ refresh_cache(void)
 	Oid			relid;
 	HeapTuple	tuple;
 	MemoryContext oldcxt;
+	int			ncols;
 
-	for (int i = 0; i < NUM_QUERIES; i++)
+	forget_table(&cache.main);
+	if (cache.shard_tables != NULL)
 	{
-		if (cache.plans[i] != NULL)
-			SPI_freeplan(cache.plans[i]);
-		cache.plans[i] = NULL;
+		HASH_SEQ_STATUS status;
+		KeyTable   *t;
+
+		hash_seq_init(&status, cache.shard_tables);
+		while ((t = (KeyTable *) hash_seq_search(&status)) != NULL)
+			forget_table(t);
+		hash_destroy(cache.shard_tables);
+		cache.shard_tables = NULL;
 	}
+	if (cache.shards != NULL)
+		pfree(cache.shards);
+	cache.shards = NULL;
+	cache.nshards = 0;
+	cache.distributed = false;
 	if (cache.schema != NULL)
 		pfree(cache.schema);
 	cache.schema = NULL;
@@ -386,7 +546,8 @@ refresh_cache(void)
 				 errmsg("key table \"%s.idem_keys\" of extension \"idempotency\" does not exist",
 						get_namespace_name(nspid))));
 
-	check_key_table(relid);
+	ncols = check_key_table(relid, &cache.main);
+	cache.has_leases = (ncols == lengthof(key_columns));
 
 	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
 	if (!HeapTupleIsValid(tuple))
@@ -396,8 +557,17 @@ refresh_cache(void)
 
 	oldcxt = MemoryContextSwitchTo(TopMemoryContext);
 	cache.schema = pstrdup(quote_identifier(get_namespace_name(nspid)));
+	cache.main.name = psprintf("%s.idem_keys", cache.schema);
 	MemoryContextSwitchTo(oldcxt);
 	cache.relid = relid;
+	cache.nspid = nspid;
+	{
+		Oid			typid;
+		int32		typmod;
+
+		get_atttypetypmodcoll(relid, Anum_key, &typid, &typmod,
+							  &cache.key_collation);
+	}
 	cache.confinement_relid = get_relname_relid("idem_confinement", nspid);
 
 	if (!callback_registered)
@@ -405,18 +575,184 @@ refresh_cache(void)
 		CacheRegisterRelcacheCallback(invalidate_cache, (Datum) 0);
 		callback_registered = true;
 	}
+	load_citus_metadata();
 	cache.valid = true;
 }
 
-static SPIPlanPtr
-get_plan(StorageQuery q)
+/*
+ * The table that holds k's record: the key table, or the shard of k when
+ * Citus distributes it (found as Citus routes: the hash of the key, in
+ * the column's collation, within a shard's range).  NULL when that shard
+ * is placed on another node.  *shardid (if not NULL) is set to the shard,
+ * 0 without Citus.
+ */
+static KeyTable *
+table_of(const IdemKey *k, int64 *shardid)
 {
-	if (cache.plans[q] == NULL)
+	int32		h;
+	int			lo;
+	int			hi;
+
+	if (!cache.valid)
+		refresh_cache();
+	if (shardid)
+		*shardid = 0;
+	if (!cache.distributed)
+		return &cache.main;
+
+	h = DatumGetInt32(DirectFunctionCall1Coll(hashtext, cache.key_collation,
+											  PointerGetDatum(cstring_to_text_with_len(k->key, k->key_len))));
+	lo = 0;
+	hi = cache.nshards - 1;
+	while (lo < hi)
+	{
+		int			mid = (lo + hi + 1) / 2;
+
+		if (cache.shards[mid].min <= h)
+			lo = mid;
+		else
+			hi = mid - 1;
+	}
+	if (cache.nshards == 0 || h < cache.shards[lo].min || h > cache.shards[lo].max)
+		elog(ERROR, "no shard of the key table covers hash %d", h);
+	if (shardid)
+		*shardid = cache.shards[lo].shardid;
+	return shard_table(lo);
+}
+
+/*
+ * The KeyTable of the i-th shard, NULL when it is placed on another node.
+ */
+static KeyTable *
+shard_table(int i)
+{
+	KeyTable   *t;
+	bool		found;
+
+	t = (KeyTable *) hash_search(cache.shard_tables, &cache.shards[i].shardid,
+								 HASH_ENTER, &found);
+	if (!found)
+	{
+		memset((char *) t + sizeof(int64), 0, sizeof(KeyTable) - sizeof(int64));
+		t->relid = InvalidOid;
+	}
+	if (!OidIsValid(t->relid))
+	{
+		char		relname[NAMEDATALEN];
+		Oid			relid;
+		MemoryContext oldcxt;
+
+		/* Citus names a shard after its table and its id */
+		snprintf(relname, sizeof(relname), "idem_keys_" INT64_FORMAT, t->shardid);
+		relid = get_relname_relid(relname, cache.nspid);
+		if (!OidIsValid(relid))
+			return NULL;
+		(void) check_key_table(relid, t);
+		oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+		t->name = psprintf("%s.%s", cache.schema, quote_identifier(relname));
+		MemoryContextSwitchTo(oldcxt);
+	}
+	return t;
+}
+
+/*
+ * table_of for a call that must find the record here.
+ */
+static KeyTable *
+local_table(const IdemKey *k)
+{
+	int64		shardid;
+	KeyTable   *t = table_of(k, &shardid);
+
+	if (t == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the shard of idempotency key \"%s\" in scope \"%s\" is not on this node",
+						k->key, k->scope),
+				 errdetail("The key table is distributed by Citus; shard " INT64_FORMAT " of it is placed on another node.",
+						   shardid),
+				 errhint("Call the function on the coordinator, which routes it to the node of the shard.")));
+	return t;
+}
+
+/*
+ * Is the key table distributed by Citus, and does the record of k live on
+ * another node?  Then the call must be routed there.
+ */
+bool
+idem_storage_is_remote(const IdemKey *k)
+{
+	if (!cache.valid)
+		refresh_cache();
+	return cache.distributed && table_of(k, NULL) == NULL;
+}
+
+bool
+idem_storage_distributed(void)
+{
+	if (!cache.valid)
+		refresh_cache();
+	return cache.distributed;
+}
+
+bool
+idem_storage_coordinator(void)
+{
+	if (!cache.valid)
+		refresh_cache();
+	return cache.distributed && cache.coordinator;
+}
+
+/* The extension's schema, quoted */
+const char *
+idem_storage_schema(void)
+{
+	if (!cache.valid)
+		refresh_cache();
+	return cache.schema;
+}
+
+/*
+ * A query of query_defs with its placeholders filled in.
+ */
+static char *
+query_text(const char *sql, const char *lease_part, const char *table)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	while (*sql)
+	{
+		if (strncmp(sql, "{schema}", 8) == 0)
+		{
+			appendStringInfoString(&buf, cache.schema);
+			sql += 8;
+		}
+		else if (strncmp(sql, "{lease}", 7) == 0)
+		{
+			appendStringInfoString(&buf, lease_part);
+			sql += 7;
+		}
+		else if (strncmp(sql, "{table}", 7) == 0)
+		{
+			appendStringInfoString(&buf, table);
+			sql += 7;
+		}
+		else
+			appendStringInfoChar(&buf, *sql++);
+	}
+	return buf.data;
+}
+
+static SPIPlanPtr
+get_plan(KeyTable *t, StorageQuery q)
+{
+	if (t->plans[q] == NULL)
 	{
 		const QueryDef *def = &query_defs[q];
-		char	   *sql = psprintf(def->sql, cache.schema,
-								   cache.has_leases ? def->lease_part :
-								   def->legacy_part);
+		char	   *sql = query_text(def->sql,
+									 cache.has_leases ? def->lease_part :
+									 def->legacy_part, t->name);
 		SPIPlanPtr	plan;
 
 		plan = SPI_prepare(sql, def->nargs, (Oid *) def->argtypes);
@@ -425,10 +761,10 @@ get_plan(StorageQuery q)
 				 sql, SPI_result_code_string(SPI_result));
 		if (SPI_keepplan(plan) != 0)
 			elog(ERROR, "SPI_keepplan failed");
-		cache.plans[q] = plan;
+		t->plans[q] = plan;
 		pfree(sql);
 	}
-	return cache.plans[q];
+	return t->plans[q];
 }
 
 /*
@@ -444,8 +780,7 @@ typedef struct StorageCall
 static void
 storage_begin(StorageCall *call)
 {
-	if (!cache.valid)
-		refresh_cache();
+	Assert(cache.valid || cache.schema != NULL);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	GetUserIdAndSecContext(&call->save_userid, &call->save_sec_context);
@@ -470,8 +805,8 @@ storage_end(StorageCall *call)
  * (40001, retryable) instead of silently updating nothing.
  */
 static int
-run(StorageQuery q, Datum *values, const char *nulls, bool read_only,
-	int expected)
+run(KeyTable *t, StorageQuery q, Datum *values, const char *nulls,
+	bool read_only, int expected)
 {
 	int			rc;
 	Snapshot	snapshot = InvalidSnapshot;
@@ -484,7 +819,7 @@ run(StorageQuery q, Datum *values, const char *nulls, bool read_only,
 		snapshot = GetLatestSnapshot();
 		crosscheck = GetTransactionSnapshot();
 	}
-	rc = SPI_execute_snapshot(get_plan(q), values, nulls, snapshot,
+	rc = SPI_execute_snapshot(get_plan(t, q), values, nulls, snapshot,
 							  crosscheck, read_only, !read_only, 0);
 	if (rc != expected)
 		elog(ERROR, "idempotency storage query %d failed: %s",
@@ -580,7 +915,7 @@ fill_record(const Datum *v, const bool *n, IdemRecord *rec)
  * partitioned table, another access method): through the executor.
  */
 static void
-read_by_query(const IdemKey *k, IdemRecord *rec)
+read_by_query(KeyTable *t, const IdemKey *k, IdemRecord *rec)
 {
 	StorageCall call;
 	MemoryContext callercxt = CurrentMemoryContext;
@@ -590,7 +925,7 @@ read_by_query(const IdemKey *k, IdemRecord *rec)
 	values[1] = text_datum(k->key, k->key_len);
 
 	storage_begin(&call);
-	run(Q_READ, values, NULL, true, SPI_OK_SELECT);
+	run(t, Q_READ, values, NULL, true, SPI_OK_SELECT);
 	if (SPI_processed > 0)
 	{
 		TupleDesc	desc = SPI_tuptable->tupdesc;
@@ -610,21 +945,21 @@ read_by_query(const IdemKey *k, IdemRecord *rec)
 void
 idem_storage_read(const IdemKey *k, IdemRecord *rec)
 {
+	KeyTable   *t;
 	Relation	rel;
 	Relation	idx;
 	TupleTableSlot *slot;
 
 	memset(rec, 0, sizeof(IdemRecord));
-	if (!cache.valid)
-		refresh_cache();
-	if (!cache.direct_reads)
+	t = local_table(k);
+	if (!t->direct_reads)
 	{
-		read_by_query(k, rec);
+		read_by_query(t, k, rec);
 		return;
 	}
 
-	rel = table_open(cache.relid, AccessShareLock);
-	idx = index_open(cache.pkey_relid, AccessShareLock);
+	rel = table_open(t->relid, AccessShareLock);
+	idx = index_open(t->pkey_relid, AccessShareLock);
 	slot = table_slot_create(rel, NULL);
 
 	if (probe(rel, idx, k, slot))
@@ -645,13 +980,11 @@ idem_storage_read(const IdemKey *k, IdemRecord *rec)
  * transaction, is checked here.
  */
 static void
-open_for_write(const char *what, Relation *rel, Relation *idx)
+open_for_write(KeyTable *t, const char *what, Relation *rel, Relation *idx)
 {
-	if (!cache.valid)
-		refresh_cache();
 	PreventCommandIfReadOnly(what);
-	*rel = table_open(cache.relid, RowExclusiveLock);
-	*idx = index_open(cache.pkey_relid, RowExclusiveLock);
+	*rel = table_open(t->relid, RowExclusiveLock);
+	*idx = index_open(t->pkey_relid, RowExclusiveLock);
 }
 
 /*
@@ -712,7 +1045,7 @@ owner_values(const IdemOwner *owner, Datum *values, bool *nulls)
  * fires every trigger.
  */
 static bool
-insert_by_query(const IdemKey *k, const char *request_hash,
+insert_by_query(KeyTable *t, const IdemKey *k, const char *request_hash,
 				const Interval *ttl, TimestampTz now, TimestampTz expires_at,
 				const IdemOwner *owner)
 {
@@ -743,7 +1076,7 @@ insert_by_query(const IdemKey *k, const char *request_hash,
 		if (onulls[col])
 			nulls[6 + i] = 'n';
 	}
-	run(Q_INSERT, values, nulls, false, SPI_OK_INSERT);
+	run(t, Q_INSERT, values, nulls, false, SPI_OK_INSERT);
 	done = (SPI_processed == 1);
 	storage_end(&call);
 	return done;
@@ -758,6 +1091,7 @@ idem_storage_insert(const IdemKey *k, const char *request_hash,
 					const Interval *ttl, TimestampTz now,
 					TimestampTz expires_at, const IdemOwner *owner)
 {
+	KeyTable   *t;
 	Relation	rel;
 	Relation	idx;
 	Datum		values[lengthof(key_columns)];
@@ -765,11 +1099,10 @@ idem_storage_insert(const IdemKey *k, const char *request_hash,
 	HeapTuple	tuple;
 	bool		inserted;
 
-	if (!cache.valid)
-		refresh_cache();
-	if (!cache.direct_writes)
-		return insert_by_query(k, request_hash, ttl, now, expires_at, owner);
-	open_for_write("idem_reserve", &rel, &idx);
+	t = local_table(k);
+	if (!t->direct_writes)
+		return insert_by_query(t, k, request_hash, ttl, now, expires_at, owner);
+	open_for_write(t, "idem_reserve", &rel, &idx);
 
 	memset(nulls, true, sizeof(nulls));
 	values[Anum_scope - 1] = text_datum(k->scope, k->scope_len);
@@ -823,6 +1156,7 @@ idem_storage_renew(const IdemKey *k, const char *request_hash, int32 attempt,
 				   TimestampTz expires_at, const IdemOwner *owner)
 {
 	StorageCall call;
+	KeyTable   *t = local_table(k);
 	Datum		values[12];
 	char		nulls[12] = "            ";
 	Datum		ovalues[lengthof(key_columns)];
@@ -850,7 +1184,7 @@ idem_storage_renew(const IdemKey *k, const char *request_hash, int32 attempt,
 		if (onulls[col])
 			nulls[7 + i] = 'n';
 	}
-	run(Q_RENEW, values, nulls, false, SPI_OK_UPDATE);
+	run(t, Q_RENEW, values, nulls, false, SPI_OK_UPDATE);
 	done = (SPI_processed == 1);
 	storage_end(&call);
 	return done;
@@ -867,6 +1201,7 @@ idem_storage_commit(const IdemKey *k, const char *request_hash,
 					bytea *body, TimestampTz now, TimestampTz expires_at)
 {
 	StorageCall call;
+	KeyTable   *t = local_table(k);
 	Datum		values[9];
 	char		nulls[9] = "         ";
 	bool		done;
@@ -894,7 +1229,7 @@ idem_storage_commit(const IdemKey *k, const char *request_hash,
 		nulls[8] = 'n';
 
 	storage_begin(&call);
-	run(Q_COMMIT, values, nulls, false, SPI_OK_UPDATE);
+	run(t, Q_COMMIT, values, nulls, false, SPI_OK_UPDATE);
 	done = (SPI_processed == 1);
 	storage_end(&call);
 	return done;
@@ -921,6 +1256,7 @@ idem_storage_commit_mine(const IdemKey *k, const char *request_hash,
 						 bool status_null, int32 status, Jsonb *headers,
 						 bytea *body, TimestampTz now, bool *was_lease)
 {
+	KeyTable   *t;
 	Relation	rel;
 	Relation	idx;
 	TupleTableSlot *slot;
@@ -929,11 +1265,10 @@ idem_storage_commit_mine(const IdemKey *k, const char *request_hash,
 	bool		mine = false;
 
 	*was_lease = false;
-	if (!cache.valid)
-		refresh_cache();
-	if (!cache.direct_writes)
+	t = local_table(k);
+	if (!t->direct_writes)
 		return false;			/* the caller's general path commits it */
-	open_for_write("idem_commit", &rel, &idx);
+	open_for_write(t, "idem_commit", &rel, &idx);
 	slot = table_slot_create(rel, NULL);
 	if (probe(rel, idx, k, slot))
 	{
@@ -1023,6 +1358,7 @@ bool
 idem_storage_extend(const IdemKey *k, const IdemOwner *owner)
 {
 	StorageCall call;
+	KeyTable   *t = local_table(k);
 	Datum		values[5];
 	bool		done;
 
@@ -1034,7 +1370,7 @@ idem_storage_extend(const IdemKey *k, const IdemOwner *owner)
 	values[4] = TimestampTzGetDatum(owner->lease_expires_at);
 
 	storage_begin(&call);
-	run(Q_EXTEND, values, NULL, false, SPI_OK_UPDATE);
+	run(t, Q_EXTEND, values, NULL, false, SPI_OK_UPDATE);
 	done = (SPI_processed == 1);
 	storage_end(&call);
 	return done;
@@ -1045,6 +1381,7 @@ static bool
 delete_key(StorageQuery q, const IdemKey *k)
 {
 	StorageCall call;
+	KeyTable   *t = local_table(k);
 	Datum		values[2];
 	bool		done;
 
@@ -1052,7 +1389,7 @@ delete_key(StorageQuery q, const IdemKey *k)
 	values[1] = text_datum(k->key, k->key_len);
 
 	storage_begin(&call);
-	run(q, values, NULL, false, SPI_OK_DELETE);
+	run(t, q, values, NULL, false, SPI_OK_DELETE);
 	done = (SPI_processed == 1);
 	storage_end(&call);
 	return done;
@@ -1083,6 +1420,7 @@ void
 idem_storage_abandon(const IdemKey *k)
 {
 	StorageCall call;
+	KeyTable   *t = local_table(k);
 	Datum		values[4];
 
 	values[0] = text_datum(k->scope, k->scope_len);
@@ -1091,20 +1429,12 @@ idem_storage_abandon(const IdemKey *k)
 	values[3] = TimestampTzGetDatum(MyStartTimestamp);
 
 	storage_begin(&call);
-	run(Q_ABANDON, values, NULL, false, SPI_OK_UPDATE);
+	run(t, Q_ABANDON, values, NULL, false, SPI_OK_UPDATE);
 	storage_end(&call);
 }
 
 #define PURGE_BATCH 1000
 
-/*
- * Where this backend's next purge scan starts: the block after the last
- * one an earlier call looked at.  A purge in batches (idem_purge(10000) in
- * a loop, the purge worker) then walks the table once instead of reading
- * again, every call, the blocks whose records earlier calls deleted.
- */
-static Oid	purge_relid = InvalidOid;
-static BlockNumber purge_next = 0;
 
 /*
  * Deletes up to limit (< 0: all) expired records of the given scopes whose
@@ -1112,7 +1442,8 @@ static BlockNumber purge_next = 0;
  * it deleted to *deleted; returns true when it ran out of records.
  */
 static bool
-purge_range(BlockNumber from, BlockNumber to, int64 limit, TimestampTz now,
+purge_range(KeyTable *t, BlockNumber from, BlockNumber to, int64 limit,
+			TimestampTz now,
 			ArrayType *scopes, ItemPointer tids, int64 *deleted,
 			bool *first_check)
 {
@@ -1132,7 +1463,7 @@ purge_range(BlockNumber from, BlockNumber to, int64 limit, TimestampTz now,
 	scan_values[2] = PointerGetDatum(&lo);
 	scan_values[3] = PointerGetDatum(&hi);
 
-	portal = SPI_cursor_open(NULL, get_plan(Q_PURGE_SCAN), scan_values,
+	portal = SPI_cursor_open(NULL, get_plan(t, Q_PURGE_SCAN), scan_values,
 							 scan_nulls, true);
 
 	while (limit < 0 || *deleted < limit)
@@ -1172,7 +1503,7 @@ purge_range(BlockNumber from, BlockNumber to, int64 limit, TimestampTz now,
 
 			tid = (ItemPointer) DatumGetPointer(SPI_getbinval(tup, desc, 1, &isnull));
 			/* the next call goes on from here */
-			purge_next = ItemPointerGetBlockNumber(tid);
+			t->purge_next = ItemPointerGetBlockNumber(tid);
 
 			committed = DatumGetBool(SPI_getbinval(tup, desc, 2, &isnull));
 			if (!committed)
@@ -1215,7 +1546,7 @@ purge_range(BlockNumber from, BlockNumber to, int64 limit, TimestampTz now,
 								  false, TYPALIGN_SHORT);
 			del_values[0] = PointerGetDatum(arr);
 			del_values[1] = TimestampTzGetDatum(now);
-			run(Q_PURGE_DELETE, del_values, NULL, false, SPI_OK_DELETE);
+			run(t, Q_PURGE_DELETE, del_values, NULL, false, SPI_OK_DELETE);
 			*deleted += SPI_processed;
 			pfree(arr);
 			pfree(elems);
@@ -1227,13 +1558,38 @@ purge_range(BlockNumber from, BlockNumber to, int64 limit, TimestampTz now,
 }
 
 /*
+ * Purges one table (or shard).  Its scan starts where this backend's last
+ * purge of it stopped, the block after the last one an earlier call looked
+ * at, and wraps around at the end of the table, by TID range (a TID range
+ * scan reads only the blocks in range): a purge in batches
+ * (idem_purge(10000) in a loop, the purge worker) then walks the table
+ * once instead of reading again, every call, the blocks whose records
+ * earlier calls deleted.
+ */
+static void
+purge_table(KeyTable *t, int64 limit, TimestampTz now, ArrayType *scopes,
+			ItemPointer tids, int64 *deleted, bool *first_check)
+{
+	BlockNumber start = t->purge_next;
+
+	/* from where the last purge stopped to the end, then the beginning */
+	if (purge_range(t, start, InvalidBlockNumber, limit, now, scopes, tids,
+					deleted, first_check))
+	{
+		t->purge_next = 0;
+		if (start > 0 &&
+			purge_range(t, 0, start, limit, now, scopes, tids, deleted,
+						first_check))
+			t->purge_next = start;
+	}
+}
+
+/*
  * Deletes up to limit (< 0: all) expired records of the given scopes (NULL:
  * all): committed ones, and in-flight ones whose owner is gone.  A record
  * renewed meanwhile has a new ctid and a new expiry, and is left alone.
- *
- * The scan starts where this backend's last purge stopped and wraps around
- * at the end of the table, by TID range (a TID range scan reads only the
- * blocks in range).
+ * When Citus distributes the key table, this purges the shards placed on
+ * this node.
  */
 int64
 idem_storage_purge(int64 limit, TimestampTz now, ArrayType *scopes)
@@ -1242,27 +1598,25 @@ idem_storage_purge(int64 limit, TimestampTz now, ArrayType *scopes)
 	int64		deleted = 0;
 	bool		first_check = true;
 	ItemPointer tids;
-	BlockNumber start;
 
+	if (!cache.valid)
+		refresh_cache();
 	storage_begin(&call);
 	tids = palloc(sizeof(ItemPointerData) * PURGE_BATCH);
 
-	if (purge_relid != cache.relid)
+	if (!cache.distributed)
+		purge_table(&cache.main, limit, now, scopes, tids, &deleted,
+					&first_check);
+	else
 	{
-		purge_relid = cache.relid;
-		purge_next = 0;
-	}
-	start = purge_next;
+		for (int i = 0; i < cache.nshards && (limit < 0 || deleted < limit); i++)
+		{
+			KeyTable   *t = shard_table(i);
 
-	/* from where the last purge stopped to the end, then the beginning */
-	if (purge_range(start, InvalidBlockNumber, limit, now, scopes, tids,
-					&deleted, &first_check))
-	{
-		purge_next = 0;
-		if (start > 0 &&
-			purge_range(0, start, limit, now, scopes, tids, &deleted,
-						&first_check))
-			purge_next = start;
+			if (t != NULL)
+				purge_table(t, limit, now, scopes, tids, &deleted,
+							&first_check);
+		}
 	}
 
 	pfree(tids);
@@ -1280,6 +1634,8 @@ idem_storage_set_logged(bool logged)
 	char	   *sql;
 	int			rc;
 
+	if (!cache.valid)
+		refresh_cache();
 	storage_begin(&call);
 	sql = psprintf("ALTER TABLE %s.idem_keys SET %s", cache.schema,
 				   logged ? "LOGGED" : "UNLOGGED");
@@ -1312,7 +1668,7 @@ idem_storage_confined_scopes(Oid role, int *n, Oid *confinement_relid)
 
 	values[0] = ObjectIdGetDatum(role);
 	storage_begin(&call);
-	run(Q_CONFINED, values, NULL, true, SPI_OK_SELECT);
+	run(&cache.main, Q_CONFINED, values, NULL, true, SPI_OK_SELECT);
 	if (SPI_processed > 0)
 	{
 		*n = (int) SPI_processed;

@@ -149,6 +149,10 @@ extern uint64 idem_key_hash64(const IdemKey *k);
 
 /* idem_storage.c */
 extern bool idem_storage_has_leases(void);
+extern bool idem_storage_distributed(void);
+extern bool idem_storage_coordinator(void);
+extern bool idem_storage_is_remote(const IdemKey *k);
+extern const char *idem_storage_schema(void);
 extern void idem_storage_read(const IdemKey *k, IdemRecord *rec);
 extern bool idem_storage_insert(const IdemKey *k, const char *request_hash,
 								const Interval *ttl, TimestampTz now,
