@@ -1120,22 +1120,44 @@ next_slice(idem_conn *conn, const char *key, const idem_opts *opts,
  * Waits in slices (see idem_reserve in idem.h): reserve without waiting,
  * then, while the key is in flight, reserve again waiting one slice at a
  * time until total ms have passed.  Between two slices the connection is
- * free for the pool.  A reserve that answers IK409 before its slice is
- * over (the server refused at once, e.g. another token on this session)
- * is not retried before the slice is over.
+ * free.  A reserve that answers IK409 before its slice is over (the server
+ * refused at once, e.g. another token on this session) is not retried
+ * before the slice is over.
+ *
+ * Behind a proxy that alone does not leave the owner a connection: a pool
+ * of 3 hands its connections to the clients in the order they asked, and
+ * 20 waiters that each hold one for a slice keep the owner's renewal
+ * queued for about 20 / 3 slices, longer than a short lease.  So a waiter
+ * watches how long its statements were queued before the server ran them
+ * (the round trip beyond the slice): when they were, it backs off (shorter
+ * slices, halved down to none, and a pause between them, doubled up to the
+ * longest slice, with jitter); when they were not, it comes back by steps
+ * (it starts with an eighth of the longest slice, and grows by eighths).
+ * The waiters then hold the pool's connections a small part of the time,
+ * and the owner's renewal and commit find one at once; a waiter that has
+ * backed off sees the commit at its next reserve, at most a pause later.
  */
+#define CONGESTED_MS 20			/* queued longer than this: the pool is full */
+#define MIN_PAUSE_MS 25
+
 static int
 reserve_sliced(idem_conn *conn, const char *key, const idem_opts *opts,
 			   int64_t total, const char *lease, idem_record **rec)
 {
 	int64_t		deadline = clock_ms() + total;
 	int64_t		slice = 0;
+	/* the slice, in eighths of the longest: behind a proxy it starts low */
+	int			eighths = conn->sess.proxied ? 1 : 8;
+	int64_t		pause = 0;
+	unsigned	jitter = (unsigned) clock_ms() ^ (unsigned) (uintptr_t) conn;
 
 	for (;;)
 	{
 		char		wait[32];
 		int64_t		started = clock_ms();
 		int64_t		now;
+		int64_t		queued;
+		int64_t		longest;
 
 		snprintf(wait, sizeof(wait), "%lld ms", (long long) slice);
 		if (reserve_once(conn, key, opts, wait, lease, rec) == 0)
@@ -1143,6 +1165,7 @@ reserve_sliced(idem_conn *conn, const char *key, const idem_opts *opts,
 		if (conn->err != IDEM_ERR_IN_FLIGHT)
 			return -1;
 		now = clock_ms();
+		queued = now - started - slice;
 		if (now - started < slice)
 		{
 			sleep_ms((started + slice < deadline ? started + slice : deadline) - now);
@@ -1150,9 +1173,41 @@ reserve_sliced(idem_conn *conn, const char *key, const idem_opts *opts,
 		}
 		if (now >= deadline)
 			return -1;			/* the last IK409 stands */
-		slice = next_slice(conn, key, opts, deadline - now);
-		if (slice < 0)
+
+		started = now;
+		longest = next_slice(conn, key, opts, deadline - now);
+		if (longest < 0)
 			return -1;
+		now = clock_ms();
+		if (now - started > queued)
+			queued = now - started;
+
+		if (conn->sess.proxied && queued > CONGESTED_MS)
+		{
+			eighths /= 2;
+			pause = pause ? pause * 2 : MIN_PAUSE_MS;
+		}
+		else if (conn->sess.proxied)
+		{
+			eighths = eighths < 8 ? eighths + 1 : 8;
+			pause = pause > 2 * MIN_PAUSE_MS ? pause / 2 : 0;
+		}
+		if (pause > IDEM_MAX_SLICE_MS)
+			pause = IDEM_MAX_SLICE_MS;
+		slice = longest * eighths / 8;
+		if (pause > 0 && longest > 0)
+		{
+			int64_t		p = pause < longest ? pause : longest;
+
+			/* 75% to 125% of it, so that waiters do not come back together */
+			jitter = jitter * 1103515245u + 12345u;
+			p = p * (96 + (int64_t) ((jitter >> 16) % 65)) / 128;
+			if (p > deadline - now)
+				p = deadline - now;
+			sleep_ms(p);
+			if (clock_ms() >= deadline)
+				slice = 0;		/* one last look */
+		}
 	}
 }
 

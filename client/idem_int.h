@@ -80,6 +80,7 @@ typedef struct idem_renewer
 	char	   *key;
 	char	   *scope;
 	char		owner[2 * IDEM_OWNER_BYTES + 1];
+	int			attempt;		/* of the reservation we hold */
 	int64_t		period_ms;
 	int			renewals;		/* successful idem_extend calls, this run */
 	char		errmsg[512];	/* why the lease was lost */
@@ -162,7 +163,8 @@ idem_outcome idem__fail(idem_conn *conn, idem_error err, const char *fmt,...)
 
 /* idem_lease.c */
 int			idem__renew_start(idem_conn *conn, const char *key,
-							  const char *scope, int64_t lease_ms);
+							  const char *scope, int attempt,
+							  int64_t lease_ms);
 int			idem__renew_stop(idem_conn *conn);
 void		idem__renewer_free(idem_renewer *r);
 

@@ -13,6 +13,13 @@
  * fenced: another caller took it over; or IK404: it is gone).  Other
  * failures (connection lost) are retried, sooner than a full period.
  *
+ * idem_extend waits for the key's lock up to idem.wait_timeout (at least a
+ * second), and a session owner that took the key over holds that lock for
+ * as long as it lives; so the renewal sets the wait to 0 for its own
+ * statement, and an IK409 is taken for a lost lease only once idem_get
+ * confirms it (the key is gone, committed, or has a new attempt): an
+ * IK409 for a lock held a moment too long is only retried.
+ *
  * The connection is opened from the handle's connection parameters
  * (PQconninfo), by the thread, the first time it runs, and kept for the
  * next runs until idem_free.  The statement is unnamed, so it works behind
@@ -31,7 +38,10 @@
 #include "idem_int.h"
 
 #define EXTEND_SQL \
-	"SELECT idem_extend($1::text, $2::text, NULL::interval, $3::text)"
+	"SELECT pg_catalog.set_config('idem.wait_timeout', '0', true), " \
+	"idem_extend($1::text, $2::text, NULL::interval, $3::text)"
+#define CONFIRM_SQL \
+	"SELECT state, attempt FROM idem_get($1::text, $2::text)"
 
 /* the shortest period between two renewals, and between two retries */
 #define MIN_PERIOD_MS 20
@@ -167,6 +177,29 @@ renewal_connection(idem_renewer *r)
 	return r->pg;
 }
 
+/*
+ * After an IK409: 1 when the reservation is no longer the one we hold
+ * (gone, committed, or taken over: another attempt), 0 when it still is,
+ * -1 when we cannot tell.
+ */
+static int
+taken_over(idem_renewer *r, PGconn *pg)
+{
+	const char *values[2];
+	PGresult   *res;
+	int			rc = -1;
+
+	values[0] = r->key;
+	values[1] = r->scope;
+	res = PQexecParams(pg, CONFIRM_SQL, 2, NULL, values, NULL, NULL, 0);
+	if (res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
+		rc = PQgetisnull(res, 0, 0) ||
+			strcmp(PQgetvalue(res, 0, 0), "in_flight") != 0 ||
+			atoi(PQgetvalue(res, 0, 1)) != r->attempt;
+	PQclear(res);
+	return rc;
+}
+
 /* one idem_extend: 0 renewed, 1 the lease is lost, -1 try again */
 static int
 extend_once(idem_renewer *r)
@@ -175,7 +208,7 @@ extend_once(idem_renewer *r)
 	const char *values[3];
 	PGresult   *res;
 	const char *state;
-	int			rc;
+	int			rc = -1;
 
 	if (pg == NULL)
 		return -1;
@@ -190,12 +223,14 @@ extend_once(idem_renewer *r)
 		return 0;
 	}
 	state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-	rc = state && (strcmp(state, "IK409") == 0 || strcmp(state, "IK404") == 0) ?
-		1 : -1;
 	snprintf(r->errmsg, sizeof(r->errmsg), "%s",
 			 res && PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) ?
 			 PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) :
 			 PQerrorMessage(pg));
+	if (state && strcmp(state, "IK404") == 0)
+		rc = 1;
+	else if (state && strcmp(state, "IK409") == 0)
+		rc = taken_over(r, pg) == 1 ? 1 : -1;
 	PQclear(res);
 	return rc;
 }
@@ -252,15 +287,15 @@ renew_main(void *arg)
 }
 
 /*
- * Starts renewing conn's lease on (scope, key), whose length is lease_ms,
- * every third of it.  Returns 0 when the thread runs (idem__renew_stop
+ * Starts renewing conn's lease on (scope, key), held as that attempt,
+ * whose length is lease_ms, every third of it.  Returns 0 when the thread runs (idem__renew_stop
  * must follow), -1 when it could not be started (out of memory, no thread,
  * or one already runs: a handler that runs a nested runner on its own
  * handle); the handler then runs without renewal.
  */
 int
 idem__renew_start(idem_conn *conn, const char *key, const char *scope,
-				  int64_t lease_ms)
+				  int attempt, int64_t lease_ms)
 {
 	idem_renewer *r = conn->renewer;
 	sigset_t	all,
@@ -282,6 +317,7 @@ idem__renew_start(idem_conn *conn, const char *key, const char *scope,
 	if (r->key == NULL || r->scope == NULL)
 		return -1;
 	memcpy(r->owner, conn->owner, sizeof(r->owner));
+	r->attempt = attempt;
 	r->period_ms = lease_ms / 3;
 	if (r->period_ms < MIN_PERIOD_MS)
 		r->period_ms = MIN_PERIOD_MS;

@@ -157,7 +157,7 @@ run_guarded(idem_conn *conn, const char *key, const idem_opts *opts,
 	leased = rec->lease_expires_at != 0;
 	if (leased)
 		renewing = idem__renew_start(conn, key, opts && opts->scope ?
-									 opts->scope : "",
+									 opts->scope : "", rec->attempt,
 									 rec->has_lease_left ?
 									 rec->lease_left_ms : 0) == 0;
 	resp->renewer = renewing ? conn->renewer : NULL;

@@ -1023,6 +1023,742 @@ test_http(void)
 	idem_free(b);
 }
 
+/* ---- owners and leases ------------------------------------------------- */
+
+static int64_t
+wall_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t) ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* the first value of a query of admin's, copied, or NULL */
+static char *
+admin_value(const char *fmt, const char *arg)
+{
+	char		sql[1024];
+	PGresult   *res;
+	char	   *v = NULL;
+
+	snprintf(sql, sizeof(sql), fmt, arg);
+	res = PQexec(admin, sql);
+	if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 &&
+		!PQgetisnull(res, 0, 0))
+		v = strdup(PQgetvalue(res, 0, 0));
+	else if (PQresultStatus(res) != PGRES_TUPLES_OK)
+		fprintf(stderr, "admin: %s: %s", sql, PQerrorMessage(admin));
+	PQclear(res);
+	return v;
+}
+
+static int
+is_token(const char *s)
+{
+	size_t		n = s ? strlen(s) : 0;
+	size_t		i;
+
+	if (n < 32)
+		return 0;
+	for (i = 0; i < n; i++)
+		if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+			return 0;
+	return 1;
+}
+
+static void
+test_owners(void)
+{
+	idem_conn  *a = open_conn();
+	idem_conn  *b = open_conn();
+	PGconn	   *pg = PQconnectdb("");
+	idem_conn  *w1 = idem_wrap(pg);
+	idem_conn  *w2 = idem_wrap(pg);
+	idem_record *rec = NULL;
+	idem_opts	nowait = {NULL, NULL, NULL, "0"};
+	idem_opts	wait300 = {NULL, NULL, NULL, "300ms"};
+	const char *k = key_of("owner-token");
+	char	   *v;
+	idem_outcome o;
+
+	CHECK(is_token(idem_owner(a)) && is_token(idem_owner(w1)) &&
+		  strcmp(idem_owner(a), idem_owner(b)) != 0 &&
+		  strcmp(idem_owner(w1), idem_owner(w2)) != 0,
+		  "every handle has its own owner token of 128 bits or more, in hex (%s)",
+		  idem_owner(a));
+	CHECK(idem_proxied(a) == 0 && idem_uses_leases(a) == 0 && idem_lease(a) == NULL,
+		  "a direct connection: not proxied, session owners by default");
+
+	o = idem_reserve(a, k, NULL, &rec);
+	CHECK(o == IDEM_FRESH && idem_record_owner(rec) &&
+		  strcmp(idem_record_owner(rec), idem_owner(a)) == 0 &&
+		  idem_record_lease_expires_at(rec) == 0,
+		  "a session-owned reservation: the record names the handle's token, no lease");
+	idem_record_free(rec);
+	v = admin_value("SELECT owner_token FROM idem_keys WHERE key = '%s'", k);
+	CHECK(v && strcmp(v, idem_owner(a)) == 0,
+		  "the token was sent with the reserve: the server recorded it");
+	free(v);
+	CHECK(idem_commit(a, k, NULL, 200, "a", 1, NULL) == IDEM_FRESH,
+		  "commit with the token");
+	CHECK(idem_get(b, k, NULL, &rec) == IDEM_REPLAY && idem_record_owner(rec) == NULL,
+		  "the token is given to its owner only (get: none)");
+	idem_record_free(rec);
+
+	/* two handles on one PGconn share a server session, as behind a pooler */
+	k = key_of("shared-session");
+	CHECK(idem_reserve(w1, k, NULL, NULL) == IDEM_FRESH,
+		  "handle 1 on a shared PGconn reserves");
+	o = idem_reserve(w2, k, &nowait, &rec);
+	CHECK(o == IDEM_IN_FLIGHT && rec == NULL && strcmp(idem_sqlstate(w2), "IK409") == 0,
+		  "handle 2 on the same PGconn (same server session): IDEM_IN_FLIGHT, "
+		  "never FRESH (%s)", idem_errmsg(w2));
+	o = idem_reserve(w2, k, &wait300, &rec);
+	CHECK(o == IDEM_IN_FLIGHT && rec == NULL,
+		  "with a wait too: IDEM_IN_FLIGHT (%s)", idem_outcome_name(o));
+	CHECK(idem_commit(w2, k, NULL, 200, "two", 3, NULL) == IDEM_IN_FLIGHT &&
+		  idem_release(w2, k, NULL) == IDEM_IN_FLIGHT &&
+		  strcmp(idem_sqlstate(w2), "IK409") == 0,
+		  "handle 2 can neither commit nor release handle 1's reservation (IK409)");
+	o = idem_reserve(w1, k, NULL, &rec);
+	CHECK(o == IDEM_FRESH && idem_record_attempt(rec) == 1,
+		  "handle 1 still owns it (re-entrant, attempt 1)");
+	idem_record_free(rec);
+	CHECK(idem_commit(w1, k, NULL, 200, "one", 3, NULL) == IDEM_FRESH &&
+		  idem_reserve(w2, k, NULL, &rec) == IDEM_REPLAY && body_is(rec, "one", 3),
+		  "handle 1 commits, handle 2 replays its response");
+	idem_record_free(rec);
+
+	idem_free(w1);
+	idem_free(w2);
+	PQfinish(pg);
+	idem_free(a);
+	idem_free(b);
+}
+
+static void
+test_leases(void)
+{
+	idem_conn  *a = open_conn();
+	idem_conn  *b = open_conn();
+	idem_record *rec = NULL;
+	idem_opts	nowait = {NULL, NULL, NULL, "0"};
+	const char *k = key_of("lease-30s");
+	int64_t		t0 = wall_us();
+	int64_t		first = 0,
+				until = 0;
+	idem_outcome o;
+
+	CHECK(idem_set_lease(a, "30s") == 0 && strcmp(idem_lease(a), "30s") == 0 &&
+		  idem_uses_leases(a) == 1, "idem_set_lease(\"30s\"): the handle uses leases");
+	o = idem_reserve(a, k, NULL, &rec);
+	if (rec)
+		first = idem_record_lease_expires_at(rec);
+	CHECK(o == IDEM_FRESH && first > t0 + 25000000 && first < t0 + 35000000 &&
+		  strcmp(idem_record_owner(rec), idem_owner(a)) == 0,
+		  "its reservation is lease-owned: lease_expires_at = now + 30 s (%+.1f s)",
+		  (first - t0) / 1e6);
+	idem_record_free(rec);
+	CHECK(idem_reserve(b, k, &nowait, &rec) == IDEM_IN_FLIGHT && rec == NULL,
+		  "another handle: in flight");
+
+	/* the owner is the token, not the session */
+	kill_backend(a);
+	CHECK(idem_reserve(b, k, &nowait, NULL) == IDEM_IN_FLIGHT,
+		  "the owner's session ended: a live lease is not taken over");
+	sleep_ms(20);
+	CHECK(idem_reconnect(a) == 0 && idem_extend(a, k, NULL, &until) == IDEM_FRESH &&
+		  until >= first, "from a new session the token renews its lease (idem_extend)");
+	CHECK(idem_extend(b, k, NULL, &until) == IDEM_LEASE_LOST && until == 0 &&
+		  idem_errcode(b) == IDEM_ERR_LEASE_LOST &&
+		  strcmp(idem_sqlstate(b), "IK409") == 0,
+		  "idem_extend with another token: IDEM_LEASE_LOST, IK409 (%s)", idem_errmsg(b));
+	CHECK(idem_commit(a, k, NULL, 201, "leased", 6, NULL) == IDEM_FRESH,
+		  "and commits from the new session");
+	CHECK(idem_extend(a, k, NULL, NULL) == IDEM_NOT_FOUND &&
+		  strcmp(idem_sqlstate(a), "IK404") == 0, "extend of a committed key: IK404");
+	o = idem_reserve(b, k, NULL, &rec);
+	CHECK(o == IDEM_REPLAY && body_is(rec, "leased", 6) &&
+		  idem_record_lease_expires_at(rec) == 0, "the response replays");
+	idem_record_free(rec);
+
+	/* "0" forces session owners, NULL is automatic again */
+	k = key_of("lease-zero");
+	idem_set_lease(a, "0");
+	o = idem_reserve(a, k, NULL, &rec);
+	CHECK(idem_uses_leases(a) == 0 && o == IDEM_FRESH &&
+		  idem_record_lease_expires_at(rec) == 0,
+		  "idem_set_lease(\"0\"): session owners");
+	idem_record_free(rec);
+	idem_release(a, k, NULL);
+	idem_set_lease(a, "soon");
+	CHECK(idem_reserve(a, k, NULL, NULL) == IDEM_ERROR &&
+		  idem_errcode(a) == IDEM_ERR_BAD_INPUT,
+		  "a lease that is not an interval: bad input (%s)", idem_errmsg(a));
+	idem_set_lease(a, "-1s");
+	CHECK(idem_reserve(a, k, NULL, NULL) == IDEM_ERROR &&
+		  idem_errcode(a) == IDEM_ERR_BAD_INPUT && idem_uses_leases(a) == -1,
+		  "a negative lease: bad input (%s)", idem_errmsg(a));
+	idem_set_lease(a, NULL);
+	CHECK(idem_lease(a) == NULL && idem_uses_leases(a) == 0,
+		  "a NULL lease: automatic, session owners on a direct connection");
+
+	/* the server's idem.lease decides when the handle does not */
+	{
+		PGconn	   *pg = PQconnectdb("options='-c idem.lease=5s'");
+		idem_conn  *w = idem_wrap(pg);
+
+		t0 = wall_us();
+		k = key_of("lease-setting");
+		CHECK(idem_uses_leases(w) == 1,
+			  "idem.lease = 5s on the server: the handle uses leases");
+		o = idem_reserve(w, k, NULL, &rec);
+		CHECK(o == IDEM_FRESH && idem_record_lease_expires_at(rec) > t0 + 3000000 &&
+			  idem_record_lease_expires_at(rec) < t0 + 7000000,
+			  "and its reservations are lease-owned, for 5 s");
+		idem_record_free(rec);
+		idem_set_lease(w, "0");
+		o = idem_reserve(w, key_of("lease-setting-0"), NULL, &rec);
+		CHECK(o == IDEM_FRESH && idem_record_lease_expires_at(rec) == 0,
+			  "idem_set_lease(\"0\") wins over idem.lease");
+		idem_record_free(rec);
+		idem_commit(w, k, NULL, 200, NULL, 0, NULL);
+		idem_release(w, key_of("lease-setting-0"), NULL);
+		idem_free(w);
+		PQfinish(pg);
+	}
+	idem_free(a);
+	idem_free(b);
+}
+
+/* a handler that sleeps, watching its lease; records what it saw */
+typedef struct lease_ctx
+{
+	int			sleep_ms;
+	int			runs;
+	int			saw_lost;
+	double		lost_after_ms;	/* since the handler started */
+	const char *fence_key;		/* expire this key's lease, then take it over */
+	idem_conn  *thief;
+	idem_outcome theft;
+	int			theft_attempt;
+} lease_ctx;
+
+static int
+lease_handler(idem_response *resp, void *arg)
+{
+	lease_ctx  *ctx = arg;
+	double		start = now_ms();
+	char		body[64];
+
+	ctx->runs++;
+	if (ctx->fence_key)
+	{
+		idem_opts	nowait = {NULL, NULL, NULL, "0"};
+		idem_record *rec = NULL;
+		char		sql[512];
+
+		/* the owner stalled: its lease ran out, and another caller came */
+		sleep_ms(100);
+		snprintf(sql, sizeof(sql),
+				 "UPDATE idem_keys SET lease_expires_at = now() - interval '1s' "
+				 "WHERE key = '%s'", ctx->fence_key);
+		admin_exec(sql);
+		ctx->theft = idem_reserve(ctx->thief, ctx->fence_key, &nowait, &rec);
+		ctx->theft_attempt = rec ? idem_record_attempt(rec) : 0;
+		idem_record_free(rec);
+	}
+	while (now_ms() - start < ctx->sleep_ms)
+	{
+		if (!ctx->saw_lost && idem_response_lease_lost(resp))
+		{
+			ctx->saw_lost = 1;
+			ctx->lost_after_ms = now_ms() - start;
+		}
+		sleep_ms(20);
+	}
+	snprintf(body, sizeof(body), "attempt %d", idem_response_attempt(resp));
+	idem_response_set_status(resp, 200);
+	return idem_response_set_body(resp, body, strlen(body));
+}
+
+typedef struct run_arg
+{
+	idem_conn  *conn;
+	const char *key;
+	lease_ctx  *ctx;
+	idem_outcome outcome;
+	idem_record *rec;
+	int			step;
+} run_arg;
+
+static void *
+run_in_thread(void *arg)
+{
+	run_arg    *r = arg;
+
+	if (r->step)
+		r->outcome = idem_step(r->conn, r->key, NULL, lease_handler, r->ctx, &r->rec);
+	else
+		r->outcome = idem_run(r->conn, r->key, NULL, lease_handler, r->ctx, &r->rec);
+	return NULL;
+}
+
+static void
+test_lease_renewal(void)
+{
+	idem_conn  *a = open_conn();
+	idem_conn  *b = open_conn();
+	idem_record *rec = NULL;
+	idem_opts	nowait = {NULL, NULL, NULL, "0"};
+	lease_ctx	ctx;
+	run_arg		r;
+	pthread_t	th;
+	int			probes = 0,
+				taken = 0;
+	int64_t		first_end = 0,
+				last_end = 0;
+	double		t0;
+
+	/* a lease of 1 s, a handler of 2.5 s: renewed, never taken over */
+	memset(&ctx, 0, sizeof(ctx));
+	ctx.sleep_ms = 2500;
+	memset(&r, 0, sizeof(r));
+	r.conn = a;
+	r.key = key_of("renewed");
+	r.ctx = &ctx;
+	idem_set_lease(a, "1s");
+	t0 = now_ms();
+	pthread_create(&th, NULL, run_in_thread, &r);
+	sleep_ms(150);
+	while (now_ms() - t0 < 2300)
+	{
+		idem_outcome o = idem_reserve(b, r.key, &nowait, &rec);
+
+		probes++;
+		if (o == IDEM_FRESH)
+		{
+			taken++;
+			idem_release(b, r.key, NULL);
+		}
+		idem_record_free(rec);
+		if (idem_get(b, r.key, NULL, &rec) == IDEM_IN_FLIGHT)
+		{
+			if (first_end == 0)
+				first_end = idem_record_lease_expires_at(rec);
+			last_end = idem_record_lease_expires_at(rec);
+		}
+		idem_record_free(rec);
+		sleep_ms(200);
+	}
+	pthread_join(th, NULL);
+	CHECK(taken == 0 && probes >= 8,
+		  "lease 1 s, handler 2.5 s: %d attempts by another handle to take it "
+		  "over, %d succeeded", probes, taken);
+	CHECK(first_end != 0 && last_end - first_end > 1000000,
+		  "the lease was renewed while the handler ran (its end moved %.1f s)",
+		  (last_end - first_end) / 1e6);
+	CHECK(r.outcome == IDEM_FRESH && body_is(r.rec, "attempt 1", 9) &&
+		  ctx.runs == 1 && !ctx.saw_lost,
+		  "idem_run: fresh, attempt 1, the handler ran once and never saw "
+		  "its lease lost (%s)", idem_errmsg(a));
+	idem_record_free(r.rec);
+	CHECK(idem_get(b, r.key, NULL, &rec) == IDEM_REPLAY && idem_record_attempt(rec) == 1,
+		  "committed by its first and only owner");
+	idem_record_free(rec);
+
+	/* the step helper renews too */
+	memset(&ctx, 0, sizeof(ctx));
+	ctx.sleep_ms = 1200;
+	idem_set_run_id(a, key_of("renewed-run"));
+	idem_set_lease(a, "500ms");
+	CHECK(idem_step(a, "slow-step", NULL, lease_handler, &ctx, &rec) == IDEM_FRESH &&
+		  body_is(rec, "attempt 1", 9) && !ctx.saw_lost,
+		  "idem_step with a lease of 500 ms and a step of 1.2 s: renewed, attempt 1");
+	idem_record_free(rec);
+	idem_set_run_id(a, NULL);
+
+	idem_free(a);
+	idem_free(b);
+}
+
+static void
+test_lease_lost(void)
+{
+	idem_conn  *a = open_conn();
+	idem_conn  *b = open_conn();
+	idem_record *rec = NULL;
+	idem_opts	nowait = {NULL, NULL, NULL, "0"};
+	const char *k = key_of("fenced");
+	lease_ctx	ctx;
+	idem_outcome o;
+
+	/* reserve and commit by hand, no renewal: the lease runs out */
+	idem_set_lease(a, "300ms");
+	idem_set_lease(b, "30s");
+	CHECK(idem_reserve(a, k, NULL, NULL) == IDEM_FRESH, "a lease of 300 ms, not renewed");
+	sleep_ms(400);
+	o = idem_reserve(b, k, &nowait, &rec);
+	CHECK(o == IDEM_FRESH && idem_record_attempt(rec) == 2,
+		  "once it ran out, another handle takes the key over at once (attempt 2)");
+	idem_record_free(rec);
+	CHECK(idem_commit(a, k, NULL, 200, "late", 4, NULL) == IDEM_LEASE_LOST &&
+		  idem_errcode(a) == IDEM_ERR_LEASE_LOST &&
+		  strcmp(idem_sqlstate(a), "IK409") == 0,
+		  "the late owner's commit is fenced: IDEM_LEASE_LOST, IK409 (%s)",
+		  idem_errmsg(a));
+	CHECK(idem_release(a, k, NULL) == IDEM_LEASE_LOST &&
+		  idem_extend(a, k, NULL, NULL) == IDEM_LEASE_LOST,
+		  "and so are its release and extend");
+	CHECK(idem_commit(b, k, NULL, 200, "new owner", 9, NULL) == IDEM_FRESH &&
+		  idem_get(a, k, NULL, &rec) == IDEM_REPLAY && body_is(rec, "new owner", 9),
+		  "the new owner's response is the one stored");
+	idem_record_free(rec);
+
+	/* a runner: its lease runs out while the handler runs, another takes over */
+	memset(&ctx, 0, sizeof(ctx));
+	ctx.sleep_ms = 2000;
+	ctx.fence_key = k = key_of("fenced-run");
+	ctx.thief = b;
+	idem_set_lease(a, "1s");
+	o = idem_run(a, k, NULL, lease_handler, &ctx, &rec);
+	CHECK(ctx.theft == IDEM_FRESH && ctx.theft_attempt == 2,
+		  "the lease ran out while the handler ran: another handle took it over "
+		  "(attempt %d)", ctx.theft_attempt);
+	CHECK(ctx.saw_lost && ctx.lost_after_ms < 1000,
+		  "the renewal found it fenced, and the handler saw it "
+		  "(idem_response_lease_lost after %.0f ms)", ctx.lost_after_ms);
+	CHECK(o == IDEM_LEASE_LOST && rec == NULL &&
+		  idem_errcode(a) == IDEM_ERR_LEASE_LOST && ctx.runs == 1,
+		  "idem_run: IDEM_LEASE_LOST, never a success (%s / %s)",
+		  idem_errmsg(a), idem_errdetail(a));
+	CHECK(idem_get(b, k, NULL, &rec) == IDEM_IN_FLIGHT && idem_record_attempt(rec) == 2,
+		  "nothing of the first run was stored: the key is the new owner's");
+	idem_record_free(rec);
+	CHECK(idem_commit(b, k, NULL, 200, "second", 6, NULL) == IDEM_FRESH,
+		  "the new owner commits");
+	CHECK(idem_http_error_status(IDEM_LEASE_LOST, IDEM_ERR_LEASE_LOST) == 409 &&
+		  strcmp(idem_outcome_name(IDEM_LEASE_LOST), "lease_lost") == 0 &&
+		  strcmp(idem_error_name(IDEM_ERR_LEASE_LOST), "lease_lost") == 0 &&
+		  IDEM_LEASE_LOST == IDEM_ERROR + 1,
+		  "IDEM_LEASE_LOST comes after IDEM_ERROR; HTTP 409");
+
+	idem_free(a);
+	idem_free(b);
+}
+
+/* ---- waiting in slices ---------------------------------------------------- */
+
+typedef struct slice_waiter
+{
+	const char *key;
+	const char *lease;
+	const char *wait;
+	idem_conn  *conn;
+	idem_outcome outcome;
+	idem_record *rec;
+	double		done_ms;
+} slice_waiter;
+
+static void *
+slice_wait(void *arg)
+{
+	slice_waiter *w = arg;
+	idem_opts	o = {NULL, NULL, NULL, w->wait};
+
+	idem_set_lease(w->conn, w->lease);
+	w->outcome = idem_reserve(w->conn, w->key, &o, &w->rec);
+	w->done_ms = now_ms();
+	return NULL;
+}
+
+/* when the backend behind conn started its current statement */
+static char *
+query_start(idem_conn *conn)
+{
+	char		pid[16];
+
+	snprintf(pid, sizeof(pid), "%d", PQbackendPID(idem_pgconn(conn)));
+	return admin_value("SELECT query_start FROM pg_stat_activity WHERE pid = %s", pid);
+}
+
+static void
+test_slices(void)
+{
+	idem_conn  *a = open_conn();
+	slice_waiter w = {key_of("slices"), "30s", "10s", open_conn(), IDEM_ERROR, NULL, 0};
+	slice_waiter s = {w.key, NULL, "10s", open_conn(), IDEM_ERROR, NULL, 0};
+	pthread_t	th,
+				th2;
+	char	   *q1,
+			   *q2,
+			   *s1,
+			   *s2;
+	double		commit_ms,
+				t;
+	idem_stats	st;
+
+	/* a lease handle waits in slices; a session handle in one piece */
+	idem_reserve(a, w.key, NULL, NULL);
+	pthread_create(&th, NULL, slice_wait, &w);
+	pthread_create(&th2, NULL, slice_wait, &s);
+	sleep_ms(400);
+	q1 = query_start(w.conn);
+	s1 = query_start(s.conn);
+	sleep_ms(1300);
+	q2 = query_start(w.conn);
+	s2 = query_start(s.conn);
+	commit_ms = now_ms();
+	idem_commit(a, w.key, NULL, 200, "sliced", 6, NULL);
+	pthread_join(th, NULL);
+	pthread_join(th2, NULL);
+	CHECK(q1 && q2 && strcmp(q1, q2) != 0,
+		  "a waiter with a lease reserves again slice after slice (statements "
+		  "started at %s, then %s)", q1 ? q1 : "?", q2 ? q2 : "?");
+	CHECK(s1 && s2 && strcmp(s1, s2) == 0,
+		  "a direct session-owner waiter waits in one statement");
+	CHECK(w.outcome == IDEM_REPLAY && body_is(w.rec, "sliced", 6) &&
+		  w.done_ms - commit_ms < 1000,
+		  "the lease waiter gets the committed response, %.0f ms after the commit",
+		  w.done_ms - commit_ms);
+	CHECK(s.outcome == IDEM_REPLAY && body_is(s.rec, "sliced", 6),
+		  "and so does the session waiter");
+	idem_counters(w.conn, &st);
+	CHECK(st.reserves == 1 && st.in_flight == 0 && st.replays == 1,
+		  "the slices count as one reserve (%llu), no in-flight outcome",
+		  (unsigned long long) st.reserves);
+	free(q1);
+	free(q2);
+	free(s1);
+	free(s2);
+	idem_record_free(w.rec);
+	idem_record_free(s.rec);
+	w.rec = s.rec = NULL;
+
+	/* the owner's lease runs out: the waiter takes over */
+	w.key = key_of("slices-takeover");
+	idem_set_lease(a, "1s");
+	idem_reserve(a, w.key, NULL, NULL);
+	t = now_ms();
+	slice_wait(&w);
+	CHECK(w.outcome == IDEM_FRESH && idem_record_attempt(w.rec) == 2 &&
+		  w.done_ms - t > 700 && w.done_ms - t < 2500,
+		  "the owner's lease of 1 s ran out: the waiter took over after %.0f ms "
+		  "(attempt %d)", w.done_ms - t, w.rec ? idem_record_attempt(w.rec) : 0);
+	idem_record_free(w.rec);
+	w.rec = NULL;
+	idem_release(w.conn, w.key, NULL);
+
+	/* the wait timeout holds, and the timeout is one in-flight outcome */
+	w.key = key_of("slices-timeout");
+	w.wait = "700ms";
+	idem_set_lease(a, "30s");
+	idem_reserve(a, w.key, NULL, NULL);
+	idem_counters(w.conn, &st);
+	t = now_ms();
+	slice_wait(&w);
+	{
+		idem_stats	st2;
+
+		idem_counters(w.conn, &st2);
+		CHECK(w.outcome == IDEM_IN_FLIGHT && w.rec == NULL &&
+			  w.done_ms - t >= 600 && w.done_ms - t < 1600 &&
+			  st2.in_flight == st.in_flight + 1,
+			  "a wait of 700 ms in slices: IDEM_IN_FLIGHT after %.0f ms, counted once",
+			  w.done_ms - t);
+	}
+	idem_release(a, w.key, NULL);
+
+	/* inside a transaction block the wait is one statement */
+	{
+		PGresult   *res = PQexec(idem_pgconn(w.conn), "BEGIN");
+
+		PQclear(res);
+		w.key = key_of("slices-tx");
+		w.wait = "300ms";
+		idem_reserve(a, w.key, NULL, NULL);
+		slice_wait(&w);
+		CHECK(w.outcome == IDEM_IN_FLIGHT &&
+			  PQtransactionStatus(idem_pgconn(w.conn)) == PQTRANS_INERROR,
+			  "in a transaction block: one wait, IK409 aborts the transaction");
+		res = PQexec(idem_pgconn(w.conn), "ROLLBACK");
+		PQclear(res);
+		idem_release(a, w.key, NULL);
+	}
+
+	idem_free(w.conn);
+	idem_free(s.conn);
+	idem_free(a);
+}
+
+/* ---- a server whose extension predates owners -------------------------- */
+
+static void
+test_old_extension(void)
+{
+	char		sql[256];
+	char		dsn[256];
+	idem_conn  *c;
+	idem_record *rec = NULL;
+	idem_outcome o;
+
+	snprintf(sql, sizeof(sql), "CREATE DATABASE \"%s-v11\"", prefix);
+	if (admin_exec(sql) < 0)
+	{
+		CHECK(0, "CREATE DATABASE for the extension 1.1 case");
+		return;
+	}
+	snprintf(dsn, sizeof(dsn), "dbname=%s-v11", prefix);
+	c = idem_connect(dsn);
+	{
+		PGresult   *res = PQexec(idem_pgconn(c),
+								 "CREATE EXTENSION idempotency VERSION '1.1'");
+
+		CHECK(PQresultStatus(res) == PGRES_COMMAND_OK,
+			  "a database with the extension at version 1.1");
+		PQclear(res);
+	}
+	o = idem_reserve(c, "old-k", NULL, &rec);
+	CHECK(o == IDEM_FRESH && idem_record_owner(rec) == NULL &&
+		  idem_record_lease_expires_at(rec) == 0 && idem_uses_leases(c) == 0,
+		  "version 1.1: reserve works, session owner, no token (%s)", idem_errmsg(c));
+	idem_record_free(rec);
+	CHECK(idem_commit(c, "old-k", NULL, 200, "old", 3, NULL) == IDEM_FRESH &&
+		  idem_get(c, "old-k", NULL, &rec) == IDEM_REPLAY && body_is(rec, "old", 3),
+		  "commit and get with the old statements");
+	idem_record_free(rec);
+	CHECK(idem_reserve(c, "old-r", NULL, NULL) == IDEM_FRESH &&
+		  idem_release(c, "old-r", NULL) == IDEM_FRESH && idem_purge(c, 0) >= 0,
+		  "release and purge too");
+	CHECK(idem_extend(c, "old-k", NULL, NULL) == IDEM_ERROR &&
+		  idem_errcode(c) == IDEM_ERR_NO_EXTENSION,
+		  "idem_extend needs 1.2: IDEM_ERR_NO_EXTENSION (%s)", idem_errmsg(c));
+	idem_set_lease(c, "30s");
+	CHECK(idem_reserve(c, "old-l", NULL, NULL) == IDEM_ERROR &&
+		  idem_errcode(c) == IDEM_ERR_NO_EXTENSION &&
+		  strstr(idem_errdetail(c), "ALTER EXTENSION") != NULL,
+		  "a lease asked of 1.1: IDEM_ERR_NO_EXTENSION (%s)", idem_errmsg(c));
+	idem_set_lease(c, "0");
+	CHECK(idem_reserve(c, "old-l", NULL, NULL) == IDEM_FRESH,
+		  "a lease of \"0\" (session owners) works on 1.1");
+	idem_free(c);
+	snprintf(sql, sizeof(sql), "DROP DATABASE \"%s-v11\" WITH (FORCE)", prefix);
+	admin_exec(sql);
+}
+
+/* ---- through a transaction pooler (IDEM_TEST_PROXY) --------------------- */
+
+typedef struct pooled
+{
+	const char *dsn;
+	const char *key;
+	int			id;
+	int			sleep_ms;
+	idem_outcome outcome;
+	char		body[64];
+	int			attempt;
+} pooled;
+
+static atomic_int pooled_runs;
+
+static int
+pooled_handler(idem_response *resp, void *arg)
+{
+	pooled	   *p = arg;
+	char		body[64];
+
+	atomic_fetch_add(&pooled_runs, 1);
+	sleep_ms(p->sleep_ms);
+	snprintf(body, sizeof(body), "by %d", p->id);
+	idem_response_set_status(resp, 200);
+	return idem_response_set_body(resp, body, strlen(body));
+}
+
+static void *
+pooled_run(void *arg)
+{
+	pooled	   *p = arg;
+	idem_conn  *c = idem_connect(p->dsn);
+	idem_record *rec = NULL;
+	idem_opts	o = {NULL, NULL, NULL, "30s"};
+
+	p->outcome = idem_run(c, p->key, &o, pooled_handler, p, &rec);
+	if (rec)
+	{
+		snprintf(p->body, sizeof(p->body), "%s", (const char *) idem_record_body(rec, NULL));
+		p->attempt = idem_record_attempt(rec);
+	}
+	idem_record_free(rec);
+	idem_free(c);
+	return NULL;
+}
+
+static void
+test_proxy(const char *dsn)
+{
+	idem_conn  *a = idem_connect(dsn);
+	idem_conn  *b = idem_connect(dsn);
+	idem_record *rec = NULL;
+	idem_opts	nowait = {NULL, NULL, NULL, "0"};
+	const char *k = key_of("proxy");
+	pooled		p[20];
+	pthread_t	th[20];
+	int			i,
+				fresh = 0,
+				replay = 0,
+				same = 1,
+				n = 20;
+	idem_outcome o;
+
+	CHECK(idem_connected(a) && idem_proxied(a) == 1 && idem_uses_leases(a) == 1,
+		  "behind the pooler: proxied, leases by default (%s)", idem_errmsg(a));
+	o = idem_reserve(a, k, NULL, &rec);
+	CHECK(o == IDEM_FRESH && idem_record_lease_expires_at(rec) > wall_us() + 25000000,
+		  "a reservation through the pooler is lease-owned, 30 s");
+	idem_record_free(rec);
+	CHECK(idem_reserve(b, k, &nowait, NULL) == IDEM_IN_FLIGHT,
+		  "another client through the pooler: in flight");
+	for (i = 0; i < 50; i++)
+		if (idem_get(a, k, NULL, NULL) != IDEM_IN_FLIGHT ||
+			idem_reserve(a, k, NULL, NULL) != IDEM_FRESH)
+			break;
+	CHECK(i == 50, "100 calls across pooled server connections, none fails "
+		  "(no vanished prepared statement: %s)", idem_errmsg(a));
+	CHECK(idem_commit(a, k, NULL, 200, "pooled", 6, NULL) == IDEM_FRESH &&
+		  idem_reserve(b, k, NULL, &rec) == IDEM_REPLAY && body_is(rec, "pooled", 6),
+		  "commit through the pooler, replayed by another client");
+	idem_record_free(rec);
+	idem_set_lease(a, "0");
+	CHECK(idem_uses_leases(a) == 0, "idem_set_lease(\"0\") still forces session owners");
+
+	/* more callers than the pool has connections, one key */
+	atomic_store(&pooled_runs, 0);
+	for (i = 0; i < n; i++)
+	{
+		p[i].dsn = dsn;
+		p[i].key = key_of("proxy-race");
+		p[i].id = i;
+		p[i].sleep_ms = 1500;
+		p[i].body[0] = '\0';
+		pthread_create(&th[i], NULL, pooled_run, &p[i]);
+	}
+	for (i = 0; i < n; i++)
+		pthread_join(th[i], NULL);
+	for (i = 0; i < n; i++)
+	{
+		fresh += p[i].outcome == IDEM_FRESH;
+		replay += p[i].outcome == IDEM_REPLAY;
+		same &= strcmp(p[i].body, p[0].body) == 0;
+	}
+	CHECK(atomic_load(&pooled_runs) == 1 && fresh == 1 && replay == n - 1 && same,
+		  "%d callers, one key, a pool of few connections: the handler ran %d "
+		  "time(s), %d fresh, %d replays, all got \"%s\"", n,
+		  atomic_load(&pooled_runs), fresh, replay, p[0].body);
+	idem_free(a);
+	idem_free(b);
+}
+
 /* ---- local hashes == SQL functions ------------------------------------- */
 
 static unsigned int seed = 12345;
@@ -1210,6 +1946,14 @@ main(void)
 	test_run_threads();
 	test_steps();
 	test_http();
+	test_owners();
+	test_leases();
+	test_lease_renewal();
+	test_lease_lost();
+	test_slices();
+	test_old_extension();
+	if (getenv("IDEM_TEST_PROXY"))
+		test_proxy(getenv("IDEM_TEST_PROXY"));
 
 	PQfinish(admin);
 	return tt_finish();
