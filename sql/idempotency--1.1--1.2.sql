@@ -170,3 +170,90 @@ BEGIN
 	ON CONFLICT DO NOTHING;
 END
 $$;
+
+--
+-- Scale-out on Citus.  idem_distribute() distributes the key table by key;
+-- the idem_shard_* functions are what idem_reserve and friends call, on
+-- the coordinator, for a key whose shard is on a worker: Citus delegates
+-- each call to the node of the shard of its first argument.  They check
+-- their arguments as the public functions do; call the public ones.
+--
+CREATE FUNCTION idem_shard_reserve(key text, request_hash text, ttl interval,
+								   wait_timeout interval, scope text,
+								   owner text, lease interval)
+RETURNS idem_reservation
+AS 'MODULE_PATHNAME', 'idem_shard_reserve'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+CREATE FUNCTION idem_shard_commit(key text, request_hash text, status integer,
+								  body bytea, headers jsonb, scope text,
+								  owner text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'idem_shard_commit'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+CREATE FUNCTION idem_shard_release(key text, scope text, owner text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'idem_shard_release'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+CREATE FUNCTION idem_shard_get(key text, scope text)
+RETURNS idem_reservation
+AS 'MODULE_PATHNAME', 'idem_shard_get'
+LANGUAGE C STABLE PARALLEL UNSAFE;
+
+CREATE FUNCTION idem_shard_extend(key text, owner text, lease interval,
+								  scope text)
+RETURNS timestamptz
+AS 'MODULE_PATHNAME', 'idem_shard_extend'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION idem_shard_reserve(text, text, interval, interval, text, text, interval) IS
+'internal: idem_reserve on the node of the key''s shard (Citus)';
+COMMENT ON FUNCTION idem_shard_commit(text, text, integer, bytea, jsonb, text, text) IS
+'internal: idem_commit on the node of the key''s shard (Citus)';
+COMMENT ON FUNCTION idem_shard_release(text, text, text) IS
+'internal: idem_release on the node of the key''s shard (Citus)';
+COMMENT ON FUNCTION idem_shard_get(text, text) IS
+'internal: idem_get on the node of the key''s shard (Citus)';
+COMMENT ON FUNCTION idem_shard_extend(text, text, interval, text) IS
+'internal: idem_extend on the node of the key''s shard (Citus)';
+
+CREATE FUNCTION idem_distribute()
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	f	text;
+BEGIN
+	IF NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus') THEN
+		RAISE EXCEPTION 'idem_distribute needs the citus extension'
+			USING ERRCODE = 'feature_not_supported',
+				  HINT = 'Install Citus and run CREATE EXTENSION citus, then CREATE EXTENSION idempotency, in this database on the coordinator and on every worker.';
+	END IF;
+	-- the catalogs of Citus exist only with it: EXECUTE, not plain SQL
+	EXECUTE $q$
+		SELECT create_distributed_table('@extschema@.idem_keys', 'key')
+		 WHERE NOT EXISTS (SELECT FROM pg_dist_partition
+							WHERE logicalrelid = '@extschema@.idem_keys'::regclass)
+	$q$;
+	FOREACH f IN ARRAY ARRAY[
+		'@extschema@.idem_shard_reserve(text,text,interval,interval,text,text,interval)',
+		'@extschema@.idem_shard_commit(text,text,integer,bytea,jsonb,text,text)',
+		'@extschema@.idem_shard_release(text,text,text)',
+		'@extschema@.idem_shard_get(text,text)',
+		'@extschema@.idem_shard_extend(text,text,interval,text)']
+	LOOP
+		EXECUTE $q$SELECT create_distributed_function($1::regprocedure, '$1',
+						colocate_with := '@extschema@.idem_keys',
+						force_delegation := true)$q$
+		USING f;
+	END LOOP;
+END
+$$;
+
+COMMENT ON FUNCTION idem_distribute() IS
+'on a Citus coordinator: distribute the key table by key and route every call to the node of the key''s shard (calling it again is a no-op)';
+
+REVOKE ALL ON FUNCTION idem_distribute() FROM PUBLIC;

@@ -261,6 +261,18 @@ idem_arg_owner(FunctionCallInfo fcinfo, int tokenarg, int leasearg,
 		owner->lease = true;
 		owner->lease_len.time = (int64) idem_lease * 1000;
 	}
+
+	/*
+	 * A key table distributed by Citus has lease owners only: the session
+	 * that runs a call on a worker is a pooled connection of the
+	 * coordinator's, not the application's.
+	 */
+	if (!owner->lease && idem_storage_distributed())
+	{
+		owner->lease = true;
+		owner->lease_len.time = idem_lease > 0 ?
+			(int64) idem_lease * 1000 : IDEM_DISTRIBUTED_LEASE_US;
+	}
 	if (!owner->lease)
 		return;
 

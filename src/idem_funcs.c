@@ -38,6 +38,11 @@ PG_FUNCTION_INFO_V1(idem_reserve);
 PG_FUNCTION_INFO_V1(idem_commit);
 PG_FUNCTION_INFO_V1(idem_release);
 PG_FUNCTION_INFO_V1(idem_extend);
+PG_FUNCTION_INFO_V1(idem_shard_reserve);
+PG_FUNCTION_INFO_V1(idem_shard_commit);
+PG_FUNCTION_INFO_V1(idem_shard_release);
+PG_FUNCTION_INFO_V1(idem_shard_get);
+PG_FUNCTION_INFO_V1(idem_shard_extend);
 PG_FUNCTION_INFO_V1(idem_get);
 PG_FUNCTION_INFO_V1(idem_purge);
 PG_FUNCTION_INFO_V1(idem_derive_key);
@@ -214,8 +219,8 @@ report_fenced(const IdemKey *k, const IdemRecord *rec)
  * made anew meanwhile (ALTER EXTENSION UPDATE), and its old pg_proc row is
  * then gone.
  */
-static TupleDesc
-reservation_tupdesc(FunctionCallInfo fcinfo)
+TupleDesc
+idem_reservation_tupdesc(FunctionCallInfo fcinfo)
 {
 	TupleDesc	tupdesc = (TupleDesc) fcinfo->flinfo->fn_extra;
 	MemoryContext oldcxt;
@@ -241,7 +246,7 @@ reservation_tupdesc(FunctionCallInfo fcinfo)
 static Datum
 make_reservation(FunctionCallInfo fcinfo, bool fresh, const IdemRecord *rec)
 {
-	TupleDesc	tupdesc = reservation_tupdesc(fcinfo);
+	TupleDesc	tupdesc = idem_reservation_tupdesc(fcinfo);
 	Datum		values[10];
 	bool		nulls[10];
 	bool		done = rec->committed;
@@ -447,13 +452,11 @@ write_lock_wait_ms(void)
 }
 
 /*
- * idem_reserve(key text, request_hash text DEFAULT NULL,
- *				ttl interval DEFAULT NULL, wait_timeout interval DEFAULT NULL,
- *				scope text DEFAULT '', owner text DEFAULT NULL,
- *				lease interval DEFAULT NULL) RETURNS idem_reservation
+ * idem_reserve, and idem_shard_reserve (may_route = false) on the node of
+ * the key's shard.
  */
-Datum
-idem_reserve(PG_FUNCTION_ARGS)
+static Datum
+reserve(FunctionCallInfo fcinfo, bool may_route)
 {
 	IdemKey		k;
 	char	   *hash;
@@ -479,11 +482,13 @@ idem_reserve(PG_FUNCTION_ARGS)
 	idem_arg_ttl(fcinfo, 2, &k, now, &ttl);
 	wait_us = idem_arg_wait(fcinfo, 3, &k);
 	idem_arg_owner(fcinfo, 5, 6, &k, now, &owner);
+	if (may_route && idem_storage_is_remote(&k))
+		return idem_route_reserve(fcinfo, &k, hash, &ttl, wait_us, &owner);
 	deadline = started_waiting + Min(wait_us, PG_INT64_MAX - started_waiting);
 
 	idem_key_locktag(&k, &tag);
 	idem_waiter_init(&waiter, &k);
-	(void) reservation_tupdesc(fcinfo);
+	(void) idem_reservation_tupdesc(fcinfo);
 
 	/*
 	 * We may hold the lock already: this transaction committed or released
@@ -701,6 +706,32 @@ idem_reserve(PG_FUNCTION_ARGS)
 }
 
 /*
+ * idem_reserve(key text, request_hash text DEFAULT NULL,
+ *				ttl interval DEFAULT NULL, wait_timeout interval DEFAULT NULL,
+ *				scope text DEFAULT '', owner text DEFAULT NULL,
+ *				lease interval DEFAULT NULL) RETURNS idem_reservation
+ */
+Datum
+idem_reserve(PG_FUNCTION_ARGS)
+{
+	return reserve(fcinfo, true);
+}
+
+/*
+ * idem_shard_reserve(key text, request_hash text, ttl interval,
+ *					  wait_timeout interval, scope text, owner text,
+ *					  lease interval) RETURNS idem_reservation
+ *
+ * The same, on the node of the key's shard, to which Citus delegates it
+ * (see idem_route.c).
+ */
+Datum
+idem_shard_reserve(PG_FUNCTION_ARGS)
+{
+	return reserve(fcinfo, false);
+}
+
+/*
  * Shared by idem_commit and idem_release for a record they may not write
  * without its lock: another session's (whose owner may be gone) or a lease
  * owner's.  Takes the lock for the rest of the transaction, the caller's
@@ -738,13 +769,8 @@ report_no_reservation(const IdemKey *k)
 			 errhint("Call idem_reserve before idem_commit.")));
 }
 
-/*
- * idem_commit(key text, request_hash text, status integer, body bytea,
- *			   headers jsonb DEFAULT '{}', scope text DEFAULT '',
- *			   owner text DEFAULT NULL) RETURNS boolean
- */
-Datum
-idem_commit(PG_FUNCTION_ARGS)
+static Datum
+commit(FunctionCallInfo fcinfo, bool may_route)
 {
 	IdemKey		k;
 	char	   *hash;
@@ -790,6 +816,9 @@ idem_commit(PG_FUNCTION_ARGS)
 	else
 		headers = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
 													 CStringGetDatum("{}")));
+	if (may_route && idem_storage_is_remote(&k))
+		return idem_route_commit(fcinfo, &k, hash, PG_ARGISNULL(2),
+								 PG_GETARG_INT32(2), body, headers, token);
 
 	/*
 	 * The common case, in one probe: our own reservation, whose lock we
@@ -861,11 +890,28 @@ idem_commit(PG_FUNCTION_ARGS)
 }
 
 /*
- * idem_release(key text, scope text DEFAULT '', owner text DEFAULT NULL)
- *	RETURNS boolean
+ * idem_commit(key text, request_hash text, status integer, body bytea,
+ *			   headers jsonb DEFAULT '{}', scope text DEFAULT '',
+ *			   owner text DEFAULT NULL) RETURNS boolean
  */
 Datum
-idem_release(PG_FUNCTION_ARGS)
+idem_commit(PG_FUNCTION_ARGS)
+{
+	return commit(fcinfo, true);
+}
+
+/*
+ * idem_shard_commit(key text, request_hash text, status integer, body bytea,
+ *					 headers jsonb, scope text, owner text) RETURNS boolean
+ */
+Datum
+idem_shard_commit(PG_FUNCTION_ARGS)
+{
+	return commit(fcinfo, false);
+}
+
+static Datum
+release(FunctionCallInfo fcinfo, bool may_route)
 {
 	IdemKey		k;
 	char	   *token;
@@ -875,6 +921,8 @@ idem_release(PG_FUNCTION_ARGS)
 
 	idem_arg_key(fcinfo, 0, 1, &k);
 	token = idem_arg_token(fcinfo, 2, &k, false);
+	if (may_route && idem_storage_is_remote(&k))
+		return idem_route_release(fcinfo, &k, token);
 
 	idem_storage_read(&k, &rec);
 	st = classify(&rec, now, false, token);
@@ -905,14 +953,30 @@ idem_release(PG_FUNCTION_ARGS)
 }
 
 /*
- * idem_extend(key text, owner text, lease interval DEFAULT NULL,
- *			   scope text DEFAULT '') RETURNS timestamptz
- *
+ * idem_release(key text, scope text DEFAULT '', owner text DEFAULT NULL)
+ *	RETURNS boolean
+ */
+Datum
+idem_release(PG_FUNCTION_ARGS)
+{
+	return release(fcinfo, true);
+}
+
+/*
+ * idem_shard_release(key text, scope text, owner text) RETURNS boolean
+ */
+Datum
+idem_shard_release(PG_FUNCTION_ARGS)
+{
+	return release(fcinfo, false);
+}
+
+/*
  * Renews a lease owner's lease to now() + lease (NULL: as long as it was
  * taken), also after it ran out as long as nobody has taken the key over.
  */
-Datum
-idem_extend(PG_FUNCTION_ARGS)
+static Datum
+extend(FunctionCallInfo fcinfo, bool may_route)
 {
 	IdemKey		k;
 	IdemOwner	renewed;
@@ -927,6 +991,9 @@ idem_extend(PG_FUNCTION_ARGS)
 	renewed.lease = true;
 	renewed.token = idem_arg_token(fcinfo, 1, &k, true);
 	lease_given = idem_arg_lease(fcinfo, 2, &k, now, &renewed.lease_len);
+	if (may_route && idem_storage_is_remote(&k))
+		return idem_route_extend(fcinfo, &k, renewed.token,
+								 lease_given ? &renewed.lease_len : NULL);
 	idem_require_leases(&k);
 	prevent_in_recovery(&k, "extend");
 
@@ -972,19 +1039,63 @@ idem_extend(PG_FUNCTION_ARGS)
 }
 
 /*
- * idem_get(key text, scope text DEFAULT '') RETURNS idem_reservation
+ * idem_extend(key text, owner text, lease interval DEFAULT NULL,
+ *			   scope text DEFAULT '') RETURNS timestamptz
  */
 Datum
-idem_get(PG_FUNCTION_ARGS)
+idem_extend(PG_FUNCTION_ARGS)
+{
+	return extend(fcinfo, true);
+}
+
+/*
+ * idem_shard_extend(key text, owner text, lease interval, scope text)
+ *	RETURNS timestamptz
+ */
+Datum
+idem_shard_extend(PG_FUNCTION_ARGS)
+{
+	return extend(fcinfo, false);
+}
+
+static Datum
+get(FunctionCallInfo fcinfo, bool may_route)
 {
 	IdemKey		k;
 	IdemRecord	rec;
 
 	idem_arg_key(fcinfo, 0, 1, &k);
+	if (may_route && idem_storage_is_remote(&k))
+	{
+		bool		isnull;
+		Datum		d = idem_route_get(fcinfo, &k, &isnull);
+
+		if (isnull)
+			PG_RETURN_NULL();
+		return d;
+	}
 	idem_storage_read(&k, &rec);
 	if (classify(&rec, GetCurrentTransactionStartTimestamp(), true, NULL) == REC_ABSENT)
 		PG_RETURN_NULL();
 	PG_RETURN_DATUM(make_reservation(fcinfo, false, &rec));
+}
+
+/*
+ * idem_get(key text, scope text DEFAULT '') RETURNS idem_reservation
+ */
+Datum
+idem_get(PG_FUNCTION_ARGS)
+{
+	return get(fcinfo, true);
+}
+
+/*
+ * idem_shard_get(key text, scope text) RETURNS idem_reservation
+ */
+Datum
+idem_shard_get(PG_FUNCTION_ARGS)
+{
+	return get(fcinfo, false);
 }
 
 /*
@@ -995,6 +1106,7 @@ idem_purge(PG_FUNCTION_ARGS)
 {
 	int64		limit = -1;
 	int64		n;
+	ArrayType  *scopes;
 
 	if (!PG_ARGISNULL(0))
 	{
@@ -1015,8 +1127,20 @@ idem_purge(PG_FUNCTION_ARGS)
 				 errmsg("cannot purge idempotency keys during recovery")));
 
 	/* a confined role purges its own scopes only */
+	scopes = idem_confined_scopes();
 	n = idem_storage_purge(limit, GetCurrentTransactionStartTimestamp(),
-						   idem_confined_scopes());
+						   scopes);
+
+	/* on Citus's coordinator, the workers purge their shards too */
+	if (idem_storage_coordinator() && (limit < 0 || n < limit))
+	{
+		if (scopes != NULL)
+			user_error(
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("a role confined to scopes cannot purge a distributed key table"),
+					 errhint("Purge as an unconfined role, or let the purge worker of each node do it.")));
+		n += idem_route_purge_workers(limit < 0 ? -1 : limit - n);
+	}
 	idem_count(IDEM_C_PURGED, (uint64) n);
 	PG_RETURN_INT64(n);
 }

@@ -11,6 +11,7 @@
 #include "datatype/timestamp.h"
 #include "fmgr.h"
 #include "storage/lock.h"
+#include "access/tupdesc.h"
 #include "utils/jsonb.h"
 
 /* SQLSTATEs of the contract */
@@ -82,6 +83,9 @@ typedef struct IdemOwner
 	Interval	lease_len;		/* when lease-owned */
 	TimestampTz lease_expires_at;	/* when lease-owned */
 } IdemOwner;
+
+/* The lease on a key table distributed by Citus when none is given */
+#define IDEM_DISTRIBUTED_LEASE_US	(30 * USECS_PER_SEC)
 
 /* Longest owner token, in bytes */
 #define IDEM_MAX_TOKEN_BYTES	255
@@ -197,6 +201,25 @@ extern void idem_own_forget(const IdemKey *k);
 extern bool idem_own_holds(const IdemKey *k);
 extern bool idem_owner_alive(int32 pid, TimestampTz started, bool refresh);
 extern void idem_abandon_all(void);
+
+/* idem_funcs.c */
+extern TupleDesc idem_reservation_tupdesc(FunctionCallInfo fcinfo);
+
+/* idem_route.c: calls routed to the node of a key's shard (Citus) */
+extern Datum idem_route_reserve(FunctionCallInfo fcinfo, const IdemKey *k,
+								const char *hash, const Interval *ttl,
+								int64 wait_us, const IdemOwner *owner);
+extern Datum idem_route_commit(FunctionCallInfo fcinfo, const IdemKey *k,
+							   const char *hash, bool status_null,
+							   int32 status, bytea *body, Jsonb *headers,
+							   const char *token);
+extern Datum idem_route_release(FunctionCallInfo fcinfo, const IdemKey *k,
+								const char *token);
+extern Datum idem_route_get(FunctionCallInfo fcinfo, const IdemKey *k,
+							bool *isnull);
+extern Datum idem_route_extend(FunctionCallInfo fcinfo, const IdemKey *k,
+							   const char *token, const Interval *lease);
+extern int64 idem_route_purge_workers(int64 limit);
 
 /* idem_wake.c: waiters of lease-owned keys */
 typedef struct IdemWaiter
