@@ -33,8 +33,8 @@
 #   WAKE_CLUSTER_OPTS=       more postgresql.conf settings (see test/cluster.sh)
 #   WAKE_TMP=bench/tmp/wake  WAKE_OUT=bench/results/wake.md
 #
-# Measures the installed extension (make install); the report names the
-# tree's commit.
+# Measures the extension installed where pg_config (the first in PATH)
+# says; the report names it and the tree's commit.
 
 set -euo pipefail
 
@@ -203,11 +203,14 @@ pooled()
 }
 
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+MODULE=$(pg_config --pkglibdir)/idempotency.so
+MODULE="\`$MODULE\` of $(date -u -r "$MODULE" '+%Y-%m-%d %H:%M UTC' 2>/dev/null || echo '?')"
 {
 	echo "# Wake latency of lease owners' waiters"
 	echo
 	echo "Written by \`make -C bench wake\` (bench/wake/run.sh) on $(date -u '+%Y-%m-%d %H:%M UTC'),"
-	echo "tree at $COMMIT, the installed extension $EXT_VERSION, PostgreSQL $PG_VERSION."
+	echo "tree at $COMMIT, the installed extension $EXT_VERSION ($MODULE),"
+	echo "PostgreSQL $PG_VERSION."
 	echo
 	echo "## Waiters woken by the owner's commit"
 	echo
