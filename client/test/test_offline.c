@@ -141,6 +141,12 @@ test_names(void)
 		  strcmp(idem_error_name(IDEM_ERR_NO_EXTENSION), "no_extension") == 0 &&
 		  strcmp(idem_error_name(IDEM_ERR_NOMEM), "nomem") == 0,
 		  "error names");
+	CHECK(IDEM_LEASE_LOST == IDEM_ERROR + 1 &&
+		  IDEM_ERR_LEASE_LOST == IDEM_ERR_NOMEM + 1 &&
+		  strcmp(idem_outcome_name(IDEM_LEASE_LOST), "lease_lost") == 0 &&
+		  strcmp(idem_error_name(IDEM_ERR_LEASE_LOST), "lease_lost") == 0 &&
+		  idem_http_error_status(IDEM_LEASE_LOST, IDEM_ERR_LEASE_LOST) == 409,
+		  "lease_lost: appended after the 1.0 values, HTTP 409");
 }
 
 static void
@@ -379,6 +385,29 @@ test_unreachable(void)
 		  "NULL key: bad input, checked before sending");
 	CHECK(idem_reconnect(conn) == -1 && idem_errcode(conn) == IDEM_ERR_CONNECTION,
 		  "reconnect fails while the server is gone");
+
+	/* owners and leases need no server until a call */
+	{
+		idem_conn  *other = idem_connect("host=/nonexistent-idem-socket-dir port=1 connect_timeout=2");
+		char		lease[8] = "45s";
+
+		CHECK(strlen(idem_owner(conn)) == 32 &&
+			  strspn(idem_owner(conn), "0123456789abcdef") == 32 &&
+			  strcmp(idem_owner(conn), idem_owner(other)) != 0,
+			  "each handle has its own owner token, 32 hex digits");
+		CHECK(idem_lease(conn) == NULL && idem_set_lease(conn, lease) == 0 &&
+			  (lease[0] = 'x') && strcmp(idem_lease(conn), "45s") == 0 &&
+			  idem_set_lease(conn, NULL) == 0 && idem_lease(conn) == NULL,
+			  "idem_set_lease copies its argument; NULL is automatic");
+		CHECK(idem_proxied(conn) == -1 && idem_uses_leases(conn) == -1 &&
+			  idem_errcode(conn) == IDEM_ERR_CONNECTION,
+			  "proxied / uses_leases need the server: -1, connection error");
+		CHECK(idem_extend(conn, "k", NULL, NULL) == IDEM_ERROR &&
+			  idem_errcode(conn) == IDEM_ERR_CONNECTION, "extend on a dead handle");
+		CHECK(idem_extend(conn, NULL, NULL, NULL) == IDEM_ERROR &&
+			  idem_errcode(conn) == IDEM_ERR_BAD_INPUT, "extend: NULL key");
+		idem_free(other);
+	}
 
 	/* steps need a run id before anything else */
 	{

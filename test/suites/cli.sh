@@ -6,7 +6,11 @@
 # its output; a failure is released and retried unless --cache-failures;
 # the stored stdout (binary too) and exit code replay; and the exit codes of
 # the tool itself: 64 usage, 65 mismatch, 69 database unreachable or
-# extension missing, 75 timed out waiting.
+# extension missing, 75 timed out waiting or lease lost.  Leases: --lease
+# runs once, is renewed across a command longer than the lease, exits 75
+# when the lease ran out while idem was stopped and another run took over;
+# through PgBouncer (transaction mode, when installed) exec uses a lease
+# with no option at all.
 
 # shellcheck source=../lib.sh
 . "$(dirname "$0")/../lib.sh"
@@ -268,6 +272,171 @@ if [[ $term_rc == 9 && $rc == 1 ]] && grep -q got-term "$T/term"; then
 else
 	fail "SIGTERM to idem is passed to the command and the key released" \
 		"idem exit $term_rc, get exit $rc" "$(cat "$T/term")"
+fi
+
+# ---- leases ----------------------------------------------------------------------
+
+# in_flight KEY: waits until idem get shows KEY in flight
+in_flight()
+{
+	local i
+	for i in $(seq 1 100); do
+		"$IDEM" get --key "$1" 2>/dev/null | grep -q in_flight && return 0
+		sleep 0.05
+	done
+	return 1
+}
+
+key="$P-lease"
+: >"$T/lease-ran"
+lcmd=(sh -c 'echo run >>"$1"; sleep 0.5; echo leased' sh "$T/lease-ran")
+"$IDEM" exec --key "$key" --lease 5s -- "${lcmd[@]}" >"$T/lease1" 2>"$T/lease1-err" &
+lease_pid=$!
+in_flight "$key"
+"$IDEM" get --key "$key" >"$T/lease-get" 2>&1
+wait "$lease_pid"
+lease_rc=$?
+run_idem "$T/out" "$T/err" exec --key "$key" --lease 5s -- "${lcmd[@]}"
+if [[ $lease_rc == 0 && $rc == 0 && $(cat "$T/lease1") == leased && $(cat "$T/out") == leased &&
+	$(wc -l <"$T/lease-ran") == 1 ]]; then
+	ok "--lease 5s: the command runs once, a later call replays it"
+else
+	fail "--lease 5s: the command runs once, a later call replays it" 		"exits $lease_rc $rc, ran $(wc -l <"$T/lease-ran")" "$(cat "$T/lease1-err" "$T/err")"
+fi
+if grep -q "^lease_expires_at: " "$T/lease-get"; then
+	ok "while it runs, idem get shows the lease ($(sed -n 's/^lease_expires_at: *//p' "$T/lease-get"))"
+else
+	fail "while it runs, idem get shows the lease" "$(cat "$T/lease-get")"
+fi
+
+key="$P-lease-zero"
+"$IDEM" exec --key "$key" --lease 0 -- sh -c 'sleep 0.5; echo zero' >/dev/null 2>&1 &
+zero_pid=$!
+in_flight "$key"
+"$IDEM" get --key "$key" >"$T/zero-get" 2>&1
+wait "$zero_pid"
+if grep -q "^state: *in_flight" "$T/zero-get" && ! grep -q "^lease_expires_at" "$T/zero-get"; then
+	ok "--lease 0: session ownership, no lease"
+else
+	fail "--lease 0: session ownership, no lease" "$(cat "$T/zero-get")"
+fi
+
+run_idem "$T/out" "$T/err" exec --key "$P-lease-bad" --lease soon -- echo never
+if [[ $rc == 64 && ! -s $T/out ]]; then
+	ok "a bad --lease is bad usage: exit 64, nothing runs"
+else
+	fail "a bad --lease is bad usage: exit 64" "exit $rc" "$(cat "$T/out" "$T/err")"
+fi
+
+# a command three times longer than its lease: renewed, never taken over
+key="$P-lease-long"
+: >"$T/long-ran"
+lcmd=(sh -c 'echo run >>"$1"; sleep 3; echo long' sh "$T/long-ran")
+"$IDEM" exec --key "$key" --lease 1s -- "${lcmd[@]}" >"$T/long" 2>"$T/long-err" &
+long_pid=$!
+in_flight "$key"
+busy=0
+for _ in $(seq 1 6); do
+	sleep 0.3
+	run_idem "$T/out" "$T/err" exec --key "$key" --wait 0 -- "${lcmd[@]}"
+	[[ $rc == 75 ]] && busy=$((busy + 1))
+done
+wait "$long_pid"
+long_rc=$?
+run_idem "$T/get" "$T/err" get --key "$key"
+if [[ $long_rc == 0 && $(cat "$T/long") == long && $(wc -l <"$T/long-ran") == 1 && $busy == 6 ]] &&
+	grep -q "^attempt: *1" "$T/get"; then
+	ok "--lease 1s, a command of 3 s: renewed; 6 tries meanwhile found it in flight, attempt 1"
+else
+	fail "--lease 1s, a command of 3 s: renewed, never taken over" 		"exit $long_rc, ran $(wc -l <"$T/long-ran"), $busy/6 in flight" 		"$(cat "$T/long-err" "$T/get")"
+fi
+
+# idem stopped past its lease: another run takes over; the first exits 75
+key="$P-lease-lost"
+lcmd=(sh -c 'sleep 1.5; echo "run by $$"')
+"$IDEM" exec --key "$key" --lease 1s -- "${lcmd[@]}" >"$T/lost1" 2>"$T/lost1-err" &
+lost_pid=$!
+in_flight "$key"
+kill -STOP "$lost_pid"
+sleep 1.5
+run_idem "$T/lost2" "$T/lost2-err" exec --key "$key" --wait 10s -- "${lcmd[@]}"
+second_rc=$rc
+kill -CONT "$lost_pid"
+wait "$lost_pid"
+lost_rc=$?
+run_idem "$T/get" "$T/err" get --key "$key"
+run_idem "$T/body" "$T/err" get --key "$key" --body
+if [[ $lost_rc == 75 ]] && grep -q "lease was lost" "$T/lost1-err" &&
+	grep -q "another run took the key over" "$T/lost1-err"; then
+	ok "stopped past its lease, another run took over: exit 75, \"the lease was lost\" on stderr"
+else
+	fail "stopped past its lease: exit 75 with a clear message" "exit $lost_rc" "$(cat "$T/lost1-err")"
+fi
+if [[ $second_rc == 0 ]] && grep -q "^attempt: *2" "$T/get" && cmp -s "$T/body" "$T/lost2" &&
+	grep -q "^run by" "$T/lost2"; then
+	ok "the run that took over (attempt 2) is the one stored"
+else
+	fail "the run that took over (attempt 2) is the one stored" "exit $second_rc" \
+		"$(cat "$T/get" "$T/lost2" "$T/lost2-err")"
+fi
+
+# through a transaction pooler, exec uses a lease with no option at all
+if [[ -x /usr/sbin/pgbouncer ]]; then
+	bouncer=$T/pgbouncer
+	trap 'bash "$IDEM_ROOT/test/pgbouncer.sh" stop "$bouncer" >/dev/null 2>&1' EXIT
+	if out=$(bash "$IDEM_ROOT/test/pgbouncer.sh" start "$bouncer" transaction 3 2>&1); then
+		pooled()
+		{
+			(
+				# shellcheck disable=SC1091
+				. "$bouncer/env"
+				"$IDEM" "$@"
+			)
+		}
+		key="$P-pooled"
+		: >"$T/pooled-ran"
+		lcmd=(sh -c 'echo run >>"$1"; sleep 1; echo pooled' sh "$T/pooled-ran")
+		pids=()
+		for i in 1 2 3 4 5; do
+			pooled exec --key "$key" -- "${lcmd[@]}" >"$T/pooled.$i" 2>"$T/pooled-err.$i" &
+			pids+=($!)
+		done
+		in_flight "$key"
+		"$IDEM" get --key "$key" >"$T/pooled-get" 2>&1
+		rcs=()
+		for pid in "${pids[@]}"; do
+			wait "$pid"
+			rcs+=($?)
+		done
+		if [[ ${rcs[*]} == "0 0 0 0 0" && $(wc -l <"$T/pooled-ran") == 1 ]] &&
+			cat "$T"/pooled.[1-5] | grep -qx pooled && [[ $(cat "$T"/pooled.[1-5] | sort -u) == pooled ]]; then
+			ok "5 idem exec through PgBouncer (transaction mode): the command ran once, all print it"
+		else
+			fail "5 idem exec through PgBouncer: the command ran once" 				"exits ${rcs[*]}, ran $(wc -l <"$T/pooled-ran")" "$(cat "$T"/pooled-err.*)"
+		fi
+		if grep -q "^lease_expires_at: " "$T/pooled-get"; then
+			ok "through the pooler, with no option, the run owned the key by a lease"
+		else
+			fail "through the pooler, with no option, the run owned the key by a lease" 				"$(cat "$T/pooled-get")"
+		fi
+		key="$P-pooled-zero"
+		pooled exec --key "$key" --lease 0 -- sh -c 'sleep 0.5; echo zero' >/dev/null 2>&1 &
+		zero_pid=$!
+		in_flight "$key"
+		"$IDEM" get --key "$key" >"$T/pooled-zero-get" 2>&1
+		wait "$zero_pid"
+		if grep -q "^state: *in_flight" "$T/pooled-zero-get" &&
+			! grep -q "^lease_expires_at" "$T/pooled-zero-get"; then
+			ok "--lease 0 through the pooler still forces session ownership"
+		else
+			fail "--lease 0 through the pooler forces session ownership" "$(cat "$T/pooled-zero-get")"
+		fi
+		bash "$IDEM_ROOT/test/pgbouncer.sh" stop "$bouncer" >/dev/null 2>&1
+	else
+		fail "PgBouncer starts (test/pgbouncer.sh)" "$out"
+	fi
+else
+	skip "idem exec through PgBouncer uses a lease" "pgbouncer is not installed"
 fi
 
 # ---- the database -----------------------------------------------------------------
