@@ -7,7 +7,9 @@
 # README's "use from C" example against the installed copy, runs the C
 # tests (client/test/test_offline.c, client/test/test_client.c) against the
 # suite's cluster, then both again under valgrind, which must report no
-# error and no leak.  Each check of the C tests counts here.
+# error and no leak.  Each check of the C tests counts here.  When
+# pgbouncer is installed, test_client also runs its checks through a
+# PgBouncer in transaction mode with a pool of 3 (IDEM_TEST_PROXY).
 
 # shellcheck source=../lib.sh
 . "$(dirname "$0")/../lib.sh"
@@ -114,6 +116,24 @@ check_eq "the example charges once" "fresh: 201 {\"order\": \"$order\", \"charge
 check_eq "and replays the second time" "replay: 201 {\"order\": \"$order\", \"charged\": 100}" "$second"
 
 # ---- the C tests -----------------------------------------------------------
+
+# a transaction pooler in front of the cluster, for test_client's proxy checks
+if [[ -x /usr/sbin/pgbouncer ]]; then
+	bouncer=$IDEM_TMP/pgbouncer
+	trap 'bash "$IDEM_ROOT/test/pgbouncer.sh" stop "$bouncer" >/dev/null 2>&1' EXIT
+	if out=$(bash "$IDEM_ROOT/test/pgbouncer.sh" start "$bouncer" transaction 3 2>&1); then
+		IDEM_TEST_PROXY=$(
+			# shellcheck disable=SC1091
+			. "$bouncer/env"
+			printf 'host=%s port=%s' "$PGHOST" "$PGPORT"
+		)
+		export IDEM_TEST_PROXY
+	else
+		fail "PgBouncer starts for the proxy checks (test/pgbouncer.sh)" "$out"
+	fi
+else
+	skip "test_client through PgBouncer" "pgbouncer is not installed"
+fi
 
 run_c_tests test_offline "$B/test_offline"
 run_c_tests test_client "$B/test_client"
