@@ -31,6 +31,7 @@
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
+#include "utils/typcache.h"
 
 #include "idempotency.h"
 
@@ -247,9 +248,24 @@ static Datum
 make_reservation(FunctionCallInfo fcinfo, bool fresh, const IdemRecord *rec)
 {
 	TupleDesc	tupdesc = idem_reservation_tupdesc(fcinfo);
+	TypeCacheEntry *type;
 	Datum		values[10];
 	bool		nulls[10];
 	bool		done = rec->committed;
+
+	/*
+	 * The row type changed since the call began (ALTER EXTENSION UPDATE
+	 * added columns while it waited): answer in the shape the caller's
+	 * query expects, as an anonymous row type.
+	 */
+	type = lookup_type_cache(tupdesc->tdtypeid, TYPECACHE_TUPDESC);
+	if (type->tupDesc == NULL || type->tupDesc->natts != tupdesc->natts)
+	{
+		tupdesc = CreateTupleDescCopy(tupdesc);
+		tupdesc->tdtypeid = RECORDOID;
+		tupdesc->tdtypmod = -1;
+		tupdesc = BlessTupleDesc(tupdesc);
+	}
 
 	memset(nulls, 0, sizeof(nulls));
 	values[0] = BoolGetDatum(fresh);
@@ -435,7 +451,7 @@ lock_for_transaction(const IdemKey *k, const LOCKTAG *tag, int wait_ms)
 		(wait_ms <= 0 || !idem_lock_wait(tag, ExclusiveLock, wait_ms)))
 		return false;
 	idem_own_acquired(k, tag, true);
-	idem_own_finished(k);
+	idem_own_for_transaction(k);
 	return true;
 }
 
@@ -551,7 +567,7 @@ reserve(FunctionCallInfo fcinfo, bool may_route)
 			if (idem_storage_extend(&k, &renewed))
 			{
 				if (took)
-					idem_own_finished(&k);
+					idem_own_for_transaction(&k);
 				rec.lease = renewed.lease_len;
 				rec.lease_expires_at = renewed.lease_expires_at;
 				idem_waiter_done(&waiter);
@@ -570,7 +586,7 @@ reserve(FunctionCallInfo fcinfo, bool may_route)
 			if (make_fresh(&k, hash, &ttl, now, st, &owner, &rec))
 			{
 				if (owner.lease)
-					idem_own_finished(&k);
+					idem_own_for_transaction(&k);
 				else
 					idem_own_acquired(&k, &tag, false);
 				idem_waiter_done(&waiter);
@@ -657,7 +673,7 @@ reserve(FunctionCallInfo fcinfo, bool may_route)
 				make_fresh(&k, hash, &ttl, now, st, &owner, &rec))
 			{
 				if (owner.lease)
-					idem_own_finished(&k);
+					idem_own_for_transaction(&k);
 				idem_waiter_done(&waiter);
 				count_reserve(IDEM_C_FRESH, wait_started);
 				PG_RETURN_DATUM(make_reservation(fcinfo, true, &rec));

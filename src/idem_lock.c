@@ -56,6 +56,8 @@ typedef struct OwnedKey
 								 * InvalidSubTransactionId */
 	SubTransactionId finished;	/* committed or released in this
 								 * transaction, or InvalidSubTransactionId */
+	bool		xact_only;		/* taken for this transaction's writes only
+								 * (a lease owner's key), never owned */
 } OwnedKey;
 
 static HTAB *OwnedKeys = NULL;
@@ -200,6 +202,7 @@ idem_own_acquired(const IdemKey *k, const LOCKTAG *tag, bool newly)
 		entry->locktag = *tag;
 		entry->acquired = InvalidSubTransactionId;
 		entry->finished = InvalidSubTransactionId;
+		entry->xact_only = false;
 	}
 	/* a new reservation supersedes a commit or release made earlier */
 	entry->finished = InvalidSubTransactionId;
@@ -223,6 +226,27 @@ idem_own_finished(const IdemKey *k)
 	entry = owned_lookup(k, HASH_FIND, &found);
 	if (entry == NULL)
 		return;
+	if (entry->finished == InvalidSubTransactionId)
+		entry->finished = GetCurrentSubTransactionId();
+	xact_pending = true;
+}
+
+/*
+ * k's lock was taken for this transaction's writes to a lease owner's
+ * record: it goes when the transaction ends, whatever happens, and the
+ * session never owns the key.
+ */
+void
+idem_own_for_transaction(const IdemKey *k)
+{
+	OwnedKey   *entry;
+	bool		found;
+
+	entry = owned_lookup(k, HASH_FIND, &found);
+	if (entry == NULL)
+		return;
+	if (entry->acquired != InvalidSubTransactionId)
+		entry->xact_only = true;
 	if (entry->finished == InvalidSubTransactionId)
 		entry->finished = GetCurrentSubTransactionId();
 	xact_pending = true;
@@ -364,16 +388,51 @@ at_end_of_xact(bool commit)
 	}
 }
 
+/*
+ * Can the transaction be prepared (two-phase commit)?  Only when every key
+ * it locked was locked for its own writes to lease owners' records: a
+ * session owner's lock would have to outlive the transaction in this
+ * session, which a prepared transaction leaves.  Citus prepares the
+ * transactions that wrote on several workers.
+ */
+static bool
+pending_xact_only(void)
+{
+	HASH_SEQ_STATUS status;
+	OwnedKey   *entry;
+	bool		all = true;
+
+	hash_seq_init(&status, OwnedKeys);
+	while ((entry = (OwnedKey *) hash_seq_search(&status)) != NULL)
+	{
+		if ((entry->acquired != InvalidSubTransactionId ||
+			 entry->finished != InvalidSubTransactionId) && !entry->xact_only)
+			all = false;
+	}
+	return all;
+}
+
 static void
 idem_xact_callback(XactEvent event, void *arg)
 {
 	switch (event)
 	{
 		case XACT_EVENT_PRE_PREPARE:
-			if (xact_pending)
+			if (xact_pending && !pending_xact_only())
 				ereport(ERROR,
 						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-						 errmsg("cannot PREPARE a transaction that has reserved, committed or released idempotency keys")));
+						 errmsg("cannot PREPARE a transaction that has reserved, committed or released idempotency keys of session owners"),
+						 errhint("Use lease owners in transactions that are prepared.")));
+			break;
+		case XACT_EVENT_PREPARE:
+
+			/*
+			 * The prepared transaction holds its rows; the locks for its
+			 * writes are this session's, and go now.  Its waiters are not
+			 * woken by its COMMIT PREPARED (another session runs it):
+			 * they look again after a while (idem_wake.c).
+			 */
+			at_end_of_xact(true);
 			break;
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:

@@ -22,7 +22,9 @@
  *
  * Either way a waiter sleeps at most until the owner's lease runs out or
  * its own wait_timeout passes, whichever comes first, and wakes for
- * interrupts (cancel, statement_timeout, termination).
+ * interrupts (cancel, statement_timeout, termination).  A woken waiter also
+ * looks again after MAX_SLEEP_MS: a prepared transaction's COMMIT PREPARED
+ * runs in another session, which has nobody to wake.
  *
  *-------------------------------------------------------------------------
  */
@@ -42,6 +44,9 @@
 #define WAKE_SLOTS		1024	/* condition variables; a power of 2 */
 #define MAX_BACKOFF_MS	8		/* re-read period without shared memory */
 #define MAX_PENDING		64		/* slots remembered per transaction */
+#define MAX_SLEEP_MS	1000	/* a woken waiter's longest sleep: a commit
+								 * that wakes nobody (COMMIT PREPARED, made by
+								 * another session) is seen this late */
 
 typedef struct IdemWakeShared
 {
@@ -141,7 +146,8 @@ idem_waiter_sleep(IdemWaiter *w, int timeout_ms)
 	{
 		Assert(w->prepared);
 		(void) ConditionVariableTimedSleep(&wake_shared->cv[w->slot],
-										   timeout_ms, PG_WAIT_EXTENSION);
+										   Min(timeout_ms, MAX_SLEEP_MS),
+										   PG_WAIT_EXTENSION);
 		return;
 	}
 

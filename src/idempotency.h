@@ -197,6 +197,7 @@ extern void idem_lock_release(const LOCKTAG *tag, LOCKMODE mode);
 extern void idem_own_acquired(const IdemKey *k, const LOCKTAG *tag,
 							  bool newly);
 extern void idem_own_finished(const IdemKey *k);
+extern void idem_own_for_transaction(const IdemKey *k);
 extern void idem_own_forget(const IdemKey *k);
 extern bool idem_own_holds(const IdemKey *k);
 extern bool idem_owner_alive(int32 pid, TimestampTz started, bool refresh);
