@@ -105,6 +105,12 @@ need perl have prove
 # tests in front of a connection pooler, and SQL fuzzing
 need pgbouncer test -x /usr/sbin/pgbouncer
 need sqlsmith have sqlsmith
+# building Citus from source for the scale-out suite (test/suites/citus.sh)
+need patch have patch
+need liblz4-dev test -f /usr/include/lz4.h
+need libzstd-dev test -f /usr/include/zstd.h
+need libcurl4-openssl-dev test -f /usr/include/x86_64-linux-gnu/curl/curl.h
+need libkrb5-dev test -f /usr/include/gssapi/gssapi.h
 
 # One package may stand for two needs (the client package carries pgxs.mk,
 # pg_regress and pg_isolation_regress): install each once.
