@@ -34,10 +34,11 @@
  * handle's error state: the handler may go on using the handle (and a
  * wrapped PGconn) as usual.  The renewal connection is opened from the
  * handle's connection parameters (PQconninfo, so a wrapped PGconn works
- * too) the first time a lease is renewed, belongs to the handle and is
- * closed by idem_free().  The thread blocks every signal, so signals reach
- * the application's threads as before.  A handler that forks while the
- * renewal thread runs should only exec in the child (as idem exec does).
+ * too) the first time a lease is renewed (a handler shorter than a third
+ * of its lease needs none), belongs to the handle and is closed by
+ * idem_free().  The thread blocks every signal, so signals reach the
+ * application's threads as before.  A handler that forks while the renewal
+ * thread runs should only exec in the child (as idem exec does).
  *
  * Errors.  Calls return a status (an idem_outcome, or -1 / NULL); the
  * details live on the handle until the next call on it: idem_errcode(),
@@ -77,8 +78,9 @@
  * Poolers.  Behind a proxy the library sends unnamed statements (named
  * prepared statements do not survive from one transaction to the next in
  * PgBouncer's transaction mode), and waits for a key in flight in slices of
- * at most a second (see idem_reserve), so that waiters do not hold the
- * pool's connections.
+ * at most a second, backing off when the pool queues it (see
+ * idem_reserve), so that waiters never starve the owner of the pool's
+ * connections.
  *
  *-------------------------------------------------------------------------
  */
@@ -285,9 +287,11 @@ IDEM_API struct pg_conn *idem_pgconn(const idem_conn *conn);
 /*
  * Sets the lease of the handle's reservations from now on, as a PostgreSQL
  * interval (copied): "30s", "2 min" makes them lease-owned; "0" forces
- * session owners, whatever idem.lease and proxies say; NULL (the default)
- * is automatic: the server's idem.lease, else 30 seconds behind a proxy,
- * else session owners.  The value is checked by the server at the next
+ * session owners, whatever idem.lease and proxies say (behind a
+ * transaction pooler that works only when reserve and commit run in one
+ * transaction of the application's); NULL (the default) is automatic: the
+ * server's idem.lease, else 30 seconds behind a proxy, else session
+ * owners.  The value is checked by the server at the next
  * reserve (IDEM_ERR_BAD_INPUT when it is not an interval, or negative).  A
  * positive lease on a server whose extension is older than 1.2 makes
  * reserves fail with IDEM_ERR_NO_EXTENSION (ALTER EXTENSION idempotency
@@ -349,8 +353,12 @@ IDEM_API void idem_counters(const idem_conn *conn, idem_stats *out);
  * behind a proxy waits in slices: each reserve waits at most a quarter of
  * the owner's remaining lease and at most a second, and the library
  * reserves again until the wait timeout, so that the connections of a pool
- * are free between slices (inside a transaction block the wait is in one
- * piece, since an IK409 aborts the transaction).
+ * are free between slices.  Behind a proxy, a waiter whose statements were
+ * queued by the pool shortens its slices and pauses between them (at most
+ * a slice), so that many waiters on a small pool leave the owner room to
+ * renew and commit; it then sees the commit up to a pause late.  Inside a
+ * transaction block the wait is in one piece, since an IK409 aborts the
+ * transaction.
  *
  *	IDEM_FRESH		you own the key: run the handler, then idem_commit or
  *					idem_release on this same handle.  *out (if out is not

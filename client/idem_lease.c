@@ -21,7 +21,8 @@
  * IK409 for a lock held a moment too long is only retried.
  *
  * The connection is opened from the handle's connection parameters
- * (PQconninfo), by the thread, the first time it runs, and kept for the
+ * (PQconninfo), by the thread, when the first renewal is due (a handler
+ * shorter than a third of its lease never needs one), and kept for the
  * next runs until idem_free.  The statement is unnamed, so it works behind
  * a transaction pooler too.
  *
@@ -253,9 +254,6 @@ renew_main(void *arg)
 {
 	idem_renewer *r = arg;
 	int64_t		delay = r->period_ms;
-
-	/* connect now, so that the first renewal is not late by a connect */
-	renewal_connection(r);
 
 	pthread_mutex_lock(&r->mu);
 	for (;;)
