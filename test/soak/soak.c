@@ -13,8 +13,23 @@
  *
  * Settings come from the environment (soak.sh sets them): SOAK_SECONDS,
  * SOAK_CLIENTS (100), SOAK_KEYS (200), SOAK_KILL_MS (400), SOAK_TERM_MS
- * (600), SOAK_SEED, SOAK_MEM_MS (1000); the connection from libpq's
- * environment (PGHOST, PGPORT, PGDATABASE ...).
+ * (600), SOAK_SEED, SOAK_MEM_MS (1000), SOAK_LEASE_PCT (30); the
+ * connection from libpq's environment (PGHOST, PGPORT, PGDATABASE ...).
+ *
+ * Owners.  SOAK_LEASE_PCT percent of the client slots (those whose number
+ * ends in 0, 1, 2 for 30) are lease owners: each client there sets a lease
+ * of 1, 2 or 3 seconds on its handle (idem_set_lease) and records its
+ * handle's token in soak_owners, so that the master can find the owners
+ * of in-flight keys; the others, and the monitor, are session owners.  A
+ * lease owner's handler is usually short as below; one in seven works for
+ * half to twice its lease and renews it with idem_extend every third of
+ * it; one in sixteen stalls (a frozen process) for longer than its lease
+ * without renewing, so that its key is taken over and its commit fenced
+ * (or, when nobody came, its commit adopts the reservation).  A lease
+ * owner's commit, release or renewal that is refused (IDEM_LEASE_LOST,
+ * IDEM_NOT_FOUND) is an expected outcome only once its lease, as it last
+ * renewed it, has run out when the answer comes back; before that it is a
+ * violation.
  *
  * A client loops until the deadline over random operations on keys
  * "soak-0" .. "soak-<KEYS-1>" with ttls of 0.5 to 2 seconds, so that keys
@@ -22,8 +37,9 @@
  *
  *	request (70%)	idem_reserve with the key's request hash (or none),
  *					wait 0, 100ms or 500ms.  Fresh: the handler "works" for
- *					5-65 ms, then either releases (1 in 10) or runs its side
- *					effect and the commit in one transaction:
+ *					5-65 ms (lease owners: see above), then either releases
+ *					(1 in 10) or runs its side effect and the commit in one
+ *					transaction:
  *						BEGIN; idem_commit(...); INSERT INTO soak_effects
  *						... FROM idem_get(key); COMMIT
  *					so that an effect row exists exactly when a response was
@@ -42,7 +58,8 @@
  * reconnects; if it owned a key whose handler had run, it retries the
  * commit transaction on the new session, which adopts the reservation
  * if nobody took it over (the documented adoption; an IK409, IK404 or
- * replay answer then rolls the effect back).
+ * replay answer then rolls the effect back).  A lease owner keeps its
+ * reservation across the new session: its retry is its own commit.
  *
  * The monitor is a client that is never killed and also samples, every
  * SOAK_MEM_MS, the memory of its own backend:
@@ -53,8 +70,12 @@
  *	kind TAB slot TAB gen TAB key TAB uid TAB attempt TAB sqlstate TAB detail
  * kinds: start, fresh, replay, in_flight, mismatch, released, committed,
  * adopted, rolled_back, get, probe, probe_fresh, purge, conn_lost, notice, error,
- * violation, mem, stop (clients); kill, terminate, exit, done (master).
- * soak.sh loads them into tables and checks them against soak_effects.
+ * violation, mem, stop, and for lease owners extended, stall, lease_lost,
+ * fenced (clients); kill, terminate, exit, done (master).  A lease
+ * owner's fresh, extended, stall, lease_lost and fenced events carry
+ * lease_end=<microseconds since 1970> in their detail: when its lease
+ * runs out as far as it knows.  soak.sh loads them into tables and checks
+ * them against soak_effects.
  *
  *-------------------------------------------------------------------------
  */
@@ -83,6 +104,7 @@ static int	n_keys;
 static int	kill_ms;
 static int	term_ms;
 static int	mem_ms;
+static int	lease_pct;
 static unsigned long seed;
 static const char *dir;
 static double deadline;			/* CLOCK_REALTIME seconds */
@@ -102,6 +124,16 @@ now_s(void)
 
 	clock_gettime(CLOCK_REALTIME, &ts);
 	return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
+}
+
+/* the same clock as the server's timestamps, in their unit */
+static int64_t
+now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t) ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
 static void
@@ -206,6 +238,8 @@ typedef struct client
 	int			monitor;
 	double		next_mem;
 	long		ops;
+	int			lease_ms;		/* a lease owner's lease, or 0: session owner */
+	char		lease[16];
 } client;
 
 static void
@@ -261,7 +295,33 @@ connect_client(client *c)
 		return -1;
 	PQsetNoticeProcessor(c->pg, on_notice, NULL);
 	c->pid = PQbackendPID(c->pg);
-	event("start", NULL, NULL, 0, NULL, "pid=%d", c->pid);
+	if (c->lease_ms > 0)
+	{
+		/* the master finds a lease's owner by its token */
+		const char *params[3];
+		char		slot_s[16],
+					gen_s[16];
+		PGresult   *res;
+
+		if (idem_set_lease(c->conn, c->lease) < 0)
+			return -1;
+		snprintf(slot_s, sizeof(slot_s), "%d", my_slot);
+		snprintf(gen_s, sizeof(gen_s), "%d", my_gen);
+		params[0] = idem_owner(c->conn);
+		params[1] = slot_s;
+		params[2] = gen_s;
+		res = PQexecParams(c->pg, "INSERT INTO soak_owners (token, slot, gen) "
+						   "VALUES ($1, $2::int, $3::int) ON CONFLICT DO NOTHING",
+						   3, NULL, params, NULL, NULL, 0);
+		if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK)
+		{
+			PQclear(res);
+			return -1;
+		}
+		PQclear(res);
+	}
+	event("start", NULL, NULL, 0, NULL, "pid=%d lease=%s token=%s", c->pid,
+		  c->lease_ms > 0 ? c->lease : "0", idem_owner(c->conn));
 	return 0;
 }
 
@@ -299,6 +359,34 @@ log_error(client *c, const char *op, const char *key)
 		  idem_error_name(idem_errcode(c->conn)), idem_errmsg(c->conn));
 }
 
+/*
+ * A lease owner's call was refused (lease lost, not found, in flight):
+ * expected once its lease (as it last renewed it, lease_end) has run out
+ * when the answer came back, when it is logged as kind; else a violation.
+ */
+static void
+lease_refused(client *c, const char *kind, const char *what, const char *key,
+			  const char *uid, int attempt, idem_outcome o, int64_t lease_end)
+{
+	int64_t		late = now_us() - lease_end;
+
+	if (late > 0)
+		event(kind, key, uid, attempt, idem_sqlstate(c->conn),
+			  "%s answered %s %lld us after the lease ran out; lease_end=%lld",
+			  what, idem_outcome_name(o), (long long) late, (long long) lease_end);
+	else
+		event("violation", key, uid, attempt, idem_sqlstate(c->conn),
+			  "the lease owner's %s answered %s while its lease ran (%lld us left): %s; lease_end=%lld",
+			  what, idem_outcome_name(o), (long long) -late, idem_errmsg(c->conn),
+			  (long long) lease_end);
+}
+
+static int
+lease_refusal(idem_outcome o)
+{
+	return o == IDEM_LEASE_LOST || o == IDEM_NOT_FOUND || o == IDEM_IN_FLIGHT;
+}
+
 /* runs sql on the raw connection; 0, or -1 (the error in state and msg) */
 static int
 exec_ok(client *c, const char *sql, ExecStatusType want, char *state, char *msg, size_t msgsz)
@@ -325,10 +413,11 @@ exec_ok(client *c, const char *sql, ExecStatusType want, char *state, char *msg,
  * 0 not committed (rolled back: outcome logged), -1 connection lost.
  * adopting: a retry on a new session (IK409, IK404 and replay are then
  * expected answers, else they are violations: a live owner lost its key).
+ * lease_end: a lease owner's, else 0 (see lease_refused).
  */
 static int
 commit_effect(client *c, const char *key, const idem_opts *opts,
-			  const char *uid, int attempt, int adopting)
+			  const char *uid, int attempt, int adopting, int64_t lease_end)
 {
 	char		body[300];
 	char		state[6],
@@ -356,6 +445,9 @@ commit_effect(client *c, const char *key, const idem_opts *opts,
 			return -1;
 		if (o == IDEM_ERROR)
 			log_error(c, "commit", key);
+		else if (lease_end > 0 && lease_refusal(o))
+			lease_refused(c, o == IDEM_LEASE_LOST ? "fenced" : "rolled_back", "commit",
+						  key, uid, attempt, o, lease_end);
 		else if (adopting)
 			event("rolled_back", key, uid, attempt, idem_sqlstate(c->conn),
 				  "adoption answered %s", idem_outcome_name(o));
@@ -422,6 +514,50 @@ sample_memory(client *c)
 	PQclear(res);
 }
 
+/*
+ * A lease owner's long handler: works for ms, renewing its lease every
+ * third of it (across a lost connection too: the lease is not the
+ * session's).  Returns 1 (go on to commit), 0 (the lease was lost: the
+ * handler gives up, logged) or -1 (the connection is gone for good).
+ */
+static int
+work_renewing(client *c, const char *key, const idem_opts *opts, const char *uid,
+			  int attempt, double ms, int64_t *lease_end)
+{
+	double		until = now_s() + ms / 1000.0;
+
+	for (;;)
+	{
+		double		left = (until - now_s()) * 1000.0;
+		int64_t		end;
+		idem_outcome o;
+
+		if (left <= 0)
+			return 1;
+		sleep_ms(left < c->lease_ms / 3.0 ? left : c->lease_ms / 3.0);
+		if (now_s() >= until)
+			return 1;
+		o = idem_extend(c->conn, key, opts, &end);
+		if (o == IDEM_FRESH)
+		{
+			*lease_end = end;
+			event("extended", key, uid, attempt, NULL, "lease_end=%lld", (long long) end);
+		}
+		else if (lost(c))
+		{
+			if (reconnect(c, idem_sqlstate(c->conn), idem_errmsg(c->conn)) < 0)
+				return -1;
+		}
+		else if (lease_refusal(o))
+		{
+			lease_refused(c, "lease_lost", "extend", key, uid, attempt, o, *lease_end);
+			return 0;
+		}
+		else
+			log_error(c, "extend", key);
+	}
+}
+
 static const char *const ttls[] = {"500ms", "1s", "2s"};
 static const char *const waits[] = {"0", "0", "100ms", "500ms"};
 
@@ -438,6 +574,7 @@ do_request(client *c, const char *key, int hashed)
 	int			attempt,
 				rc;
 	long long	returned;
+	int64_t		lease_end;
 
 	hash_of(hash, key, 0);
 	opts.request_hash = hashed ? hash : NULL;
@@ -484,12 +621,38 @@ do_request(client *c, const char *key, int hashed)
 	 * was made somewhere in between.
 	 */
 	attempt = idem_record_attempt(rec);
+	lease_end = idem_record_lease_expires_at(rec);
 	snprintf(uid, sizeof(uid), "%d.%d.%ld", my_slot, my_gen, ++c->seq);
-	event("fresh", key, uid, attempt, NULL, "created=%lld returned=%lld ttl=%s",
-		  (long long) idem_record_created_at(rec), returned, opts.ttl);
+	if (c->lease_ms > 0)
+		event("fresh", key, uid, attempt, NULL, "created=%lld returned=%lld ttl=%s lease_end=%lld",
+			  (long long) idem_record_created_at(rec), returned, opts.ttl,
+			  (long long) lease_end);
+	else
+		event("fresh", key, uid, attempt, NULL, "created=%lld returned=%lld ttl=%s",
+			  (long long) idem_record_created_at(rec), returned, opts.ttl);
 	idem_record_free(rec);
+	if ((c->lease_ms > 0) != (lease_end != 0))
+		event("violation", key, uid, attempt, NULL, "a %s owner's reservation came back %s",
+			  c->lease_ms > 0 ? "lease" : "session",
+			  lease_end != 0 ? "lease-owned" : "without a lease");
 
-	sleep_ms(5 + rng_int(60));	/* the handler's work */
+	/* the handler's work */
+	if (c->lease_ms > 0 && rng_int(7) == 0)
+	{
+		rc = work_renewing(c, key, &opts, uid, attempt,
+						   c->lease_ms * (0.5 + rng_int(1501) / 1000.0), &lease_end);
+		if (rc <= 0)
+			return rc;
+	}
+	else if (c->lease_ms > 0 && rng_int(16) == 0)
+	{
+		int			ms = c->lease_ms + 50 + rng_int(600);
+
+		event("stall", key, uid, attempt, NULL, "ms=%d lease_end=%lld", ms, (long long) lease_end);
+		sleep_ms(ms);
+	}
+	else
+		sleep_ms(5 + rng_int(60));
 
 	if (rng_int(10) == 0)
 	{
@@ -498,6 +661,8 @@ do_request(client *c, const char *key, int hashed)
 			event("released", key, uid, attempt, NULL, NULL);
 		else if (lost(c))
 			return reconnect(c, idem_sqlstate(c->conn), idem_errmsg(c->conn));
+		else if (lease_end > 0 && lease_refusal(o))
+			lease_refused(c, "lease_lost", "release", key, uid, attempt, o, lease_end);
 		else
 			event("violation", key, uid, attempt, idem_sqlstate(c->conn),
 				  "the live owner's release answered %s: %s",
@@ -505,14 +670,14 @@ do_request(client *c, const char *key, int hashed)
 		return 0;
 	}
 
-	rc = commit_effect(c, key, &opts, uid, attempt, 0);
+	rc = commit_effect(c, key, &opts, uid, attempt, 0, lease_end);
 	if (rc >= 0)
 		return 0;
 
 	/* connection lost around the commit: reconnect, then adopt */
 	if (reconnect(c, "", PQerrorMessage(c->pg)) < 0)
 		return -1;
-	rc = commit_effect(c, key, &opts, uid, attempt, 1);
+	rc = commit_effect(c, key, &opts, uid, attempt, 1, lease_end);
 	if (rc < 0)
 		return reconnect(c, "", PQerrorMessage(c->pg));
 	return 0;
@@ -630,6 +795,11 @@ client_main(int slot, int gen, int monitor)
 	my_gen = gen;
 	c.monitor = monitor;
 	rng_seed(seed * 1000003ULL + (uint64_t) slot * 7919ULL + (uint64_t) gen * 104729ULL + 1);
+	if (!monitor && slot % 10 < lease_pct / 10)
+	{
+		c.lease_ms = 1000 * (1 + rng_int(3));
+		snprintf(c.lease, sizeof(c.lease), "%ds", c.lease_ms / 1000);
+	}
 	if (monitor)
 		snprintf(name, sizeof(name), "monitor");
 	else
@@ -774,32 +944,49 @@ master(void)
 		if (now_s() >= next_kill)
 		{
 			int			s = rng_int(n_clients);
+			char		victim[16] = "any";
 
-			/* every other kill hits a client that owns a key */
+			/*
+			 * every other kill hits a client that owns a key: a session
+			 * owner by its backend, a lease owner by its token (unless its
+			 * slot has a new client by now)
+			 */
 			if (rng_int(2) == 0)
 			{
 				PGresult   *res = PQexec(ctl,
-										 "SELECT split_part(a.application_name, '-', 3) "
+										 "SELECT slot, gen, kind FROM ("
+										 "SELECT split_part(a.application_name, '-', 3)::int AS slot, "
+										 "split_part(a.application_name, '-', 4)::int AS gen, 'session' AS kind "
 										 "FROM idem_keys k JOIN pg_stat_activity a ON a.pid = k.owner_pid "
 										 "WHERE k.state = 'in_flight' "
 										 "AND a.application_name LIKE 'soak-client-%' "
+										 "UNION ALL "
+										 "SELECT o.slot, o.gen, 'lease' FROM idem_keys k "
+										 "JOIN soak_owners o ON o.token = k.owner_token "
+										 "WHERE k.state = 'in_flight' AND k.lease_expires_at > clock_timestamp()) x "
 										 "ORDER BY random() LIMIT 1");
 
 				if (res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
 				{
 					int			o = atoi(PQgetvalue(res, 0, 0));
 
-					if (o >= 0 && o < n_clients)
+					if (o >= 0 && o < n_clients && gens[o] == atoi(PQgetvalue(res, 0, 1)))
+					{
 						s = o;
+						snprintf(victim, sizeof(victim), "%s", PQgetvalue(res, 0, 2));
+					}
 				}
+				else if (!res || PQresultStatus(res) != PGRES_TUPLES_OK)
+					event("error", NULL, NULL, 0, NULL, "kill: %s",
+						  res ? PQresultErrorMessage(res) : PQerrorMessage(ctl));
 				PQclear(res);
 			}
 
 			if (pids[s] > 0 && kill(pids[s], SIGKILL) == 0)
 			{
 				waitpid(pids[s], &status, 0);
-				event("kill", NULL, NULL, 0, NULL, "slot=%d gen=%d pid=%d", s, gens[s],
-					  (int) pids[s]);
+				event("kill", NULL, NULL, 0, NULL, "slot=%d gen=%d pid=%d owner=%s", s, gens[s],
+					  (int) pids[s], victim);
 				kills++;
 				pids[s] = spawn(s, ++gens[s], 0);
 			}
@@ -807,12 +994,18 @@ master(void)
 		}
 		if (now_s() >= next_term)
 		{
-			/* every other termination hits the backend of a key's owner */
+			/*
+			 * every other termination hits the backend of a key's owner (a
+			 * lease owner's is the one its client is connected by)
+			 */
 			PGresult   *res = PQexec(ctl, rng_int(2) == 0 ?
 									 "SELECT pid, application_name, pg_terminate_backend(pid) "
 									 "FROM (SELECT pid, application_name FROM pg_stat_activity "
 									 "WHERE application_name LIKE 'soak-client-%' "
-									 "AND pid IN (SELECT owner_pid FROM idem_keys WHERE state = 'in_flight') "
+									 "AND (pid IN (SELECT owner_pid FROM idem_keys WHERE state = 'in_flight') "
+									 "OR application_name IN (SELECT format('soak-client-%s-%s', o.slot, o.gen) "
+									 "FROM idem_keys k JOIN soak_owners o ON o.token = k.owner_token "
+									 "WHERE k.state = 'in_flight' AND k.lease_expires_at IS NOT NULL)) "
 									 "ORDER BY random() LIMIT 1) a" :
 									 "SELECT pid, application_name, pg_terminate_backend(pid) "
 									 "FROM (SELECT pid, application_name FROM pg_stat_activity "
@@ -881,8 +1074,8 @@ master(void)
 	}
 	event("done", NULL, NULL, 0, NULL, "kills=%d terminations=%d bad_exits=%d", kills,
 		  terms, bad_exits);
-	printf("soak: %d clients + monitor for %d s: %d kills, %d terminations, %d unexpected exits\n",
-		   n_clients, n_seconds, kills, terms, bad_exits);
+	printf("soak: %d clients (%d%% of them lease owners) + monitor for %d s: %d kills, %d terminations, %d unexpected exits\n",
+		   n_clients, lease_pct, n_seconds, kills, terms, bad_exits);
 	PQfinish(ctl);
 	free(pids);
 	free(gens);
@@ -904,6 +1097,7 @@ main(int argc, char **argv)
 	kill_ms = env_int("SOAK_KILL_MS", 400);
 	term_ms = env_int("SOAK_TERM_MS", 600);
 	mem_ms = env_int("SOAK_MEM_MS", 1000);
+	lease_pct = env_int("SOAK_LEASE_PCT", 30);
 	seed = (unsigned long) env_int("SOAK_SEED", (int) time(NULL));
 	if (n_clients < 1 || n_keys < 1 || n_seconds < 1)
 	{

@@ -23,6 +23,17 @@
 # monitor client, never killed, does the same operations and samples its
 # backend's memory (pg_backend_memory_contexts) every second.
 #
+# Owners: SOAK_LEASE_PCT (30) percent of the client slots are lease owners
+# (a lease of 1-3 s on the handle, its token recorded in soak_owners so
+# that the master's kills and terminations find the owners of in-flight
+# keys by token too); the others are session owners.  One in seven of a
+# lease owner's handlers works for half to twice its lease, renewing it
+# with idem_extend every third of it; about one in twenty stalls past its
+# lease without renewing, so that its key is taken over and its commit
+# fenced (IDEM_LEASE_LOST), or adopted when nobody came.  A killed lease
+# owner's key stays in flight until its lease runs out, whatever happens
+# to its session.
+#
 # Checks: for every key, consecutive effects are separated by the expiry
 # of the earlier one's record (no second handler run while a committed
 # response was live), and no reservation at all (even one whose handler
@@ -31,11 +42,15 @@
 # event) and every commit a client saw succeed has its effect; every
 # response replayed or read names its key and has its effect (nothing
 # replayed that was not committed with its effect); no live owner ever
-# lost its reservation (commit/release answering anything but success);
+# lost its reservation (commit/release answering anything but success; for
+# a lease owner, commit, release or renewal refused before its lease, as it
+# last renewed it, had run out); no key of a lease owner was taken over
+# before that lease ran out;
 # no error but the documented ones (IK409, IK422 only after a probe made
 # the key's hash differ, IK404 only when adopting, 40001, and connection
 # loss only for backends the master terminated); no backend crashed; no
-# key is left stuck in flight; the monitor's backend memory did not grow
+# key is left stuck in flight (once the last lease ran out); the monitor's
+# backend memory did not grow
 # from the second quarter of the run (after warm-up) to the last quarter
 # (highest samples of each; SOAK_MEM_SLACK, default 5%, + 256 kB).
 #
@@ -55,7 +70,8 @@ SOAK_CLIENTS=${SOAK_CLIENTS:-100}
 SOAK_KEYS=${SOAK_KEYS:-200}
 SOAK_SEED=${SOAK_SEED:-$(((RANDOM << 15) | RANDOM))}
 SOAK_MEM_SLACK=${SOAK_MEM_SLACK:-5}		# percent, plus 256 kB
-export SOAK_SECONDS SOAK_CLIENTS SOAK_KEYS SOAK_SEED
+SOAK_LEASE_PCT=${SOAK_LEASE_PCT:-30}
+export SOAK_SECONDS SOAK_CLIENTS SOAK_KEYS SOAK_SEED SOAK_LEASE_PCT
 DB=idem_soak
 work=$IDEM_TMP
 own_cluster=
@@ -71,7 +87,7 @@ cleanup()
 }
 trap cleanup EXIT
 
-echo "# soak: $SOAK_CLIENTS clients, $SOAK_KEYS keys, ${SOAK_SECONDS}s, seed $SOAK_SEED"
+echo "# soak: $SOAK_CLIENTS clients ($SOAK_LEASE_PCT% lease owners), $SOAK_KEYS keys, ${SOAK_SECONDS}s, seed $SOAK_SEED"
 
 # ---- the program --------------------------------------------------------------
 
@@ -136,6 +152,12 @@ CREATE TABLE soak_effects (
 	expires_at timestamptz,			-- of the committed record
 	state text,						-- as idem_get saw it after idem_commit
 	committed_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+-- the lease owners' tokens, for the master to find who owns a key
+CREATE TABLE soak_owners (
+	token text PRIMARY KEY,
+	slot integer NOT NULL,
+	gen integer NOT NULL
 );
 -- every process's log, loaded afterwards
 CREATE TABLE soak_events (
@@ -230,6 +252,29 @@ check_eq "every response replayed or read has its effect, under its key" 0 \
 check_eq "the effects' attempts match their handler runs' attempts" 0 \
 	"$(got "SELECT count(*) FROM soak_effects e JOIN soak_events v ON v.kind = 'fresh' AND v.uid = e.uid WHERE v.attempt <> e.attempt")"
 
+# Lease owners: when each one's lease ran out as far as it knew (its
+# reservation's lease_expires_at, then each renewal's).  When the latest
+# reservation of its key made before a fresh one was neither committed nor
+# released, the fresh one took it over (attempt + 1) or, once its ttl had
+# run out as well, started anew (attempt 1).  When that one was a lease
+# owner's, the new reservation's call must have returned after that lease
+# ran out.
+q -c "CREATE TABLE soak_lease AS SELECT uid,
+	'epoch'::timestamptz + max(substring(detail FROM 'lease_end=(-?[0-9]+)')::bigint) * interval '1 microsecond' AS lease_end
+	FROM soak_events WHERE kind IN ('fresh', 'extended') AND detail LIKE '%lease_end=%' GROUP BY uid;
+	CREATE UNIQUE INDEX ON soak_lease (uid);
+	CREATE TABLE soak_takeover AS SELECT f.key, f.uid, f.attempt, f.created, f.returned, p.uid AS prev_uid, l.lease_end AS prev_lease_end
+	FROM soak_fresh f CROSS JOIN LATERAL (
+		SELECT p.uid FROM soak_fresh p
+		WHERE p.key = f.key AND p.created < f.created
+		ORDER BY p.created DESC LIMIT 1) p
+	LEFT JOIN soak_lease l ON l.uid = p.uid
+	WHERE NOT EXISTS (SELECT FROM soak_effects e WHERE e.uid = p.uid)
+	  AND NOT EXISTS (SELECT FROM soak_events r WHERE r.kind = 'released' AND r.uid = p.uid)" >/dev/null
+check_eq "a lease owner's key was taken over (or made anew) only after its lease ran out" "" \
+	"$(got "SELECT string_agg(format('%s: %s (attempt %s, reserved %s .. %s) took over %s, whose lease ran until %s', key, uid, attempt, created, returned, prev_uid, prev_lease_end), E'\n')
+		FROM soak_takeover WHERE returned <= prev_lease_end")"
+
 violations=$(got "SELECT string_agg(format('%s slot %s gen %s key %s uid %s [%s] %s', kind, slot, gen, key, uid, sqlstate, detail), E'\n') FROM (SELECT * FROM soak_events WHERE kind = 'violation' LIMIT 20) v")
 if [[ -z $violations ]]; then
 	ok "no live owner lost its key, no response named another key"
@@ -272,6 +317,11 @@ if [[ -n $log_file ]]; then
 fi
 
 # ---- nothing stuck ----------------------------------------------------------------
+
+# a lease owner killed near the end holds its key until its lease runs out
+lease_left=$(q -c "SELECT least(30, greatest(0, extract(epoch FROM max(lease_expires_at) - clock_timestamp()))) + 0.05
+	FROM idem_keys WHERE state = 'in_flight'")
+[[ -n $lease_left ]] && sleep "$lease_left"
 
 # (a statement_timeout: a key whose lock nobody may take must fail the
 # check, not hang it)
@@ -346,6 +396,24 @@ figures=$(got "SELECT format('%s operations (%s reserves: %s fresh of which %s t
 	(SELECT count(*) FROM soak_events WHERE kind = 'terminate'),
 	(SELECT count(*) FROM soak_events WHERE kind = 'conn_lost'))")
 echo "# ${elapsed}s: $figures"
+lease_figures=$(got "SELECT format('lease owners: %s lease reservations, %s renewals, %s stalls past the lease, %s kill -9 of a lease owner holding a key; %s takeovers of a lease owner''s key and %s new starts of one (each after its lease ran out), %s fenced commits, %s renewals or releases refused after the lease ran out, %s commits adopting an expired lease nobody took over',
+	(SELECT count(*) FROM soak_events WHERE kind = 'fresh' AND detail LIKE '%lease_end=%'),
+	(SELECT count(*) FROM soak_events WHERE kind = 'extended'),
+	(SELECT count(*) FROM soak_events WHERE kind = 'stall'),
+	(SELECT count(*) FROM soak_events WHERE kind = 'kill' AND detail LIKE '%owner=lease'),
+	(SELECT count(*) FROM soak_takeover WHERE prev_lease_end IS NOT NULL AND attempt > 1),
+	(SELECT count(*) FROM soak_takeover WHERE prev_lease_end IS NOT NULL AND attempt = 1),
+	(SELECT count(*) FROM soak_events WHERE kind = 'fenced'),
+	(SELECT count(*) FROM soak_events WHERE kind = 'lease_lost'),
+	(SELECT count(*) FROM soak_events s JOIN soak_effects e USING (uid) WHERE s.kind = 'stall'))")
+echo "# $lease_figures"
+if ((SOAK_LEASE_PCT >= 10)); then
+	check_eq "lease owners reserved, renewed, stalled and had keys taken over" t \
+		"$(got "SELECT (SELECT count(*) FROM soak_events WHERE kind = 'fresh' AND detail LIKE '%lease_end=%') > 0
+			AND (SELECT count(*) FROM soak_events WHERE kind = 'extended') > 0
+			AND (SELECT count(*) FROM soak_events WHERE kind = 'stall') > 0
+			AND (SELECT count(*) FROM soak_takeover WHERE prev_lease_end IS NOT NULL AND attempt > 1) > 0")"
+fi
 check_eq "some owners were killed, some backends terminated, some keys taken over" t \
 	"$(got "SELECT (SELECT count(*) FROM soak_events WHERE kind = 'kill') > 0 AND (SELECT count(*) FROM soak_events WHERE kind = 'terminate') > 0 AND (SELECT count(*) FROM soak_events WHERE kind = 'fresh' AND attempt > 1) > 0")"
 check_eq "every key was committed, keys were committed again after expiry" t \
