@@ -752,6 +752,7 @@ set_owner(mrec *m, int r, int s, const char *t, int len)
 {
 	m->owner = -1;
 	m->owner_inc = 0;
+	m->lock_lost = m->untracked = 0;
 	snprintf(m->token, sizeof(m->token), "%s", t);
 	if (len != LEN_NONE)
 	{
