@@ -67,10 +67,12 @@ if [[ -n ${CLUSTER_DIR:-} && -r $CLUSTER_DIR/log/postgresql.log ]]; then
 	log_offset=$(stat -c %s "$server_log")
 fi
 
+# The sessions of this suite that may still be there end (and are gone
+# when this returns: the next suite must not find their locks).
 cleanup()
 {
+	psql_q -d "$admin_db" -c "SELECT count(pg_terminate_backend(pid, 10000)) FROM pg_stat_activity WHERE datname = '$DB' AND application_name IN ('$OWNER_APP', '$HARNESS_APP')" >/dev/null 2>&1
 	if [[ -n $owner_pid ]]; then
-		psql_q -d "$admin_db" -c "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name IN ('$OWNER_APP', '$HARNESS_APP')" >/dev/null 2>&1
 		kill "$owner_pid" 2>/dev/null
 		wait "$owner_pid" 2>/dev/null
 		owner_pid=
@@ -132,9 +134,9 @@ start_owner()
 	return 1
 }
 
-seed()
+seed_keys()
 {
-	q >/dev/null <<'SQL' || return 1
+	q >/dev/null <<'SQL'
 SET idem.wait_timeout = '0';
 SELECT idem_reserve('bi-committed');
 SELECT idem_commit('bi-committed', NULL, 200, '\x6f6b', '{"h": "v"}');
@@ -146,10 +148,19 @@ SELECT idem_reserve('bi-lease-expired', owner => 'bi-lease-expired-token', lease
 SELECT idem_confine('idem_badinput_role', 'bi-scope');
 SELECT pg_sleep(0.01);
 SQL
-	start_owner
 }
 
-check "keys seeded in every state" seed
+# (not through check, whose subshell would lose owner_pid)
+seed()
+{
+	seed_keys && start_owner
+}
+
+if out=$(seed_keys 2>&1) && start_owner; then
+	ok "keys seeded in every state"
+else
+	fail "keys seeded in every state" "$out"
+fi
 check_eq "the seeded states" \
 	"bi-committed committed|bi-expired committed expired|bi-lease in_flight lease|bi-lease-expired in_flight lease expired|bi-orphan in_flight|bi-session in_flight" \
 	"$(q -c "SELECT string_agg(concat_ws(' ', key, state, CASE WHEN lease_expires_at IS NOT NULL THEN 'lease' END, CASE WHEN expires_at <= now() OR lease_expires_at <= now() THEN 'expired' END), '|' ORDER BY key) FROM idem_keys" 2>&1)"

@@ -70,10 +70,12 @@ if [[ -n ${CLUSTER_DIR:-} && -r $CLUSTER_DIR/log/postgresql.log ]]; then
 	log_offset=$(stat -c %s "$server_log")
 fi
 
+# The key owner's session ends, and is gone when this returns: the next
+# suite must not find its lock.
 cleanup()
 {
+	psql_q -d "$admin_db" -c "SELECT count(pg_terminate_backend(pid, 10000)) FROM pg_stat_activity WHERE datname = '$DB' AND application_name = '$OWNER_APP'" >/dev/null 2>&1
 	if [[ -n $owner_pid ]]; then
-		psql_q -d "$admin_db" -c "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '$OWNER_APP'" >/dev/null 2>&1
 		kill "$owner_pid" 2>/dev/null
 		wait "$owner_pid" 2>/dev/null
 		owner_pid=
