@@ -1879,8 +1879,13 @@ step(void)
 		}
 		else
 		{
+			int			r;
+
 			simple(s, "ROLLBACK");
 			tracef("%4d  s%d ROLLBACK", cur_step, s);
+			/* what the server forgot at the abort (D5) stays forgotten */
+			for (r = 0; r < NREC; r++)
+				saved.rec[r].untracked |= M.rec[r].untracked;
 			M = saved;
 		}
 	}
