@@ -988,6 +988,37 @@ idem_shard_release(PG_FUNCTION_ARGS)
 }
 
 /*
+ * Raises the error of an idem_extend whose record is not a lease owned by
+ * token: absent or committed (IK404), fenced or another owner's (IK409),
+ * owned by this session rather than a lease (55000).
+ */
+static void
+check_extendable(const IdemKey *k, const IdemRecord *rec, RecordState st,
+				 const char *token)
+{
+	if (st == REC_COMMITTED && fenced(rec, token))
+		report_fenced(k, rec);
+	if (st == REC_ABSENT || st == REC_COMMITTED)
+		user_error(
+				(errcode(ERRCODE_IDEM_NOT_FOUND),
+				 errmsg("idempotency key has no reservation to extend"),
+				 errdetail("Key \"%s\" in scope \"%s\" is %s.", k->key, k->scope,
+						   st == REC_COMMITTED ? "committed" :
+						   "absent or expired")));
+	if (st == REC_OTHER_TOKEN)
+		report_other_token(k);
+	if (st != REC_MINE)
+		report_not_owner(k, rec);
+	if (!rec->has_lease)
+		user_error(
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("idempotency key is not reserved under a lease"),
+				 errdetail("Key \"%s\" in scope \"%s\" is owned by this session, not by a lease.",
+						   k->key, k->scope),
+				 errhint("A session owner keeps its reservation while its session lasts; reserve with a lease to have one to extend.")));
+}
+
+/*
  * Renews a lease owner's lease to now() + lease (NULL: as long as it was
  * taken), also after it ran out as long as nobody has taken the key over.
  */
@@ -1000,7 +1031,6 @@ extend(FunctionCallInfo fcinfo, bool may_route)
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 	LOCKTAG		tag;
 	IdemRecord	rec;
-	RecordState st;
 
 	idem_arg_key(fcinfo, 0, 3, &k);
 	memset(&renewed, 0, sizeof(renewed));
@@ -1013,7 +1043,15 @@ extend(FunctionCallInfo fcinfo, bool may_route)
 	idem_require_leases(&k);
 	prevent_in_recovery(&k, "extend");
 
-	/* every change of the record is made under its lock */
+	/*
+	 * Only the lease owner waits for the key's lock, which others hold for a
+	 * moment: anyone else is answered at once, from a first look, since a
+	 * session owner holds the lock for as long as its reservation lasts.
+	 * The answer is checked again under the lock.
+	 */
+	idem_storage_read(&k, &rec);
+	check_extendable(&k, &rec, classify(&rec, now, true, renewed.token),
+					 renewed.token);
 	idem_key_locktag(&k, &tag);
 	if (!lock_for_transaction(&k, &tag, write_lock_wait_ms()))
 		user_error(
@@ -1021,29 +1059,9 @@ extend(FunctionCallInfo fcinfo, bool may_route)
 				 errmsg("idempotency key is being changed by another session"),
 				 KEY_DETAIL(&k),
 				 errhint("Try again.")));
-
 	idem_storage_read(&k, &rec);
-	st = classify(&rec, now, true, renewed.token);
-	if (st == REC_COMMITTED && fenced(&rec, renewed.token))
-		report_fenced(&k, &rec);
-	if (st == REC_ABSENT || st == REC_COMMITTED)
-		user_error(
-				(errcode(ERRCODE_IDEM_NOT_FOUND),
-				 errmsg("idempotency key has no reservation to extend"),
-				 errdetail("Key \"%s\" in scope \"%s\" is %s.", k.key, k.scope,
-						   st == REC_COMMITTED ? "committed" :
-						   "absent or expired")));
-	if (st == REC_OTHER_TOKEN)
-		report_other_token(&k);
-	if (st != REC_MINE)
-		report_not_owner(&k, &rec);
-	if (!rec.has_lease)
-		user_error(
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("idempotency key is not reserved under a lease"),
-				 errdetail("Key \"%s\" in scope \"%s\" is owned by this session, not by a lease.",
-						   k.key, k.scope),
-				 errhint("A session owner keeps its reservation while its session lasts; reserve with a lease to have one to extend.")));
+	check_extendable(&k, &rec, classify(&rec, now, true, renewed.token),
+					 renewed.token);
 
 	if (!lease_given)
 		renewed.lease_len = rec.lease;

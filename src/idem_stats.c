@@ -13,6 +13,8 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "executor/spi.h"
+#include "lib/stringinfo.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -85,6 +87,59 @@ idem_stats_init(void)
 }
 
 /*
+ * The counters of every worker, summed into sums (a worker that is not
+ * preloaded counts nothing), read with run_command_on_workers.
+ */
+static void
+add_workers_counters(int64 *sums)
+{
+	static const char *const names[IDEM_NUM_COUNTERS] = {
+		"reserves", "fresh", "takeovers", "replays", "waits", "wait_time_us",
+		"wait_timeouts", "mismatches", "commits", "releases", "purged",
+		"evicted", "errors"
+	};
+	StringInfoData cmd;
+	StringInfoData sql;
+	int			rc;
+
+	memset(sums, 0, sizeof(int64) * IDEM_NUM_COUNTERS);
+	initStringInfo(&cmd);
+	appendStringInfoString(&cmd, "SELECT concat_ws(' '");
+	for (int i = 0; i < IDEM_NUM_COUNTERS; i++)
+		appendStringInfo(&cmd, ", coalesce(%s, 0)", names[i]);
+	appendStringInfo(&cmd, ") FROM %s.idem_stats_counters()",
+					 idem_storage_schema());
+	initStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "SELECT result FROM pg_catalog.run_command_on_workers(%s)"
+					 " WHERE success",
+					 quote_literal_cstr(cmd.data));
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	rc = SPI_execute(sql.data, true, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "could not read the counters of the workers: %s",
+			 SPI_result_code_string(rc));
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		char	   *line = SPI_getvalue(SPI_tuptable->vals[r],
+										SPI_tuptable->tupdesc, 1);
+		char	   *p = line;
+
+		for (int i = 0; p != NULL && *p != '\0' && i < IDEM_NUM_COUNTERS; i++)
+		{
+			char	   *end;
+
+			sums[i] += strtoll(p, &end, 10);
+			p = end;
+		}
+	}
+	if (SPI_finish() != SPI_OK_FINISH)
+		elog(ERROR, "SPI_finish failed");
+}
+
+/*
  * idem_stats_counters(OUT counters_available boolean, OUT reserves bigint,
  *		..., OUT stats_reset timestamptz)
  */
@@ -108,6 +163,16 @@ idem_stats_counters(PG_FUNCTION_ARGS)
 		nulls[i + 1] = (idem_shared == NULL);
 		values[i + 1] = nulls[i + 1] ? (Datum) 0 :
 			Int64GetDatum((int64) pg_atomic_read_u64(&idem_shared->counters[i]));
+	}
+
+	/* on Citus's coordinator, the workers' counters are added */
+	if (idem_shared != NULL && idem_storage_coordinator())
+	{
+		int64		sums[IDEM_NUM_COUNTERS];
+
+		add_workers_counters(sums);
+		for (int i = 0; i < IDEM_NUM_COUNTERS; i++)
+			values[i + 1] = Int64GetDatum(DatumGetInt64(values[i + 1]) + sums[i]);
 	}
 	nulls[IDEM_NUM_COUNTERS + 1] = (idem_shared == NULL);
 	values[IDEM_NUM_COUNTERS + 1] = nulls[IDEM_NUM_COUNTERS + 1] ? (Datum) 0 :

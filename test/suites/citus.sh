@@ -301,6 +301,17 @@ check_eq "idem_stats on the coordinator counts the whole cluster's keys" \
 	"$(co -c "SELECT count(*) FROM idem_keys WHERE state = 'committed'")" \
 	"$(co -c "SELECT committed FROM idem_stats" 2>&1)"
 
+counters()
+{
+	on "$1" -c "SELECT reserves || ' ' || commits FROM idem_stats"
+}
+read -r c_res c_com < <(counters coord)
+read -r w1_res w1_com < <(counters w1)
+read -r w2_res w2_com < <(counters w2)
+check_eq "idem_stats on the coordinator adds up the workers' counters ($c_res reserves, $c_com commits)" \
+	"$((w1_res + w2_res)) $((w1_com + w2_com))" "$c_res $c_com"
+check "... which counted this suite's calls" test "$c_res" -ge "$((NKEYS * 2))"
+
 # --- a shard move keeps its keys ---------------------------------------------------------
 
 read -r shard from_port < <(co -F ' ' -c "SELECT s.shardid, n.nodeport
