@@ -558,6 +558,44 @@ work_renewing(client *c, const char *key, const idem_opts *opts, const char *uid
 	}
 }
 
+/*
+ * The owner releases its reservation (uid NULL: a probe's).  A session
+ * owner whose connection is lost has lost its reservation with it; a lease
+ * owner's outlives the session, so it releases again once reconnected.
+ * Returns 0, or -1 when the connection is gone for good.
+ */
+static int
+release_key(client *c, const char *key, const idem_opts *opts, const char *uid,
+			int attempt, int64_t lease_end)
+{
+	int			tries;
+
+	for (tries = 0;; tries++)
+	{
+		idem_outcome o = idem_release(c->conn, key, opts);
+
+		if (o == IDEM_FRESH)
+		{
+			if (uid)
+				event("released", key, uid, attempt, NULL, NULL);
+		}
+		else if (lost(c))
+		{
+			if (reconnect(c, idem_sqlstate(c->conn), idem_errmsg(c->conn)) < 0)
+				return -1;
+			if (c->lease_ms > 0 && tries < 3)
+				continue;
+		}
+		else if (lease_end > 0 && lease_refusal(o))
+			lease_refused(c, "lease_lost", "release", key, uid, attempt, o, lease_end);
+		else
+			event("violation", key, uid, attempt, idem_sqlstate(c->conn),
+				  "the live owner's release answered %s: %s",
+				  idem_outcome_name(o), idem_errmsg(c->conn));
+		return 0;
+	}
+}
+
 static const char *const ttls[] = {"500ms", "1s", "2s"};
 static const char *const waits[] = {"0", "0", "100ms", "500ms"};
 
@@ -655,20 +693,7 @@ do_request(client *c, const char *key, int hashed)
 		sleep_ms(5 + rng_int(60));
 
 	if (rng_int(10) == 0)
-	{
-		o = idem_release(c->conn, key, &opts);
-		if (o == IDEM_FRESH)
-			event("released", key, uid, attempt, NULL, NULL);
-		else if (lost(c))
-			return reconnect(c, idem_sqlstate(c->conn), idem_errmsg(c->conn));
-		else if (lease_end > 0 && lease_refusal(o))
-			lease_refused(c, "lease_lost", "release", key, uid, attempt, o, lease_end);
-		else
-			event("violation", key, uid, attempt, idem_sqlstate(c->conn),
-				  "the live owner's release answered %s: %s",
-				  idem_outcome_name(o), idem_errmsg(c->conn));
-		return 0;
-	}
+		return release_key(c, key, &opts, uid, attempt, lease_end);
 
 	rc = commit_effect(c, key, &opts, uid, attempt, 0, lease_end);
 	if (rc >= 0)
@@ -720,6 +745,7 @@ do_probe(client *c, const char *key)
 {
 	char		hash[IDEM_HASH_SIZE];
 	idem_opts	opts = {NULL, NULL, "1s", "0"};
+	idem_record *rec = NULL;
 	idem_outcome o;
 
 	hash_of(hash, key, 1);
@@ -727,32 +753,29 @@ do_probe(client *c, const char *key)
 	/* logged first: a client killed before it logs the outcome leaves it
 	 * unfinished, and its reservation (if any) in flight with this hash */
 	event("probe", key, NULL, 0, NULL, NULL);
-	o = idem_reserve(c->conn, key, &opts, NULL);
+	o = idem_reserve(c->conn, key, &opts, &rec);
 	if (o == IDEM_MISMATCH)
 		event("mismatch", key, NULL, 0, idem_sqlstate(c->conn), "probe");
 	else if (o == IDEM_IN_FLIGHT)
 		event("in_flight", key, NULL, 0, idem_sqlstate(c->conn), "probe");
 	else if (o == IDEM_FRESH)
 	{
+		int64_t		lease_end = idem_record_lease_expires_at(rec);
+
 		/* the key was absent: give it back at once */
+		idem_record_free(rec);
 		event("probe_fresh", key, NULL, 0, NULL, NULL);
-		o = idem_release(c->conn, key, &opts);
-		if (o != IDEM_FRESH)
-		{
-			if (lost(c))
-				return reconnect(c, idem_sqlstate(c->conn), idem_errmsg(c->conn));
-			event("violation", key, NULL, 0, idem_sqlstate(c->conn),
-				  "probe release answered %s", idem_outcome_name(o));
-		}
+		return release_key(c, key, &opts, NULL, 0, lease_end);
 	}
 	else if (o == IDEM_REPLAY)
 	{
 		/* committed without a hash: nothing to differ from */
-		idem_record *rec = NULL;
 		char		got[300];
 		size_t		len;
 		const void *b;
 
+		idem_record_free(rec);
+		rec = NULL;
 		o = idem_get(c->conn, key, NULL, &rec);
 		b = rec ? idem_record_body(rec, &len) : NULL;
 		if (o == IDEM_REPLAY && !body_names(b, len, key, got, sizeof(got)))

@@ -253,27 +253,35 @@ check_eq "the effects' attempts match their handler runs' attempts" 0 \
 	"$(got "SELECT count(*) FROM soak_effects e JOIN soak_events v ON v.kind = 'fresh' AND v.uid = e.uid WHERE v.attempt <> e.attempt")"
 
 # Lease owners: when each one's lease ran out as far as it knew (its
-# reservation's lease_expires_at, then each renewal's).  When the latest
-# reservation of its key made before a fresh one was neither committed nor
-# released, the fresh one took it over (attempt + 1) or, once its ttl had
-# run out as well, started anew (attempt 1).  When that one was a lease
-# owner's, the new reservation's call must have returned after that lease
-# ran out.
+# reservation's lease_expires_at, then each renewal's).  A reservation is
+# a key's fresh events with one created_at (a lease owner that reserves
+# its own key again, e.g. after its release was lost with its connection,
+# gets it fresh again), made between its first call's created (the start
+# of the statement, which may then wait) and returned.  A lease owner's
+# reservation that was never committed nor released was given up only
+# when its lease ran out: no other reservation of its key may have been
+# made fresh after it and returned before that.
 q -c "CREATE TABLE soak_lease AS SELECT uid,
 	'epoch'::timestamptz + max(substring(detail FROM 'lease_end=(-?[0-9]+)')::bigint) * interval '1 microsecond' AS lease_end
 	FROM soak_events WHERE kind IN ('fresh', 'extended') AND detail LIKE '%lease_end=%' GROUP BY uid;
 	CREATE UNIQUE INDEX ON soak_lease (uid);
-	CREATE TABLE soak_takeover AS SELECT f.key, f.uid, f.attempt, f.created, f.returned, p.uid AS prev_uid, l.lease_end AS prev_lease_end
-	FROM soak_fresh f CROSS JOIN LATERAL (
-		SELECT p.uid FROM soak_fresh p
-		WHERE p.key = f.key AND p.created < f.created
-		ORDER BY p.created DESC LIMIT 1) p
-	LEFT JOIN soak_lease l ON l.uid = p.uid
-	WHERE NOT EXISTS (SELECT FROM soak_effects e WHERE e.uid = p.uid)
-	  AND NOT EXISTS (SELECT FROM soak_events r WHERE r.kind = 'released' AND r.uid = p.uid)" >/dev/null
+	CREATE TABLE soak_resv AS SELECT f.key, f.created, min(f.returned) AS returned,
+		min(f.attempt) AS attempt, string_agg(f.uid, ',') AS uids, max(l.lease_end) AS lease_end,
+		bool_or(EXISTS (SELECT FROM soak_effects e WHERE e.uid = f.uid)
+			 OR EXISTS (SELECT FROM soak_events r WHERE r.kind = 'released' AND r.uid = f.uid)) AS finished
+	FROM soak_fresh f LEFT JOIN soak_lease l USING (uid) GROUP BY f.key, f.created;
+	CREATE INDEX ON soak_resv (key, created);
+	ANALYZE soak_resv" >/dev/null
 check_eq "a lease owner's key was taken over (or made anew) only after its lease ran out" "" \
-	"$(got "SELECT string_agg(format('%s: %s (attempt %s, reserved %s .. %s) took over %s, whose lease ran until %s', key, uid, attempt, created, returned, prev_uid, prev_lease_end), E'\n')
-		FROM soak_takeover WHERE returned <= prev_lease_end")"
+	"$(got "SELECT string_agg(format('%s: %s (attempt %s, reserved %s .. %s) while %s (reserved %s .. %s, never committed nor released) held its lease until %s',
+			f.key, f.uids, f.attempt, f.created, f.returned, p.uids, p.created, p.returned, p.lease_end), E'\n')
+		FROM soak_resv f JOIN soak_resv p ON p.key = f.key AND p.created <> f.created AND p.returned < f.created
+		WHERE NOT p.finished AND p.lease_end IS NOT NULL AND f.returned <= p.lease_end")"
+# the takeovers of a lease owner's key: the attempt before was a lease's
+q -c "CREATE TABLE soak_takeover AS SELECT f.* FROM soak_resv f
+	WHERE f.attempt > 1 AND (SELECT p.lease_end IS NOT NULL FROM soak_resv p
+		WHERE p.key = f.key AND p.attempt = f.attempt - 1 AND p.returned < f.returned
+		ORDER BY p.returned DESC LIMIT 1)" >/dev/null
 
 violations=$(got "SELECT string_agg(format('%s slot %s gen %s key %s uid %s [%s] %s', kind, slot, gen, key, uid, sqlstate, detail), E'\n') FROM (SELECT * FROM soak_events WHERE kind = 'violation' LIMIT 20) v")
 if [[ -z $violations ]]; then
@@ -396,23 +404,23 @@ figures=$(got "SELECT format('%s operations (%s reserves: %s fresh of which %s t
 	(SELECT count(*) FROM soak_events WHERE kind = 'terminate'),
 	(SELECT count(*) FROM soak_events WHERE kind = 'conn_lost'))")
 echo "# ${elapsed}s: $figures"
-lease_figures=$(got "SELECT format('lease owners: %s lease reservations, %s renewals, %s stalls past the lease, %s kill -9 of a lease owner holding a key; %s takeovers of a lease owner''s key and %s new starts of one (each after its lease ran out), %s fenced commits, %s renewals or releases refused after the lease ran out, %s commits adopting an expired lease nobody took over',
+lease_figures=$(got "SELECT format('lease owners: %s lease reservations, %s renewals, %s stalls past the lease, %s kill -9 of a lease owner holding a key; %s takeovers of a lease owner''s key (each after its lease ran out), %s fenced commits, %s renewals or releases refused after the lease ran out, %s commits adopting an expired lease nobody took over, %s reservations fresh again to their owner',
 	(SELECT count(*) FROM soak_events WHERE kind = 'fresh' AND detail LIKE '%lease_end=%'),
 	(SELECT count(*) FROM soak_events WHERE kind = 'extended'),
 	(SELECT count(*) FROM soak_events WHERE kind = 'stall'),
 	(SELECT count(*) FROM soak_events WHERE kind = 'kill' AND detail LIKE '%owner=lease'),
-	(SELECT count(*) FROM soak_takeover WHERE prev_lease_end IS NOT NULL AND attempt > 1),
-	(SELECT count(*) FROM soak_takeover WHERE prev_lease_end IS NOT NULL AND attempt = 1),
+	(SELECT count(*) FROM soak_takeover),
 	(SELECT count(*) FROM soak_events WHERE kind = 'fenced'),
 	(SELECT count(*) FROM soak_events WHERE kind = 'lease_lost'),
-	(SELECT count(*) FROM soak_events s JOIN soak_effects e USING (uid) WHERE s.kind = 'stall'))")
+	(SELECT count(*) FROM soak_events s JOIN soak_effects e USING (uid) WHERE s.kind = 'stall'),
+	(SELECT count(*) - count(DISTINCT (key, created)) FROM soak_fresh))")
 echo "# $lease_figures"
 if ((SOAK_LEASE_PCT >= 10)); then
 	check_eq "lease owners reserved, renewed, stalled and had keys taken over" t \
 		"$(got "SELECT (SELECT count(*) FROM soak_events WHERE kind = 'fresh' AND detail LIKE '%lease_end=%') > 0
 			AND (SELECT count(*) FROM soak_events WHERE kind = 'extended') > 0
 			AND (SELECT count(*) FROM soak_events WHERE kind = 'stall') > 0
-			AND (SELECT count(*) FROM soak_takeover WHERE prev_lease_end IS NOT NULL AND attempt > 1) > 0")"
+			AND (SELECT count(*) FROM soak_takeover) > 0")"
 fi
 check_eq "some owners were killed, some backends terminated, some keys taken over" t \
 	"$(got "SELECT (SELECT count(*) FROM soak_events WHERE kind = 'kill') > 0 AND (SELECT count(*) FROM soak_events WHERE kind = 'terminate') > 0 AND (SELECT count(*) FROM soak_events WHERE kind = 'fresh' AND attempt > 1) > 0")"
