@@ -590,7 +590,10 @@ typedef int (*idem_handler_fn) (idem_response *resp, void *arg);
  * idem_reserve) and all get its response.  When the reservation is
  * lease-owned, the lease is renewed every third of its length while the
  * handler runs, from a thread with its own connection (see "Threads"),
- * stopped and joined when the handler returns.
+ * stopped and joined when the handler returns; except inside a
+ * transaction block of the application's (a wrapped PGconn after BEGIN),
+ * where nobody else sees the reservation before that transaction ends and
+ * the commit goes into the same transaction, so it needs no renewal.
  *
  *	IDEM_FRESH		the handler ran and its response was stored; *out holds
  *					it, exactly as a replay will return it

@@ -154,8 +154,15 @@ run_guarded(idem_conn *conn, const char *key, const idem_opts *opts,
 		resp->status = 200;
 	resp->attempt = rec->attempt;
 	resp->key = key;
+	/*
+	 * A reservation made inside the application's transaction block is
+	 * seen by nobody else until that transaction ends, and the commit
+	 * below goes into the same transaction: no one can take it over in
+	 * between, and a renewal from another connection would not even find
+	 * it (IK404, taken for a lost lease).  So it is not renewed.
+	 */
 	leased = rec->lease_expires_at != 0;
-	if (leased)
+	if (leased && PQtransactionStatus(conn->pg) == PQTRANS_IDLE)
 		renewing = idem__renew_start(conn, key, opts && opts->scope ?
 									 opts->scope : "", rec->attempt,
 									 rec->has_lease_left ?

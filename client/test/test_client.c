@@ -1320,6 +1320,7 @@ test_lease_renewal(void)
 	int64_t		first_end = 0,
 				last_end = 0;
 	double		t0;
+	idem_outcome o_tx;
 
 	/* a lease of 1 s, a handler of 2.5 s: renewed, never taken over */
 	memset(&ctx, 0, sizeof(ctx));
@@ -1378,6 +1379,38 @@ test_lease_renewal(void)
 		  "idem_step with a lease of 500 ms and a step of 1.2 s: renewed, attempt 1");
 	idem_record_free(rec);
 	idem_set_run_id(a, NULL);
+
+	/*
+	 * Inside the application's transaction nobody else sees the
+	 * reservation until COMMIT, and the runner commits in that same
+	 * transaction: no renewal, which would not find the row and take the
+	 * lease for lost.
+	 */
+	{
+		PGconn	   *pg = PQconnectdb("");
+		idem_conn  *w = idem_wrap(pg);
+		PGresult   *res;
+		const char *k = key_of("lease-in-tx");
+
+		memset(&ctx, 0, sizeof(ctx));
+		ctx.sleep_ms = 900;
+		idem_set_lease(w, "600ms");
+		PQclear(PQexec(pg, "BEGIN"));
+		o_tx = idem_run(w, k, NULL, lease_handler, &ctx, &rec);
+		res = PQexec(pg, "COMMIT");
+		CHECK(o_tx == IDEM_FRESH && !ctx.saw_lost && ctx.runs == 1 &&
+			  PQresultStatus(res) == PGRES_COMMAND_OK,
+			  "inside a transaction block, a lease of 600 ms and a handler of "
+			  "900 ms: fresh, never taken for lost (%s)", idem_errmsg(w));
+		PQclear(res);
+		idem_record_free(rec);
+		CHECK(idem_get(b, k, NULL, &rec) == IDEM_REPLAY &&
+			  body_is(rec, "attempt 1", 9),
+			  "and committed with the transaction");
+		idem_record_free(rec);
+		idem_free(w);
+		PQfinish(pg);
+	}
 
 	idem_free(a);
 	idem_free(b);

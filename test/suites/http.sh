@@ -12,7 +12,12 @@
 # Authorization reach the first client only and are never stored or
 # replayed; keys are scoped by tenant; and after `kill -9` of the service in
 # the middle of a request, a retry makes the charge once and the email is
-# sent once to the counting mail API.
+# sent once to the counting mail API.  Then the same service behind
+# PgBouncer in transaction mode with a pool of 3 (test/pgbouncer.sh), once
+# with --lease 10s and once with no option (libidem sees the proxy and
+# takes a lease by itself): 20 concurrent POST /emails and 20 concurrent
+# POST /charges with one key each send one mail and make one row, and
+# answer 20 identical responses.
 
 # shellcheck source=../lib.sh
 . "$(dirname "$0")/../lib.sh"
@@ -24,6 +29,7 @@ SVC_PID=
 SINK_PID=
 SVC2_PID=
 DB=
+BOUNCER=
 
 cleanup()
 {
@@ -34,6 +40,9 @@ cleanup()
 			{ wait "$pid"; } 2>/dev/null
 		fi
 	done
+	if [[ -n $BOUNCER ]]; then
+		bash "$IDEM_ROOT/test/pgbouncer.sh" stop "$BOUNCER" >/dev/null 2>&1
+	fi
 	if [[ -n $DB ]]; then
 		psql_q -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1
 	fi
@@ -533,6 +542,127 @@ fi
 
 check_eq "the mail API over the whole run: 3 emails sent for 3 keys, 4 calls" \
 	'{"calls": 4, "sent": 3, "keys": 3}' "$(sink /stats)"
+
+# ---- behind a transaction pooler ------------------------------------------------
+
+# burst NAME PATH KEY BODY [CURL ARGS...]: 20 concurrent identical requests
+# (the one that runs sleeps in its handler, so the others arrive while it
+# is in flight); then checks that all 20 got the same status, the same
+# headers (but Date and Idempotent-Replayed) and the same body, byte for
+# byte, and that 19 were replays.  WHAT describes the run in the checks.
+burst()
+{
+	local name=$1 path=$2 key=$3 body=$4 i same=1 nrep=0 statuses
+	shift 4
+	local pids=()
+	for i in $(seq 1 20); do
+		req "$name.$i" POST "$path" -H "Idempotency-Key: $key" -H "X-Tenant: acme" \
+			"$@" -d "$body" >"$T/$name.$i.status" &
+		pids+=($!)
+	done
+	wait "${pids[@]}"
+	statuses=$(for i in $(seq 1 20); do printf "%s\n" "$(<"$T/$name.$i.status")"; done |
+		sort | uniq -c | awk '{print $1 "x" $2}')
+	BURST_STATUS=$statuses
+	canon "$name.1" >"$T/$name.canon"
+	for i in $(seq 2 20); do
+		if ! canon "$name.$i" | cmp -s - "$T/$name.canon"; then
+			same=0
+			echo "# $WHAT: response $i differs:"
+			diff <(canon "$name.$i") "$T/$name.canon" | sed 's/^/#   /'
+		fi
+	done
+	for i in $(seq 1 20); do replayed "$name.$i" && nrep=$((nrep + 1)); done
+	if ((same)) && ((nrep == 19)); then
+		ok "$WHAT: 20 identical responses (status, headers but Date and Idempotent-Replayed, body byte for byte), 19 of them replays"
+	else
+		fail "$WHAT: 20 identical responses, 19 replays" "$nrep replays" "$(tail -n 5 "$T/service.err")"
+	fi
+}
+
+# bouncer_xacts: transactions PgBouncer has run for the suite's database
+bouncer_xacts()
+{
+	psql -XAtq -F ' ' -h "$BOUNCER_HOST" -p "$BOUNCER_PORT" -U postgres -d pgbouncer -c 'SHOW STATS' |
+		awk -v db="$DB" '$1 == db { print $2 }'
+}
+
+if [[ ! -x /usr/sbin/pgbouncer ]]; then
+	skip "the service behind PgBouncer in transaction mode" "pgbouncer is not installed"
+elif ! out=$(bash "$IDEM_ROOT/test/pgbouncer.sh" start "$T/pgbouncer" transaction 3 2>&1); then
+	fail "PgBouncer starts in transaction mode with a pool of 3 (test/pgbouncer.sh)" "$out"
+else
+	BOUNCER=$T/pgbouncer
+	BOUNCER_HOST=$(. "$BOUNCER/env" && printf '%s' "$PGHOST")
+	BOUNCER_PORT=$(. "$BOUNCER/env" && printf '%s' "$PGPORT")
+	ok "PgBouncer runs in transaction mode with a pool of 3 on port $BOUNCER_PORT"
+	SVC_MAIN_PID=$SVC_PID
+	SVC_MAIN_PORT=$SVC_PORT
+	for lease in 10s auto; do
+		if [[ $lease == auto ]]; then
+			args=()
+			how="no --lease (detected proxy)"
+		else
+			args=(--lease "$lease")
+			how="--lease $lease"
+		fi
+		if ! start_service 0 --dsn "host=$BOUNCER_HOST port=$BOUNCER_PORT" "${args[@]}"; then
+			fail "the service starts through PgBouncer with $how" "$(tail -n 5 "$T/service.err")"
+			continue
+		fi
+		SVC2_PID=$SVC_PID
+		xacts=$(bouncer_xacts)
+
+		# autocommit: the waiters wait in slices, the pool's connections
+		# are free between them, so the owner can renew and commit
+		key=$P-pooled-mail-$lease
+		dk=$(downstream_key acme "$key")
+		WHAT="through PgBouncer (pool of 3), $how, 20 concurrent POST /emails"
+		burst "pm-$lease" /emails "$key" '{"to": "pool@example.com", "subject": "Pooled"}' \
+			-H "X-Test-Sleep-Ms: 1500" -H "X-Test-Sleep-At: after-step"
+		check_eq "$WHAT: all 202" "20x202" "$BURST_STATUS"
+		check_eq "$WHAT: the mail API was called once and sent one mail" "1 1" \
+			"$(sink_calls "$dk") $(sink_sent "$dk")"
+		check_eq "$WHAT: the key is committed once, attempt 1" "committed|202|1" \
+			"$(psql_q -c "SELECT state, status, attempt FROM idem_get('$key', 'acme')")"
+
+		# one transaction per request: reserve, insert, store, COMMIT
+		key=$P-pooled-charge-$lease
+		WHAT="through PgBouncer (pool of 3), $how, 20 concurrent POST /charges"
+		burst "pc-$lease" /charges "$key" '{"amount": 1500, "currency": "usd", "description": "pooled"}' \
+			-H "X-Test-Sleep-Ms: 1000"
+		check_eq "$WHAT: all 201" "20x201" "$BURST_STATUS"
+		check_eq "$WHAT: one charge row" 1 "$(rows acme "$key")"
+
+		if [[ $lease == 10s ]]; then
+			# a charge's handler running past a third of its lease: the
+			# reservation lives in the request's transaction, where nobody
+			# else sees it, so it is not renewed (a renewal from another
+			# connection would not find it and take the lease for lost)
+			key=$P-pooled-long
+			s=$(req plong POST /charges -H "Idempotency-Key: $key" -H "X-Tenant: acme" \
+				-H "X-Test-Sleep-Ms: 4000" -d '{"amount": 77, "currency": "usd"}')
+			check_eq "through PgBouncer, --lease 10s: a charge whose handler runs 4 s (past a third of the lease) is made: 201, one row" \
+				"201 1" "$s $(rows acme "$key")"
+		fi
+
+		after=$(bouncer_xacts)
+		if [[ -n $after ]] && ((after - ${xacts:-0} >= 40)); then
+			ok "the requests went through PgBouncer ($((after - ${xacts:-0})) transactions)"
+		else
+			fail "the requests went through PgBouncer" "SHOW STATS: ${xacts:-none} before, ${after:-none} after"
+		fi
+		kill -TERM "$SVC2_PID"
+		wait "$SVC2_PID"
+		check_eq "the service through PgBouncer ($how) stops on SIGTERM with exit 0" 0 "$?"
+		SVC2_PID=
+	done
+	SVC_PID=$SVC_MAIN_PID
+	SVC_PORT=$SVC_MAIN_PORT
+	BASE=http://127.0.0.1:$SVC_PORT
+	bash "$IDEM_ROOT/test/pgbouncer.sh" stop "$BOUNCER" >/dev/null 2>&1
+	BOUNCER=
+fi
 
 # ---- stop -----------------------------------------------------------------------
 
