@@ -6,21 +6,39 @@
 #                                what `make deb` runs), install them, test
 #   test/package.sh --no-build   use the .deb files already in build/deb
 #
-# Installs postgresql-15-idempotency, libidem1, libidem-dev and idem-tools
-# from the built .deb files into this machine (apt-get install ./x.deb, as
-# root or through sudo), checks that the installed files are the packages'
-# (dpkg -S, dpkg --verify), starts a throwaway cluster with the extension
-# preloaded (test/cluster.sh; under test/tmp/package/), runs CREATE
-# EXTENSION and a reserve / commit / replay in SQL, compiles a small C
-# program against the -dev package with `pkg-config --cflags --libs libidem`
-# (and once more against the static library) and runs it on the cluster,
-# and runs the idem tool.  Ends with "N passed, M failed"; exit 1 when M > 0.
+# Runs the steps of the README's Installation section as written there:
+#
+#   1. `apt install ./build/deb/*.deb` (as root or through sudo): the four
+#      packages postgresql-15-idempotency, libidem1, libidem-dev and
+#      idem-tools, and their -dbgsym packages; then checks that the
+#      installed files are the packages' (dpkg -S, dpkg --verify);
+#   2. a Debian cluster of its own (pg_createcluster, with its
+#      configuration under test/tmp/package/etc through
+#      PG_CLUSTER_CONF_ROOT, its data, log and socket directory beside it,
+#      no TCP port, trust authentication), started without preloading;
+#      `CREATE EXTENSION idempotency`: the functions work, the counters
+#      are not available yet;
+#   3. `pg_conftool 15 <cluster> set shared_preload_libraries idempotency`,
+#      `pg_ctlcluster 15 <cluster> restart`: `counters_available = t`, the
+#      purge worker runs, and a lease waiter is woken by the owner's commit
+#      (well before the one-second re-look that would stand in for a lost
+#      wake-up);
+#   4. the roles: what PUBLIC may call, what needs `GRANT pg_monitor` or
+#      `GRANT EXECUTE`;
+#   5. the upgrade: `CREATE EXTENSION idempotency VERSION '1.1'`, then
+#      `ALTER EXTENSION idempotency UPDATE` to the package's version.
+#
+# Then a reserve / commit / replay in SQL, a small C program compiled
+# against the -dev package with `pkg-config --cflags --libs libidem` (and
+# once more against the static library) and run on the cluster, and the
+# idem tool.  Ends with "N passed, M failed"; exit 1 when M > 0.
 #
 # The packages install into the same directories as `make install` of the
 # extension and overwrite what it put there (the client that `make install`
 # puts under /usr/local stays; the C checks make sure they use the
-# package's header and libraries, not those).  At the end the packages are
-# purged and `make install` runs again at the top of the repository, so
+# package's header and libraries, not those).  At the end the cluster is
+# dropped, the packages are purged and `make install` (the README's
+# installation from source) runs again at the top of the repository, so
 # that the other suites find the extension of the work tree as before
 # (KEEP_PACKAGES=1 leaves the packages installed instead).
 #
@@ -33,7 +51,10 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT=${DEB_OUT:-$ROOT/build/deb}
 PG_MAJOR=${PG_MAJOR:-15}
 TMP=$ROOT/test/tmp/package
-CLUSTER=$TMP/cluster
+# the Debian cluster of the test: its name, and its configuration kept
+# apart from /etc/postgresql
+PG_CLUSTER=pkgtest
+CONF_ROOT=$TMP/etc
 MA=$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || gcc -print-multiarch)
 EXT_PKG=postgresql-$PG_MAJOR-idempotency
 PACKAGES=("$EXT_PKG" libidem1 libidem-dev idem-tools)
@@ -124,24 +145,54 @@ installed_version()
 		sed -n 's/^installed //p'
 }
 
+# every package this test may install: the four, their -dbgsym packages,
+# and (once known) whatever else build/deb holds
+all_packages=("${PACKAGES[@]}" "${PACKAGES[@]/%/-dbgsym}")
+
+add_package()
+{
+	local p
+	for p in "${all_packages[@]}"; do
+		[[ $p != "$1" ]] || return 0
+	done
+	all_packages+=("$1")
+}
+
+# the installed ones of all_packages
+installed_packages()
+{
+	local pkg
+	for pkg in "${all_packages[@]}"; do
+		[[ -z $(installed_version "$pkg") ]] || printf '%s\n' "$pkg"
+	done
+}
+
+# cluster CMD ARGS...: a postgresql-common command (pg_createcluster,
+# pg_ctlcluster, pg_conftool, pg_dropcluster) on the test's own clusters
+cluster()
+{
+	PG_CLUSTER_CONF_ROOT=$CONF_ROOT "$@"
+}
+
 restore()
 {
-	if [[ -e $CLUSTER ]]; then
-		bash "$ROOT/test/cluster.sh" stop "$CLUSTER" >/dev/null 2>&1 || true
+	if [[ -d $CONF_ROOT/$PG_MAJOR/$PG_CLUSTER ]]; then
+		cluster pg_dropcluster --stop "$PG_MAJOR" "$PG_CLUSTER" >"$TMP/dropcluster.log" 2>&1 ||
+			note "pg_dropcluster --stop $PG_MAJOR $PG_CLUSTER failed: see $TMP/dropcluster.log"
 	fi
 	if [[ ${KEEP_PACKAGES:-0} == 1 ]]; then
 		note "KEEP_PACKAGES=1: the packages stay installed"
 	else
-		local pkg installed=()
-		for pkg in "${PACKAGES[@]}"; do
-			[[ -z $(installed_version "$pkg") ]] || installed+=("$pkg")
-		done
+		local installed=()
+		mapfile -t installed < <(installed_packages)
 		if ((${#installed[@]} > 0)); then
 			"${sudo[@]}" dpkg --purge "${installed[@]}" >"$TMP/purge.log" 2>&1 ||
 				note "dpkg --purge ${installed[*]} failed: see $TMP/purge.log"
 		fi
-		# the other suites use the extension of the work tree
-		if make -C "$ROOT" install >"$TMP/make-install.log" 2>&1; then
+		# the other suites use the extension of the work tree: the README's
+		# installation from source, `make && sudo make install`
+		if make -C "$ROOT" >"$TMP/make-install.log" 2>&1 &&
+			"${sudo[@]}" make -C "$ROOT" install >>"$TMP/make-install.log" 2>&1; then
 			note "purged the packages; make install put the work tree's extension back"
 		else
 			note "purged the packages; make install failed (see $TMP/make-install.log):" \
@@ -186,6 +237,14 @@ if ((${#missing[@]} > 0)); then
 	exit 1
 fi
 ok "the four packages of version $version are in $OUT"
+
+# The README installs every .deb of build/deb (the four and their -dbgsym
+# packages): so does this test.
+debs=("$OUT"/*.deb)
+for f in "${debs[@]}"; do
+	add_package "$(dpkg-deb -f "$f" Package)"
+done
+note "installing ${#debs[@]} .deb files: $(printf '%s ' "${debs[@]##*/}")"
 
 # The Debian version follows the extension's: default_version 1.1 goes with
 # 1.1.0 (or 1.1.0-N); a bump of the control file needs a changelog entry.
@@ -233,30 +292,28 @@ done
 ((${#made[@]} == 0)) || note "make install had put ${made[*]}: the packages replace them"
 
 # A run before this one may have left the packages installed: start clean.
-old=()
-for pkg in "${PACKAGES[@]}"; do
-	[[ -z $(installed_version "$pkg") ]] || old+=("$pkg")
-done
+mapfile -t old < <(installed_packages)
 if ((${#old[@]} > 0)); then
 	"${sudo[@]}" dpkg --purge "${old[@]}" >/dev/null 2>&1 || true
 fi
 
 trap restore EXIT
 
+# the README's command: apt install ./build/deb/*.deb (-y: nobody answers)
 install_debs()
 {
 	local log=$TMP/apt-install.log
-	if "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y \
-		--no-install-recommends "${debs[@]}" >"$log" 2>&1; then
+	if "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt install -y "${debs[@]}" \
+		>"$log" 2>&1; then
 		return 0
 	fi
 	# dependencies from the archive with stale package lists
 	"${sudo[@]}" apt-get update >>"$log" 2>&1
-	"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y \
-		--no-install-recommends "${debs[@]}" >>"$log" 2>&1 || { cat "$log"; return 1; }
+	"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt install -y "${debs[@]}" \
+		>>"$log" 2>&1 || { cat "$log"; return 1; }
 }
 
-if ! check "apt-get install ./the four .deb files" install_debs; then
+if ! check "apt install ./build/deb/*.deb" install_debs; then
 	finish
 	exit 1
 fi
@@ -292,20 +349,117 @@ check "dpkg --verify: the installed files match the packages" \
 	bash -c '[[ -z $(dpkg --verify "$@" 2>&1) ]] || { dpkg --verify "$@" 2>&1; exit 1; }' \
 	_ "${PACKAGES[@]}"
 
-# ---- the extension, from the package ----------------------------------
+# ---- the README's Installation steps, on a Debian cluster --------------
 
-if ! check "a throwaway cluster with shared_preload_libraries = idempotency starts" \
-	env CLUSTER_OPTS="shared_preload_libraries='idempotency'" \
-	bash "$ROOT/test/cluster.sh" start "$CLUSTER"; then
+# A cluster of its own, as `pg_createcluster 15 main` makes on a new
+# server, but with its configuration, data, log and unix socket under
+# $TMP, no TCP port, and trust authentication; started without preloading.
+mkdir -p "$TMP/sock"
+cluster_owner=$(id -un)
+[[ $(id -u) -ne 0 ]] || cluster_owner=postgres
+if [[ $(id -u) -eq 0 ]]; then
+	chown "$cluster_owner:" "$TMP/sock"
+fi
+if ! check "pg_createcluster $PG_MAJOR $PG_CLUSTER (configuration in $CONF_ROOT)" \
+	cluster pg_createcluster --quiet -u "$cluster_owner" -d "$TMP/data" \
+	-l "$TMP/postgresql.log" -s "$TMP/sock" -p 5432 -o listen_addresses= \
+	-o fsync=off --start "$PG_MAJOR" "$PG_CLUSTER" -- --auth=trust; then
 	finish
 	exit 1
 fi
-# shellcheck disable=SC1091
-. "$CLUSTER/env"
+export PGHOST=$TMP/sock PGPORT=5432 PGUSER=postgres PGDATABASE=postgres
+unset PGSERVICE PGHOSTADDR
 
+# CREATE EXTENSION works without preloading; the counters are not there yet
 check "CREATE EXTENSION idempotency" psql_q -c 'CREATE EXTENSION idempotency'
 check_eq "the installed extension is version $ext_version" "$ext_version" \
 	"$(psql_q -c "SELECT extversion FROM pg_extension WHERE extname = 'idempotency'" 2>&1)"
+check_eq "not preloaded: counters_available = f" "f" \
+	"$(psql_q -c 'SELECT counters_available FROM idem_stats' 2>&1)"
+
+# shared_preload_libraries, as the README sets it on Debian
+check "pg_conftool $PG_MAJOR $PG_CLUSTER set shared_preload_libraries idempotency" \
+	cluster pg_conftool "$PG_MAJOR" "$PG_CLUSTER" set shared_preload_libraries idempotency
+check "pg_ctlcluster $PG_MAJOR $PG_CLUSTER restart" \
+	cluster pg_ctlcluster "$PG_MAJOR" "$PG_CLUSTER" restart
+check_eq "preloaded: counters_available = t" "t" \
+	"$(psql_q -c 'SELECT counters_available FROM idem_stats' 2>&1)"
+check_eq "preloaded: the purge worker runs, idem.purge_interval is 60s" "1|1min" \
+	"$(psql_q -c "SELECT count(*) FROM pg_stat_activity
+	               WHERE backend_type = 'idempotency purge worker'" \
+		-c 'SHOW idem.purge_interval' 2>&1 | paste -sd'|')"
+
+# A lease waiter, woken by the owner's commit (made from another session,
+# with the owner token): it gets the stored response at once.  Without a
+# wake-up a waiter would look again only after up to a second; three
+# rounds in under half a second each leave little room for luck.
+lease_waiter()
+{
+	local key=pkg-lease-$1 token i n t0 t1 got
+	token=$(psql_q -c "SELECT owner FROM idem_reserve('$key', lease => '30s')") ||
+		return 1
+	psql_q -c "SELECT fresh, status, convert_from(body, 'UTF8')
+	             FROM idem_reserve('$key', wait_timeout => '20s')" \
+		>"$TMP/waiter.out" 2>&1 &
+	local waiter=$!
+	for i in $(seq 200); do
+		n=$(psql_q -c "SELECT count(*) FROM pg_stat_activity
+		                WHERE wait_event_type = 'Extension'
+		                  AND query LIKE '%$key%' AND pid <> pg_backend_pid()")
+		[[ $n != 1 ]] || break
+		sleep 0.05
+	done
+	if [[ $n != 1 ]]; then
+		wait "$waiter"
+		echo "the waiter did not wait: $(cat "$TMP/waiter.out")"
+		return 1
+	fi
+	t0=$(date +%s%N)
+	psql_q -c "SELECT idem_commit('$key', NULL, 200, 'woken'::bytea, owner => '$token')" \
+		>/dev/null || return 1
+	wait "$waiter"
+	t1=$(date +%s%N)
+	got=$(cat "$TMP/waiter.out")
+	echo "$got in $(((t1 - t0) / 1000000)) ms"
+	[[ $got == 'f|200|woken' && $((t1 - t0)) -lt 500000000 ]]
+}
+for round in 1 2 3; do
+	check "a lease waiter is woken by the owner's commit (round $round, < 500 ms)" \
+		lease_waiter "$round"
+done
+check_eq "the waits are counted" "t" \
+	"$(psql_q -c 'SELECT waits >= 3 FROM idem_stats' 2>&1)"
+
+# The roles, as the README grants them: PUBLIC may reserve and commit;
+# idem_stats needs pg_monitor; an operator function needs GRANT EXECUTE.
+psql_q -c 'CREATE ROLE app LOGIN' -c 'CREATE ROLE ops LOGIN' >/dev/null 2>&1
+check_eq "as a role with no grant: reserve and commit" $'t\nt' \
+	"$(PGUSER=app psql_q -c "SELECT fresh FROM idem_reserve('pkg-role')" \
+		-c "SELECT idem_commit('pkg-role', NULL, 200, 'ok'::bytea)" 2>&1)"
+check_eq "as a role with no grant: idem_stats and idem_evict are refused" \
+	$'42501\n42501' \
+	"$(for q in 'SELECT * FROM idem_stats' "SELECT idem_evict('pkg-role')"; do
+		PGUSER=ops "$PG_BIN/psql" -XAtq -v ON_ERROR_STOP=1 -v VERBOSITY=verbose \
+			-c "$q" 2>&1 | sed -n 's/^ERROR:  \([0-9A-Z]\{5\}\):.*/\1/p'
+	done)"
+check "GRANT pg_monitor TO ops; GRANT EXECUTE ON FUNCTION idem_evict(text, text) TO ops" \
+	psql_q -c 'GRANT pg_monitor TO ops' \
+	-c 'GRANT EXECUTE ON FUNCTION idem_evict(text, text) TO ops'
+check_eq "then ops reads idem_stats and evicts" $'t\nt' \
+	"$(PGUSER=ops psql_q -c 'SELECT counters_available FROM idem_stats' \
+		-c "SELECT idem_evict('pkg-role')" 2>&1)"
+
+# The upgrade, as the README runs it once the new package is installed
+check_eq "CREATE EXTENSION idempotency VERSION '1.1', then ALTER EXTENSION idempotency UPDATE" \
+	"1.1 $ext_version" \
+	"$(psql_q -c 'CREATE DATABASE pkg_upgrade' &&
+		PGDATABASE=pkg_upgrade psql_q -c "CREATE EXTENSION idempotency VERSION '1.1'" \
+			-c "SELECT extversion FROM pg_extension WHERE extname = 'idempotency'" \
+			-c 'ALTER EXTENSION idempotency UPDATE' \
+			-c "SELECT extversion FROM pg_extension WHERE extname = 'idempotency'" 2>&1 |
+		paste -sd' ')"
+
+# ---- the extension, from the package ----------------------------------
 
 sql_out=$(psql_q 2>&1 <<'SQL'
 SELECT fresh, state, attempt
