@@ -83,6 +83,9 @@ for r in $(seq 1 "$ROUNDS"); do
 			echo "round $r: $w on $t: $v tps"
 		done
 	done
+	v=$(run_one coord replay_delegated)
+	tps[delegated,coord]="${tps[delegated,coord]:-} $v"
+	echo "round $r: replay, shard function called directly, on coord: $v tps"
 done
 
 median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
@@ -102,5 +105,12 @@ median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print (NR % 2) 
 			"$([[ $w == fresh ]] && echo 'reserve + commit, new keys (lease)' || echo 'replay of a committed key')" \
 			"$s" "$c" "$(echo "$c / $s" | bc -l)"
 	done
+	s=$(median <<<"${tps[replay,single]}")
+	c=$(median <<<"${tps[delegated,coord]}")
+	printf '| %s | %.0f | %.0f | %.2f |\n' \
+		"replay, the distributed shard function called directly (Citus delegation alone)" \
+		"$s" "$c" "$(echo "$c / $s" | bc -l)"
+	echo
+	echo "Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg) (other work was running on the machine)."
 } >"$OUT"
 cat "$OUT"
