@@ -104,7 +104,7 @@ _PG_init(void)
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("idem.purge_delay",
-							"Pause of idem_purge and the purge worker after each 1000 records deleted.",
+							"Pause of idem_purge and the purge workers after each 1000 records deleted.",
 							"Spreads a large purge over time so that it takes less from concurrent requests, as vacuum_cost_delay does for VACUUM.",
 							&idem_purge_delay,
 							5, 0, 1000,
@@ -131,15 +131,15 @@ _PG_init(void)
 	if (process_shared_preload_libraries_in_progress)
 	{
 		DefineCustomIntVariable("idem.purge_interval",
-								"Seconds between two runs of the purge worker.",
-								"The worker runs only when idempotency is in shared_preload_libraries; 0 stops it.",
+								"Seconds between two rounds of the purge workers.",
+								"Each round purges every database where the extension is installed, or the one idem.purge_database names. The workers run only when idempotency is in shared_preload_libraries; 0 stops them.",
 								&idem_purge_interval,
 								60, 0, 7 * 24 * 60 * 60,
 								PGC_SIGHUP, GUC_UNIT_S,
 								NULL, NULL, NULL);
 
 		DefineCustomIntVariable("idem.purge_batch_size",
-								"Records the purge worker deletes per transaction.",
+								"Records a purge worker deletes per transaction.",
 								NULL,
 								&idem_purge_batch_size,
 								1000, 1, 1000000,
@@ -147,12 +147,20 @@ _PG_init(void)
 								NULL, NULL, NULL);
 
 		DefineCustomStringVariable("idem.purge_database",
-								   "Database whose expired keys the purge worker deletes.",
-								   NULL,
+								   "The only database the purge workers purge; empty for every database.",
+								   "Empty: every database that allows connections, templates excepted, where the extension is installed. A name: that database only, a template too.",
 								   &idem_purge_database,
-								   "postgres",
-								   PGC_POSTMASTER, 0,
+								   "",
+								   PGC_SIGHUP, 0,
 								   NULL, NULL, NULL);
+
+		DefineCustomIntVariable("idem.purge_max_workers",
+								"Purge workers running at the same time, one per database.",
+								"Each takes a background worker slot (max_worker_processes) while it runs, besides the one of the purge launcher.",
+								&idem_purge_max_workers,
+								2, 1, 1024,
+								PGC_SIGHUP, 0,
+								NULL, NULL, NULL);
 
 		idem_stats_init();
 		idem_wake_shmem_init();

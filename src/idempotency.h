@@ -122,10 +122,11 @@ typedef enum IdemCounter
 extern void idem_stats_init(void);
 extern void idem_count(IdemCounter counter, uint64 n);
 
-/* idem_worker.c */
-extern char *idem_purge_database;
-extern int	idem_purge_interval;
+/* idem_worker.c: the purge launcher and its purge workers */
+extern char *idem_purge_database;	/* "" = every database */
+extern int	idem_purge_interval;	/* seconds */
 extern int	idem_purge_batch_size;
+extern int	idem_purge_max_workers;
 extern void idem_worker_register(void);
 
 /* idem_args.c: arguments of the SQL-callable functions */

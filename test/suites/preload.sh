@@ -3,8 +3,9 @@
 # preload.sh: the extension in shared_preload_libraries, on a cluster of
 # this suite's own: the counters behind idem_stats move as the calls say,
 # idem_stats_reset zeroes them, and the purge worker deletes expired keys
-# within two intervals.  Also measures what the worker costs concurrent
-# reserves (reported, never a gate).
+# within two intervals in the database idem.purge_database names (every
+# database: purge_launcher.sh).  Also measures what the worker costs
+# concurrent reserves (reported, never a gate).
 #
 . "$(dirname "$0")/../lib.sh"
 
@@ -17,7 +18,7 @@ CLUSTER_OPTS="shared_preload_libraries=idempotency idem.purge_interval=1s idem.p
 	{ fail "start a preloaded cluster"; finish; exit 1; }
 # shellcheck disable=SC1091
 . "$dir/env"
-# the worker purges the database "postgres"
+# the purge worker purges the database "postgres" only
 export PGDATABASE=postgres
 psql_q -c 'CREATE EXTENSION idempotency'
 
@@ -91,8 +92,8 @@ check_eq "the purge worker deleted all 2000 expired keys" 0 "$left"
 # ttl 1s + two intervals of 1s
 check_eq "within two intervals after expiry (${elapsed}s)" 1 "$(echo "$elapsed <= 3.5" | bc)"
 check_eq "purged records are counted" t "$(counter 'purged >= 2000')"
-check_eq "the worker shows in pg_stat_activity" 1 \
-	"$(psql_q -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'idempotency purge worker'")"
+check_eq "the purge launcher shows in pg_stat_activity" 1 \
+	"$(psql_q -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'idempotency purge launcher'")"
 
 # what the worker costs concurrent reserves: pgbench reserve+commit with
 # 100k keys expiring meanwhile, worker on vs off (reported only)
