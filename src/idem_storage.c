@@ -1040,6 +1040,36 @@ owner_values(const IdemOwner *owner, Datum *values, bool *nulls)
 	}
 }
 
+/* The five owner parameters of Q_INSERT and Q_RENEW, from values[0] on */
+static void
+owner_params(const IdemOwner *owner, Datum *values, char *nulls)
+{
+	Datum		ov[lengthof(key_columns)];
+	bool		on[lengthof(key_columns)];
+
+	owner_values(owner, ov, on);
+	for (int i = 0; i < 5; i++)
+	{
+		values[i] = ov[Anum_owner_pid - 1 + i];
+		nulls[i] = on[Anum_owner_pid - 1 + i] ? 'n' : ' ';
+	}
+}
+
+/* Runs a write of one record; returns whether it hit one row */
+static bool
+write_one(KeyTable *t, StorageQuery q, Datum *values, const char *nulls,
+		  int expected)
+{
+	StorageCall call;
+	bool		done;
+
+	storage_begin(&call);
+	run(t, q, values, nulls, false, expected);
+	done = (SPI_processed == 1);
+	storage_end(&call);
+	return done;
+}
+
 /*
  * idem_storage_insert through the executor, which maintains every index and
  * fires every trigger.
@@ -1049,12 +1079,8 @@ insert_by_query(KeyTable *t, const IdemKey *k, const char *request_hash,
 				const Interval *ttl, TimestampTz now, TimestampTz expires_at,
 				const IdemOwner *owner)
 {
-	StorageCall call;
 	Datum		values[11];
 	char		nulls[11] = "           ";
-	Datum		ovalues[lengthof(key_columns)];
-	bool		onulls[lengthof(key_columns)];
-	bool		done;
 
 	values[0] = text_datum(k->scope, k->scope_len);
 	values[1] = text_datum(k->key, k->key_len);
@@ -1065,21 +1091,8 @@ insert_by_query(KeyTable *t, const IdemKey *k, const char *request_hash,
 	values[3] = IntervalPGetDatum(ttl);
 	values[4] = TimestampTzGetDatum(now);
 	values[5] = TimestampTzGetDatum(expires_at);
-
-	storage_begin(&call);
-	owner_values(owner, ovalues, onulls);
-	for (int i = 0; i < 5; i++)
-	{
-		int			col = Anum_owner_pid - 1 + i;
-
-		values[6 + i] = ovalues[col];
-		if (onulls[col])
-			nulls[6 + i] = 'n';
-	}
-	run(t, Q_INSERT, values, nulls, false, SPI_OK_INSERT);
-	done = (SPI_processed == 1);
-	storage_end(&call);
-	return done;
+	owner_params(owner, values + 6, nulls + 6);
+	return write_one(t, Q_INSERT, values, nulls, SPI_OK_INSERT);
 }
 
 /*
@@ -1155,13 +1168,9 @@ idem_storage_renew(const IdemKey *k, const char *request_hash, int32 attempt,
 				   const Interval *ttl, TimestampTz now,
 				   TimestampTz expires_at, const IdemOwner *owner)
 {
-	StorageCall call;
 	KeyTable   *t = local_table(k);
 	Datum		values[12];
 	char		nulls[12] = "            ";
-	Datum		ovalues[lengthof(key_columns)];
-	bool		onulls[lengthof(key_columns)];
-	bool		done;
 
 	values[0] = text_datum(k->scope, k->scope_len);
 	values[1] = text_datum(k->key, k->key_len);
@@ -1173,21 +1182,8 @@ idem_storage_renew(const IdemKey *k, const char *request_hash, int32 attempt,
 	values[4] = IntervalPGetDatum(ttl);
 	values[5] = TimestampTzGetDatum(now);
 	values[6] = TimestampTzGetDatum(expires_at);
-
-	storage_begin(&call);
-	owner_values(owner, ovalues, onulls);
-	for (int i = 0; i < 5; i++)
-	{
-		int			col = Anum_owner_pid - 1 + i;
-
-		values[7 + i] = ovalues[col];
-		if (onulls[col])
-			nulls[7 + i] = 'n';
-	}
-	run(t, Q_RENEW, values, nulls, false, SPI_OK_UPDATE);
-	done = (SPI_processed == 1);
-	storage_end(&call);
-	return done;
+	owner_params(owner, values + 7, nulls + 7);
+	return write_one(t, Q_RENEW, values, nulls, SPI_OK_UPDATE);
 }
 
 /*
@@ -1200,11 +1196,9 @@ idem_storage_commit(const IdemKey *k, const char *request_hash,
 					bool status_null, int32 status, Jsonb *headers,
 					bytea *body, TimestampTz now, TimestampTz expires_at)
 {
-	StorageCall call;
 	KeyTable   *t = local_table(k);
 	Datum		values[9];
 	char		nulls[9] = "         ";
-	bool		done;
 
 	values[0] = text_datum(k->scope, k->scope_len);
 	values[1] = text_datum(k->key, k->key_len);
@@ -1228,11 +1222,7 @@ idem_storage_commit(const IdemKey *k, const char *request_hash,
 	else
 		nulls[8] = 'n';
 
-	storage_begin(&call);
-	run(t, Q_COMMIT, values, nulls, false, SPI_OK_UPDATE);
-	done = (SPI_processed == 1);
-	storage_end(&call);
-	return done;
+	return write_one(t, Q_COMMIT, values, nulls, SPI_OK_UPDATE);
 }
 
 static bool
@@ -1357,10 +1347,8 @@ idem_storage_commit_mine(const IdemKey *k, const char *request_hash,
 bool
 idem_storage_extend(const IdemKey *k, const IdemOwner *owner)
 {
-	StorageCall call;
 	KeyTable   *t = local_table(k);
 	Datum		values[5];
-	bool		done;
 
 	Assert(owner->lease && owner->token != NULL);
 	values[0] = text_datum(k->scope, k->scope_len);
@@ -1369,30 +1357,20 @@ idem_storage_extend(const IdemKey *k, const IdemOwner *owner)
 	values[3] = IntervalPGetDatum(&owner->lease_len);
 	values[4] = TimestampTzGetDatum(owner->lease_expires_at);
 
-	storage_begin(&call);
-	run(t, Q_EXTEND, values, NULL, false, SPI_OK_UPDATE);
-	done = (SPI_processed == 1);
-	storage_end(&call);
-	return done;
+	return write_one(t, Q_EXTEND, values, NULL, SPI_OK_UPDATE);
 }
 
 /* Runs a DELETE that takes (scope, key); returns whether it hit a row */
 static bool
 delete_key(StorageQuery q, const IdemKey *k)
 {
-	StorageCall call;
 	KeyTable   *t = local_table(k);
 	Datum		values[2];
-	bool		done;
 
 	values[0] = text_datum(k->scope, k->scope_len);
 	values[1] = text_datum(k->key, k->key_len);
 
-	storage_begin(&call);
-	run(t, q, values, NULL, false, SPI_OK_DELETE);
-	done = (SPI_processed == 1);
-	storage_end(&call);
-	return done;
+	return write_one(t, q, values, NULL, SPI_OK_DELETE);
 }
 
 /*
