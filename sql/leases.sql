@@ -183,6 +183,42 @@ SELECT count(*) AS changed FROM (
 SELECT fresh, length(owner) FROM idem_reserve('b-2', owner => repeat('t', 255), lease => '30s');
 SELECT idem_release('b-2', owner => repeat('t', 255));
 
+-- only the owner's token adopts a lease that ran out: another token, or
+-- none, gets IK409 (a reserve takes the key over instead)
+SELECT fresh FROM idem_reserve('d-1', owner => 'tok-a', lease => '1 microsecond');
+SELECT pg_sleep(0.01);
+SELECT pg_temp.try($$SELECT idem_commit('d-1', NULL, 200, 'x'::bytea, owner => 'tok-b')$$);
+SELECT pg_temp.try($$SELECT idem_commit('d-1', NULL, 200, 'x'::bytea)$$);
+SELECT pg_temp.try($$SELECT idem_release('d-1')$$);
+SELECT pg_temp.try($$SELECT idem_release('d-1', owner => 'tok-b')$$);
+SELECT state, attempt FROM idem_get('d-1');
+
+-- a fenced token stays fenced, also when the new owner's lease ran out too
+SELECT fresh, attempt FROM idem_reserve('d-1', owner => 'tok-c', lease => '1 microsecond');
+SELECT pg_sleep(0.01);
+SELECT pg_temp.try($$SELECT idem_commit('d-1', NULL, 200, 'late'::bytea, owner => 'tok-a')$$);
+SELECT idem_extend('d-1', 'tok-c', '30s') > now() AS new_owner_extends;
+SELECT idem_commit('d-1', NULL, 200, 'by c'::bytea, owner => 'tok-c');
+SELECT pg_temp.try($$SELECT idem_commit('d-1', NULL, 200, 'late'::bytea, owner => 'tok-a')$$);
+-- a token that never owned it: a commit of a committed key is a no-op
+SELECT idem_commit('d-1', NULL, 200, 'other'::bytea, owner => 'tok-x');
+SELECT pg_temp.try($$SELECT idem_extend('d-1', 'tok-x')$$);
+SELECT convert_from(body, 'UTF8') AS body, attempt FROM idem_get('d-1');
+
+-- a lease that ran out past the ttl too: the record is absent, even for
+-- its owner
+SELECT fresh FROM idem_reserve('d-2', ttl => '10ms', owner => 'tok-a', lease => '1 microsecond');
+SELECT pg_sleep(0.05);
+SELECT idem_get('d-2') IS NULL AS absent;
+SELECT pg_temp.try($$SELECT idem_commit('d-2', NULL, 200, 'x'::bytea, owner => 'tok-a')$$);
+SELECT pg_temp.try($$SELECT idem_extend('d-2', 'tok-a')$$);
+
+-- a session owner reserving again with a lease but no token is the same
+-- client: re-entrant, still the session's
+SELECT fresh, owner, lease_expires_at FROM idem_reserve('d-3');
+SELECT fresh, owner, lease_expires_at FROM idem_reserve('d-3', lease => '30s');
+SELECT idem_release('d-3');
+
 -- no lock of ours is left behind
 SELECT count(*) FROM pg_locks
  WHERE locktype = 'advisory' AND objsubid = 18756 AND pid = pg_backend_pid();

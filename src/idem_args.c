@@ -211,8 +211,8 @@ idem_require_leases(const IdemKey *k)
 }
 
 /* A new owner token: 128 random bits, in hex */
-static char *
-new_token(void)
+char *
+idem_new_token(void)
 {
 	uint8		bytes[16];
 	char	   *token = palloc(sizeof(bytes) * 2 + 1);
@@ -228,8 +228,9 @@ new_token(void)
 
 /*
  * Who idem_reserve reserves for: the token and lease arguments, else the
- * setting idem.lease.  A positive lease makes a lease owner (with a new
- * token unless given one); zero, a session owner.
+ * setting idem.lease.  A positive lease makes a lease owner (whose token,
+ * when none is given, is made with the reservation: until then the caller
+ * has none to be recognised by); zero, a session owner.
  */
 void
 idem_arg_owner(FunctionCallInfo fcinfo, int tokenarg, int leasearg,
@@ -278,8 +279,6 @@ idem_arg_owner(FunctionCallInfo fcinfo, int tokenarg, int leasearg,
 
 	check_period(k, "lease", &owner->lease_len, now);
 	idem_require_leases(k);
-	if (owner->token == NULL)
-		owner->token = new_token();
 	owner->lease_expires_at = idem_add_interval(now, &owner->lease_len);
 }
 

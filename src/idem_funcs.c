@@ -138,15 +138,15 @@ classify(const IdemRecord *rec, TimestampTz now, bool check_owner,
 }
 
 /*
- * A committed record whose last owner had another token than the caller's:
- * the caller's reservation was taken over (its lease ran out) and the new
- * owner has committed.
+ * Is token the owner that the record's last takeover replaced?  Its
+ * commit, release and extend then fail with IK409, also once the new owner
+ * has committed.
  */
 static bool
 fenced(const IdemRecord *rec, const char *token)
 {
-	return token != NULL && rec->owner_token != NULL &&
-		strcmp(token, rec->owner_token) != 0;
+	return token != NULL && rec->fenced_token != NULL &&
+		strcmp(token, rec->fenced_token) == 0;
 }
 
 static void
@@ -382,11 +382,14 @@ maybe_commit_async(void)
  */
 static bool
 make_fresh(const IdemKey *k, const char *hash, const Interval *ttl,
-		   TimestampTz now, RecordState st, const IdemOwner *owner,
+		   TimestampTz now, RecordState st, IdemOwner *owner,
 		   IdemRecord *rec)
 {
 	TimestampTz expires_at = idem_add_interval(now, ttl);
 	int32		attempt = (st == REC_ORPHAN) ? rec->attempt + 1 : 1;
+
+	if (owner->lease && owner->token == NULL)
+		owner->token = idem_new_token();
 
 	if (!rec->found)
 	{
@@ -767,7 +770,7 @@ lock_record(const IdemKey *k, IdemRecord *rec, TimestampTz now,
 
 	idem_storage_read(k, rec);
 	st = classify(rec, now, true, token);
-	if (st == REC_OTHER)
+	if (st == REC_OTHER || (st == REC_ORPHAN && rec->has_lease))
 		report_not_owner(k, rec);
 	if (st == REC_OTHER_TOKEN)
 		report_other_token(k);
@@ -878,6 +881,9 @@ commit(FunctionCallInfo fcinfo, bool may_route)
 	prevent_in_recovery(&k, "commit");
 	if (st == REC_OTHER_TOKEN)
 		report_other_token(&k);
+	/* only its token adopts a lease that ran out; others take it over */
+	if (st == REC_ORPHAN && rec.has_lease)
+		report_not_owner(&k, &rec);
 
 	if (st != REC_MINE || rec.has_lease)
 	{
@@ -949,6 +955,8 @@ release(FunctionCallInfo fcinfo, bool may_route)
 	prevent_in_recovery(&k, "release");
 	if (st == REC_OTHER_TOKEN)
 		report_other_token(&k);
+	if (st == REC_ORPHAN && rec.has_lease)
+		report_not_owner(&k, &rec);
 
 	if (st != REC_MINE || rec.has_lease)
 	{

@@ -111,7 +111,8 @@ static const QueryDef query_defs[NUM_QUERIES] = {
 		" created_at = $6, expires_at = $7, committed_at = NULL,"
 		" owner_pid = $8, owner_started = $9{lease}"
 		" WHERE scope" EQ "$1 AND key" EQ "$2",
-		", owner_token = $10, lease = $11, lease_expires_at = $12", "",
+		", owner_token = $10, lease = $11, lease_expires_at = $12,"
+		" fenced_token = CASE WHEN $4 OPERATOR(pg_catalog.>) 1 THEN owner_token END", "",
 		12, {TEXTOID, TEXTOID, TEXTOID, INT4OID, INTERVALOID, TIMESTAMPTZOID,
 			TIMESTAMPTZOID, INT4OID, TIMESTAMPTZOID, TEXTOID, INTERVALOID,
 		TIMESTAMPTZOID}
@@ -197,7 +198,8 @@ enum
 	Anum_owner_started,
 	Anum_owner_token,			/* from version 1.2 on */
 	Anum_lease,
-	Anum_lease_expires_at
+	Anum_lease_expires_at,
+	Anum_fenced_token			/* the owner token a takeover replaced */
 };
 
 /* columns before version 1.2, which added the lease columns */
@@ -225,6 +227,7 @@ static const struct
 	{"owner_token", TEXTOID},
 	{"lease", INTERVALOID},
 	{"lease_expires_at", TIMESTAMPTZOID},
+	{"fenced_token", TEXTOID},
 };
 
 /*
@@ -899,6 +902,8 @@ fill_record(const Datum *v, const bool *n, IdemRecord *rec)
 	{
 		rec->owner_token = n[Anum_owner_token - 1] ? NULL :
 			TextDatumGetCString(v[Anum_owner_token - 1]);
+		rec->fenced_token = n[Anum_fenced_token - 1] ? NULL :
+			TextDatumGetCString(v[Anum_fenced_token - 1]);
 		rec->has_lease = !n[Anum_lease_expires_at - 1] &&
 			!n[Anum_lease - 1];
 		if (rec->has_lease)
@@ -1266,10 +1271,13 @@ idem_storage_commit_mine(const IdemKey *k, const char *request_hash,
 		n = slot->tts_isnull;
 		if (cache.has_leases && !n[Anum_lease_expires_at - 1])
 		{
+			/* a lease that ran out, past the ttl too: the record is absent */
 			*was_lease = true;
 			mine = token != NULL &&
 				text_equals(v[Anum_owner_token - 1],
-							n[Anum_owner_token - 1], token);
+							n[Anum_owner_token - 1], token) &&
+				(DatumGetTimestampTz(v[Anum_lease_expires_at - 1]) > GetCurrentTimestamp() ||
+				 DatumGetTimestampTz(v[Anum_expires_at - 1]) > now);
 		}
 		else
 			mine = !n[Anum_owner_pid - 1] && !n[Anum_owner_started - 1] &&

@@ -66,6 +66,7 @@ typedef struct IdemRecord
 	int32		owner_pid;
 	TimestampTz owner_started;
 	char	   *owner_token;	/* NULL when none */
+	char	   *fenced_token;	/* the token a takeover replaced, or NULL */
 	bool		has_lease;		/* lease-owned: lease, lease_expires_at set */
 	Interval	lease;
 	TimestampTz lease_expires_at;
@@ -143,6 +144,7 @@ extern void idem_arg_owner(FunctionCallInfo fcinfo, int tokenarg, int leasearg,
 extern bool idem_arg_lease(FunctionCallInfo fcinfo, int arg, const IdemKey *k,
 						   TimestampTz now, Interval *lease);
 extern void idem_require_leases(const IdemKey *k);
+extern char *idem_new_token(void);
 extern int64 idem_interval_usecs(const Interval *iv);
 extern TimestampTz idem_add_interval(TimestampTz ts, const Interval *iv);
 extern char *idem_interval_text(const Interval *iv);
