@@ -10,14 +10,15 @@
 --
 
 -- The owner token (lease owners; session owners that gave one), the lease
--- a lease owner took, and when it runs out; the token a takeover replaced
--- (fenced: its commit, release and extend are refused).  Reservations made
--- before the update are session owners: these stay NULL.
+-- a lease owner took, and when it runs out; the lease owners that
+-- takeovers replaced (fenced: their commit, release and extend are
+-- refused; the last 8 are kept).  Reservations made before the update are
+-- session owners: these stay NULL.
 ALTER TABLE idem_keys
 	ADD COLUMN owner_token		text,
 	ADD COLUMN lease			interval,
 	ADD COLUMN lease_expires_at	timestamptz,
-	ADD COLUMN fenced_token		text;
+	ADD COLUMN fenced_tokens	text[];
 
 ALTER TYPE idem_reservation
 	ADD ATTRIBUTE owner				text,

@@ -138,15 +138,21 @@ classify(const IdemRecord *rec, TimestampTz now, bool check_owner,
 }
 
 /*
- * Is token the owner that the record's last takeover replaced?  Its
+ * Is token a lease owner that a takeover of the record replaced?  Its
  * commit, release and extend then fail with IK409, also once the new owner
  * has committed.
  */
 static bool
 fenced(const IdemRecord *rec, const char *token)
 {
-	return token != NULL && rec->fenced_token != NULL &&
-		strcmp(token, rec->fenced_token) == 0;
+	if (token == NULL)
+		return false;
+	for (int i = 0; i < rec->nfenced; i++)
+	{
+		if (strcmp(token, rec->fenced_tokens[i]) == 0)
+			return true;
+	}
+	return false;
 }
 
 static void
@@ -212,6 +218,21 @@ report_fenced(const IdemKey *k, const IdemRecord *rec)
 			 errdetail("Key \"%s\" in scope \"%s\" was committed by another owner token, attempt %d.",
 					   k->key, k->scope, rec->attempt),
 			 errhint("If this owner's lease ran out, another request took the key over and committed it: this owner's work must not be committed.")));
+}
+
+/*
+ * A fenced token (a lease owner taken over) changes nothing, whatever has
+ * become of the record since: IK409.
+ */
+static void
+refuse_fenced(const IdemKey *k, const IdemRecord *rec, RecordState st,
+			  const char *token)
+{
+	if (!fenced(rec, token))
+		return;
+	if (st == REC_COMMITTED)
+		report_fenced(k, rec);
+	report_not_owner(k, rec);
 }
 
 /*
@@ -872,12 +893,9 @@ commit(FunctionCallInfo fcinfo, bool may_route)
 	if (st == REC_ABSENT)
 		report_no_reservation(&k);
 	check_hash(&k, &rec, hash);
+	refuse_fenced(&k, &rec, st, token);
 	if (st == REC_COMMITTED)
-	{
-		if (fenced(&rec, token))
-			report_fenced(&k, &rec);
 		PG_RETURN_BOOL(false);
-	}
 	prevent_in_recovery(&k, "commit");
 	if (st == REC_OTHER_TOKEN)
 		report_other_token(&k);
@@ -891,12 +909,9 @@ commit(FunctionCallInfo fcinfo, bool may_route)
 		if (st == REC_ABSENT)
 			report_no_reservation(&k);
 		check_hash(&k, &rec, hash);
+		refuse_fenced(&k, &rec, st, token);
 		if (st == REC_COMMITTED)
-		{
-			if (fenced(&rec, token))
-				report_fenced(&k, &rec);
 			PG_RETURN_BOOL(false);
-		}
 	}
 
 	if (!idem_storage_commit(&k, hash, token, PG_ARGISNULL(2),
@@ -948,8 +963,8 @@ release(FunctionCallInfo fcinfo, bool may_route)
 
 	idem_storage_read(&k, &rec);
 	st = classify(&rec, now, false, token);
-	if (st == REC_COMMITTED && fenced(&rec, token))
-		report_fenced(&k, &rec);
+	if (st != REC_ABSENT)
+		refuse_fenced(&k, &rec, st, token);
 	if (st == REC_ABSENT || st == REC_COMMITTED)
 		PG_RETURN_BOOL(false);
 	prevent_in_recovery(&k, "release");
@@ -961,8 +976,8 @@ release(FunctionCallInfo fcinfo, bool may_route)
 	if (st != REC_MINE || rec.has_lease)
 	{
 		st = lock_record(&k, &rec, now, token, st);
-		if (st == REC_COMMITTED && fenced(&rec, token))
-			report_fenced(&k, &rec);
+		if (st != REC_ABSENT)
+			refuse_fenced(&k, &rec, st, token);
 		if (st == REC_ABSENT || st == REC_COMMITTED)
 			PG_RETURN_BOOL(false);
 	}
@@ -1004,8 +1019,8 @@ static void
 check_extendable(const IdemKey *k, const IdemRecord *rec, RecordState st,
 				 const char *token)
 {
-	if (st == REC_COMMITTED && fenced(rec, token))
-		report_fenced(k, rec);
+	if (st != REC_ABSENT)
+		refuse_fenced(k, rec, st, token);
 	if (st == REC_ABSENT || st == REC_COMMITTED)
 		user_error(
 				(errcode(ERRCODE_IDEM_NOT_FOUND),

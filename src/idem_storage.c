@@ -112,7 +112,17 @@ static const QueryDef query_defs[NUM_QUERIES] = {
 		" owner_pid = $8, owner_started = $9{lease}"
 		" WHERE scope" EQ "$1 AND key" EQ "$2",
 		", owner_token = $10, lease = $11, lease_expires_at = $12,"
-		" fenced_token = CASE WHEN $4 OPERATOR(pg_catalog.>) 1 THEN owner_token END", "",
+		/*
+		 * a takeover fences the lease owner it replaces (the last
+		 * FENCED_KEPT of them are kept), a new start forgets them all, and
+		 * the new owner is not fenced
+		 */
+		" fenced_tokens = pg_catalog.array_remove(CASE"
+		" WHEN $4 OPERATOR(pg_catalog.=) 1 THEN NULL"
+		" WHEN lease_expires_at IS NOT NULL AND owner_token IS NOT NULL THEN"
+		" (pg_catalog.array_append(fenced_tokens, owner_token))"
+		"[GREATEST(1, COALESCE(pg_catalog.cardinality(fenced_tokens), 0) - 6):]"
+		" ELSE fenced_tokens END, $10)", "",
 		12, {TEXTOID, TEXTOID, TEXTOID, INT4OID, INTERVALOID, TIMESTAMPTZOID,
 			TIMESTAMPTZOID, INT4OID, TIMESTAMPTZOID, TEXTOID, INTERVALOID,
 		TIMESTAMPTZOID}
@@ -199,7 +209,7 @@ enum
 	Anum_owner_token,			/* from version 1.2 on */
 	Anum_lease,
 	Anum_lease_expires_at,
-	Anum_fenced_token			/* the owner token a takeover replaced */
+	Anum_fenced_tokens			/* lease owners that takeovers replaced */
 };
 
 /* columns before version 1.2, which added the lease columns */
@@ -227,7 +237,7 @@ static const struct
 	{"owner_token", TEXTOID},
 	{"lease", INTERVALOID},
 	{"lease_expires_at", TIMESTAMPTZOID},
-	{"fenced_token", TEXTOID},
+	{"fenced_tokens", TEXTARRAYOID},
 };
 
 /*
@@ -902,8 +912,23 @@ fill_record(const Datum *v, const bool *n, IdemRecord *rec)
 	{
 		rec->owner_token = n[Anum_owner_token - 1] ? NULL :
 			TextDatumGetCString(v[Anum_owner_token - 1]);
-		rec->fenced_token = n[Anum_fenced_token - 1] ? NULL :
-			TextDatumGetCString(v[Anum_fenced_token - 1]);
+		if (!n[Anum_fenced_tokens - 1])
+		{
+			Datum	   *elems;
+			bool	   *enulls;
+			int			nelems;
+
+			deconstruct_array(DatumGetArrayTypeP(v[Anum_fenced_tokens - 1]),
+							  TEXTOID, -1, false, TYPALIGN_INT,
+							  &elems, &enulls, &nelems);
+			rec->fenced_tokens = palloc(sizeof(char *) * Max(nelems, 1));
+			for (int i = 0; i < nelems; i++)
+			{
+				if (!enulls[i])
+					rec->fenced_tokens[rec->nfenced++] =
+						TextDatumGetCString(elems[i]);
+			}
+		}
 		rec->has_lease = !n[Anum_lease_expires_at - 1] &&
 			!n[Anum_lease - 1];
 		if (rec->has_lease)

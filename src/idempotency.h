@@ -66,7 +66,8 @@ typedef struct IdemRecord
 	int32		owner_pid;
 	TimestampTz owner_started;
 	char	   *owner_token;	/* NULL when none */
-	char	   *fenced_token;	/* the token a takeover replaced, or NULL */
+	char	  **fenced_tokens;	/* lease owners that takeovers replaced */
+	int			nfenced;
 	bool		has_lease;		/* lease-owned: lease, lease_expires_at set */
 	Interval	lease;
 	TimestampTz lease_expires_at;

@@ -782,8 +782,12 @@ predict_reserve(const op *o, answer *want)
 
 	if (len == LEASE_NULL)
 		len = S[o->s].lease_setting ? LEN_LONG : LEN_NONE;
-	/* a lease without a token: the server makes the caller's token first */
-	st = classify(m, o->s, !o->token[0] && len != LEN_NONE ? "(new)" : o->token);
+	/*
+	 * a lease without a token: the server makes the token with the
+	 * reservation, so until then the caller is recognised by its session
+	 * alone
+	 */
+	st = classify(m, o->s, o->token);
 	memset(want, 0, sizeof(*want));
 	if (st != ST_ABSENT && hashes_differ(m->hash, o->hash))
 		set_err(want, "IK422");
