@@ -4,7 +4,7 @@
  *	  libFuzzer harness: request hashing and key derivation, differential.
  *
  * idem_derive_key, idem_request_hash and idem_step_key against the
- * framing of SPEC.md computed here with an independent SHA-256
+ * framing of the README (idem_request_hash, idem_derive_key) computed here with an independent SHA-256
  * (sha256_ref.h): for each part, its byte length as an 8-byte big-endian
  * integer, then its bytes; lowercase hex.  Also: a NULL part, method or
  * path is refused (-1) and leaves no partial output behind as a

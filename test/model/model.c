@@ -1,7 +1,7 @@
 /*-------------------------------------------------------------------------
  *
  * model.c
- *	  Randomized model test of the idempotency contract (SPEC.md).
+ *	  Randomized model test of the idempotency contract (README.md, the SQL reference and guarantees).
  *
  *	  model [--seed N | --first-seed N --seeds N] [--steps N] [--sessions N]
  *			[--strict] [-v]
@@ -43,7 +43,7 @@
  * before the lease ran out and within 2 s of it; then, half the time, A
  * comes back late.
  *
- * The model, from SPEC.md:
+ * The model, from the contract (README.md and doc/):
  *	- a record is absent when it is not there or has expired: a committed
  *	  record with the 1 microsecond ttl is expired at the next statement;
  *	  an in-flight one expires only once its owner is gone;
@@ -71,7 +71,7 @@
  *	  owner's: lease renewed, also after it ran out, returns now() + lease;
  *	- purge: deletes the expired records (in flight only when the owner is
  *	  gone) and returns how many.
- * Where SPEC.md is silent the model follows the README / implementation
+ * Where the contract is silent the model follows the README / implementation
  * choice and says so: a takeover without a hash keeps the stored hash; a
  * commit with a hash on a reservation without one stores it; the ttl of a
  * committed record is the one given by the reserve that made the
@@ -316,7 +316,7 @@ add_fenced(mrec *m, const char *t)
 	snprintf(m->fenced[m->nfenced++], TOKEN_SIZE, "%s", t);
 }
 
-/* ---- known deviations of the server from SPEC.md ------------------------ */
+/* ---- known deviations of the server from the contract ------------------------ */
 
 enum
 {
@@ -331,11 +331,11 @@ enum
 
 static const char *const dev_text[NDEV] = {
 	"",
-	"D1: a commit or release with another token (or none) adopts or drops a lease owner's record whose lease ran out (SPEC: IK409, only the owner token may)",
-	"D2: a fenced token is not fenced once the key's new owner has no token or is gone too (commit/release answer false or adopt, extend IK404; SPEC: IK409)",
-	"D3: the owner token's commit stores a response on its record after both its lease and its ttl ran out, when the record counts as absent (SPEC: IK404)",
-	"D4: a token that never owned the key gets IK409 from commit, release or extend of a response committed by another token (SPEC: false, false, IK404)",
-	"D5: after pg_advisory_unlock_all() in a session owner's session, an idem_extend of the key there (which fails) makes the session forget its reservation: DISCARD ALL leaves it owned (SPEC: DISCARD ALL counts as the owner's session ending)",
+	"D1: a commit or release with another token (or none) adopts or drops a lease owner's record whose lease ran out (contract: IK409, only the owner token may)",
+	"D2: a fenced token is not fenced once the key's new owner has no token or is gone too (commit/release answer false or adopt, extend IK404; contract: IK409)",
+	"D3: the owner token's commit stores a response on its record after both its lease and its ttl ran out, when the record counts as absent (contract: IK404)",
+	"D4: a token that never owned the key gets IK409 from commit, release or extend of a response committed by another token (contract: false, false, IK404)",
+	"D5: after pg_advisory_unlock_all() in a session owner's session, an idem_extend of the key there (which fails) makes the session forget its reservation: DISCARD ALL leaves it owned (contract: DISCARD ALL counts as the owner's session ending)",
 };
 
 static int	server_rules;		/* predict the server's deviations */
@@ -1304,7 +1304,7 @@ check_op(const op *o, double timed_live_until)
 	if (c[chosen].dev != DEV_NONE)
 	{
 		dev_count[c[chosen].dev]++;
-		tracef("%4d  %-62s -> %s   (known deviation D%d; SPEC.md: %s)", cur_step, desc, g,
+		tracef("%4d  %-62s -> %s   (known deviation D%d; contract: %s)", cur_step, desc, g,
 			   c[chosen].dev, w);
 	}
 	else
