@@ -128,6 +128,13 @@ SELECT fresh, owner IS NOT NULL AS has_token,
   FROM idem_reserve('l-10');
 SELECT fresh, owner IS NULL AS no_token, lease_expires_at
   FROM idem_reserve('l-11', lease => '0');
+-- the setting is an interval, in any spelling an interval takes
+SET idem.lease = '1 min 30 seconds';
+SHOW idem.lease;
+SELECT lease_expires_at = now() + interval '90 seconds' AS leased_90s
+  FROM idem_reserve('l-10b');
+SELECT pg_temp.try($$SET idem.lease = '-1s'$$);
+SELECT pg_temp.try($$SET idem.lease = 'soon'$$);
 RESET idem.lease;
 SELECT pg_temp.try($$SELECT idem_release('l-10')$$);
 SELECT idem_release('l-11');

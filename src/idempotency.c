@@ -15,7 +15,9 @@
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
 #include "tcop/utility.h"
+#include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/timestamp.h"
 #include "utils/memutils.h"
 
 #include "idempotency.h"
@@ -29,11 +31,66 @@ bool		idem_async_reserve = false;
 int			idem_max_ttl = 366 * 24 * 60 * 60;
 int			idem_max_header_bytes = 64 * 1024;
 int			idem_purge_delay = 5;
-int			idem_lease = 0;
+int			idem_lease = 0;		/* idem.lease, in milliseconds */
+static char *idem_lease_text = NULL;
 
 static ProcessUtility_hook_type prev_ProcessUtility = NULL;
 
 void		_PG_init(void);
+
+/*
+ * idem.lease is an interval, as the lease argument of idem_reserve is:
+ * '30s', '30 seconds', '1 min 30 s', '0'.  It must be zero or positive and
+ * at most a little under 25 days (milliseconds in an int).
+ */
+static bool
+check_lease(char **newval, void **extra, GucSource source)
+{
+	Interval   *iv = NULL;
+	int64		ms;
+	int		   *result;
+
+	PG_TRY();
+	{
+		iv = DatumGetIntervalP(DirectFunctionCall3(interval_in,
+												   CStringGetDatum(*newval),
+												   ObjectIdGetDatum(InvalidOid),
+												   Int32GetDatum(-1)));
+	}
+	PG_CATCH();
+	{
+		FlushErrorState();
+		iv = NULL;
+	}
+	PG_END_TRY();
+	if (iv == NULL)
+	{
+		GUC_check_errdetail("\"%s\" is not an interval.", *newval);
+		return false;
+	}
+	ms = idem_interval_usecs(iv) / 1000;
+	if (ms < 0 || ms > INT_MAX)
+	{
+		GUC_check_errdetail("A lease must be zero or positive and shorter than 24 days.");
+		return false;
+	}
+	/* the GUC machinery frees extra with free() */
+	result = (int *) malloc(sizeof(int));
+	if (result == NULL)
+	{
+		GUC_check_errcode(ERRCODE_OUT_OF_MEMORY);
+		return false;
+	}
+	*result = (int) ms;
+	*extra = result;
+	return true;
+}
+
+static void
+assign_lease(const char *newval, void *extra)
+{
+	idem_lease = *(int *) extra;
+}
 
 /*
  * DISCARD ALL drops every advisory lock of the session, ours included.  A
@@ -111,13 +168,13 @@ _PG_init(void)
 							PGC_USERSET, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
-	DefineCustomIntVariable("idem.lease",
-							"Lease of the reservations idem_reserve makes when given no lease.",
-							"Zero makes session owners: a reservation belongs to the session that made it. A positive lease makes lease owners, which work through transaction-mode connection poolers: the reservation belongs to the owner token until the lease runs out, unless renewed with idem_extend.",
-							&idem_lease,
-							0, 0, INT_MAX,
-							PGC_USERSET, GUC_UNIT_MS,
-							NULL, NULL, NULL);
+	DefineCustomStringVariable("idem.lease",
+							   "Lease of the reservations idem_reserve makes when given no lease.",
+							   "An interval ('30s', '30 seconds', '1 min'); zero makes session owners: a reservation belongs to the session that made it. A positive lease makes lease owners, which work through transaction-mode connection poolers: the reservation belongs to the owner token until the lease runs out, unless renewed with idem_extend.",
+							   &idem_lease_text,
+							   "0",
+							   PGC_USERSET, 0,
+							   check_lease, assign_lease, NULL);
 
 	DefineCustomBoolVariable("idem.async_reserve",
 							 "Commits new reservations made in autocommit mode without waiting for the WAL flush.",
