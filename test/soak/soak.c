@@ -384,7 +384,13 @@ lease_refused(client *c, const char *kind, const char *what, const char *key,
 static int
 lease_refusal(idem_outcome o)
 {
-	return o == IDEM_LEASE_LOST || o == IDEM_NOT_FOUND || o == IDEM_IN_FLIGHT;
+	/*
+	 * IDEM_REPLAY: after the lease ran out the key was taken over, released
+	 * and made anew by another request, which committed; the old token
+	 * never owned that record, so its commit is the usual no-op
+	 */
+	return o == IDEM_LEASE_LOST || o == IDEM_NOT_FOUND ||
+		o == IDEM_IN_FLIGHT || o == IDEM_REPLAY;
 }
 
 /* runs sql on the raw connection; 0, or -1 (the error in state and msg) */
