@@ -44,6 +44,12 @@
  * details live on the handle until the next call on it: idem_errcode(),
  * idem_errmsg(), idem_errdetail() and idem_sqlstate(), like PQerrorMessage.
  *
+ * Observing.  idem_set_observer gives a handle a callback that the library
+ * calls once at the end of every reserve, commit, release, get, extend and
+ * purge, and of every runner, with what the call did and how long it took
+ * (an idem_event), for logs, metrics and traces.  Without one, a call costs
+ * one NULL check more, and reads no clock.
+ *
  * Owners: sessions and leases.  Every handle has an owner token of its own
  * (128 random bits as hex, from OpenSSL's RAND_bytes, made by idem_connect
  * or idem_wrap, never shared), sent with every reserve, commit, release and
@@ -91,7 +97,7 @@
 #include <stdint.h>
 
 #define IDEM_VERSION_MAJOR 1
-#define IDEM_VERSION_MINOR 1
+#define IDEM_VERSION_MINOR 2
 #define IDEM_VERSION_PATCH 0
 
 /* lowercase hex SHA-256: 64 characters plus the terminating NUL */
@@ -341,6 +347,122 @@ IDEM_API const char *idem_sqlstate(const idem_conn *conn);
 
 /* Copies the handle's counters into *out. */
 IDEM_API void idem_counters(const idem_conn *conn, idem_stats *out);
+
+/* ---- observing calls (added in 1.2) ------------------------------------ */
+
+/* The call an event reports. */
+typedef enum idem_op
+{
+	IDEM_OP_RESERVE = 0,		/* idem_reserve */
+	IDEM_OP_COMMIT,				/* idem_commit */
+	IDEM_OP_RELEASE,			/* idem_release */
+	IDEM_OP_GET,				/* idem_get */
+	IDEM_OP_EXTEND,				/* idem_extend */
+	IDEM_OP_PURGE,				/* idem_purge */
+	IDEM_OP_RUN,				/* idem_run */
+	IDEM_OP_STEP,				/* idem_step */
+	IDEM_OP_HTTP_RUN			/* idem_http_run */
+} idem_op;
+
+/*
+ * One call that has ended, as the observer sees it.  The library makes it
+ * (on the stack) and the observer only reads it, so that later versions may
+ * add fields at the end.  Strings are never NULL unless said so.
+ *
+ *	op			the call
+ *	outcome		what it returned; idem_purge, which returns a count:
+ *				IDEM_FRESH when it succeeded, IDEM_ERROR when not
+ *	error		idem_errcode() after the call (IDEM_OK on success)
+ *	sqlstate	idem_sqlstate(): the server's SQLSTATE, "" when none (e.g.
+ *				"IK409" for IDEM_IN_FLIGHT, "" for a fresh reserve)
+ *	message		idem_errmsg(): "" when none
+ *	key			the key as given (a runner's: idem_step's derived key, the
+ *				HTTP request's header value, even one refused as too long);
+ *				NULL for idem_purge and for an HTTP request without the
+ *				header
+ *	scope		"" for the default scope; NULL for idem_purge
+ *	attempt		the reservation's attempt (1, n + 1 after takeovers) for a
+ *				reserve, get or runner that saw one; 0 when unknown (commit,
+ *				release, extend, purge, and calls that failed before)
+ *	waited		reserve and runners: 1 when the call waited for a key in
+ *				flight under another owner, 0 when it did not, -1 when the
+ *				library cannot tell: a wait in one piece in the server (a
+ *				direct connection with session owners, or inside a
+ *				transaction block) that ended with the key or its response
+ *				looks the same as no wait (duration_us tells how long it
+ *				took).  A wait in slices (leases, proxies) is always known,
+ *				and so is a wait that timed out.  0 for the other calls.
+ *	leased		1 when the reservation the call made, renewed or ran under
+ *				is lease-owned (a fresh reserve, an extend that renewed, a
+ *				runner whose reserve saw a lease), else 0
+ *	duration_us	the call's time, on the monotonic clock, in microseconds;
+ *				a runner's includes its handler and its own calls
+ *	status		the response's status when the call returned one (reserve
+ *				and get of a committed key, runners); idem_http_run: the
+ *				HTTP status it set (400, 409, ...); else 0
+ *	count		idem_purge: the records deleted; else 0
+ *	state		the state of the record the call returned (idem_record_state:
+ *				"committed", "in_flight", "released", "bypassed"); NULL when
+ *				it returned none
+ *
+ * A runner's own calls (its reserve, commit or release, and the get after
+ * a commit someone else made first) are reported as events of their own,
+ * before the runner's, and so are the calls its handler makes on the same
+ * handle.  The lease renewal (see "Threads") is not reported: it runs on
+ * a thread of its own, with a connection of its own; a lease it lost shows
+ * as the runner's outcome IDEM_LEASE_LOST.
+ */
+typedef struct idem_event
+{
+	idem_op		op;
+	idem_outcome outcome;
+	idem_error	error;
+	const char *sqlstate;
+	const char *message;
+	const char *key;
+	const char *scope;
+	int			attempt;
+	int			waited;
+	int			leased;
+	int64_t		duration_us;
+	int			status;
+	int64_t		count;
+	const char *state;
+} idem_event;
+
+/*
+ * An observer.  ev and every string in it belong to the library and are
+ * valid only during the call: copy what you keep.  arg is the one given to
+ * idem_set_observer, passed through.
+ */
+typedef void (*idem_observer_fn) (const idem_event *ev, void *arg);
+
+/*
+ * Sets the handle's observer (NULL removes it; the last one set wins).
+ * From then on, every call of idem_reserve, idem_commit, idem_release,
+ * idem_get, idem_extend and idem_purge on the handle, and every runner
+ * (idem_run, idem_step, idem_http_run), calls it exactly once when the
+ * call ends, whether it reached the server or was decided by the library
+ * (bad input, an HTTP request refused or bypassed), after the handle's
+ * error state is final.
+ *
+ * Thread: the observer runs on the thread making the call, inside it, so
+ * that it delays the call by its own time.  It must not call back into the
+ * same handle (no call, no idem_set_*, no idem_free), except for the
+ * accessors that only read it (idem_errcode, idem_errmsg, idem_errdetail,
+ * idem_sqlstate, idem_owner, idem_lease, idem_run_id, idem_counters); other
+ * handles are fine.  An observer shared by several handles used from
+ * several threads must be thread-safe itself.
+ *
+ * Cost: without an observer a call makes one NULL check more and reads no
+ * clock; with one, two clock reads and the callback.
+ * Returns 0, or -1 when conn is NULL.
+ */
+IDEM_API int idem_set_observer(idem_conn *conn, idem_observer_fn observer,
+							   void *arg);
+
+/* Static names of the operations ("reserve", ..., "http_run"), never NULL. */
+IDEM_API const char *idem_op_name(idem_op op);
 
 /* ---- the calls -------------------------------------------------------- */
 
@@ -761,6 +883,63 @@ IDEM_API int idem_http_cacheable(const idem_http *http, int status);
  * REPLAY (answer with the record's status).
  */
 IDEM_API int idem_http_error_status(idem_outcome outcome, idem_error err);
+
+/*
+ * Problem details (RFC 9457, as the IETF Idempotency-Key draft answers its
+ * errors; added in 1.2).  For each answer of the HTTP helper that is not
+ * the handler's response, a JSON object with "type", "title", "status"
+ * and "detail", to be sent with Content-Type IDEM_HTTP_PROBLEM_CONTENT_TYPE.
+ * The types, all under IDEM_HTTP_PROBLEM_BASE, are stable:
+ *
+ *	type (after the base)	status	when
+ *	missing-key				400		a required key header is absent
+ *	invalid-key				400		the key is empty, longer than
+ *									IDEM_MAX_KEY_BYTES, or refused by the
+ *									server as bad input
+ *	in-flight				409		a request with the key is in flight
+ *	lease-lost				409		the request ran past its lease and
+ *									another one took the key over
+ *	key-reused				422		the key was used with another request
+ *	store-unavailable		503		the database is unreachable or read-only
+ *	handler-failed			500		the handler failed (the key was released)
+ *	store-failed			500		any other failure of the store
+ */
+#define IDEM_HTTP_PROBLEM_BASE "https://idempotency.dev/problems/"
+#define IDEM_HTTP_PROBLEM_CONTENT_TYPE "application/problem+json"
+/* a buffer of this size always holds the body, whatever the key */
+#define IDEM_HTTP_PROBLEM_SIZE 2048
+
+/*
+ * Writes the problem details of an answer to buf (size bytes), NUL
+ * terminated: outcome and err as idem_http_run left them (idem_errcode);
+ * status the HTTP status it set, or 0 for idem_http_error_status(outcome,
+ * err); key the request's key header value, NULL when it had none (the
+ * missing-key problem).  The type follows outcome and err (above), the
+ * "status" member is status.  The detail names the key (a key longer than
+ * IDEM_MAX_KEY_BYTES by its first 64 bytes and "..."), escaped for JSON:
+ * quotes, backslashes and control characters, and every character beyond
+ * ASCII as \uXXXX (a pair for those beyond U+FFFF), so the body is ASCII;
+ * a byte that is not part of valid UTF-8 becomes U+FFFD.  Nothing else of
+ * the request is echoed.
+ *
+ * Returns the body's length (without the NUL) when it fits in size; when
+ * it does not, the length it needs (>= size) and buf holds "" (never a
+ * truncated body); -1 and "" when outcome is IDEM_FRESH or IDEM_REPLAY and
+ * status is below 400 (no problem to report).  buf is the caller's;
+ * thread-safe.
+ */
+IDEM_API int idem_http_problem_json(idem_outcome outcome, idem_error err,
+									int status, const char *key, char *buf,
+									size_t size);
+
+/*
+ * 1 when the request's Accept header (every one it has, compared without
+ * case) names the media type application/problem+json with a q-value
+ * other than 0.  Wildcard ranges (any type, or any subtype of application)
+ * do not count, so that a client that asks for nothing in particular keeps
+ * the application's own error format.  Else 0.
+ */
+IDEM_API int idem_http_wants_problem(const idem_http_request *req);
 
 /*
  * The whole middleware: decide, then for a guarded request hash it

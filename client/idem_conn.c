@@ -395,6 +395,118 @@ idem_counters(const idem_conn *conn, idem_stats *out)
 		memset(out, 0, sizeof(*out));
 }
 
+/* ---- observing --------------------------------------------------------- */
+
+int
+idem_set_observer(idem_conn *conn, idem_observer_fn observer, void *arg)
+{
+	if (conn == NULL)
+		return -1;
+	conn->observer = observer;
+	conn->observer_arg = observer ? arg : NULL;
+	return 0;
+}
+
+const char *
+idem_op_name(idem_op op)
+{
+	switch (op)
+	{
+		case IDEM_OP_RESERVE:
+			return "reserve";
+		case IDEM_OP_COMMIT:
+			return "commit";
+		case IDEM_OP_RELEASE:
+			return "release";
+		case IDEM_OP_GET:
+			return "get";
+		case IDEM_OP_EXTEND:
+			return "extend";
+		case IDEM_OP_PURGE:
+			return "purge";
+		case IDEM_OP_RUN:
+			return "run";
+		case IDEM_OP_STEP:
+			return "step";
+		case IDEM_OP_HTTP_RUN:
+			return "http_run";
+	}
+	return "unknown";
+}
+
+static int64_t
+clock_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t) ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+void
+idem__call_begin(idem_call *call)
+{
+	memset(call, 0, sizeof(*call));
+	call->started_us = clock_us();
+}
+
+/* a record's state as a static string, so that the event outlives it */
+static const char *
+static_state(const char *state)
+{
+	static const char *const states[] = {
+		"committed", "in_flight", "released", "bypassed"
+	};
+	size_t		i;
+
+	if (state == NULL)
+		return NULL;
+	for (i = 0; i < sizeof(states) / sizeof(states[0]); i++)
+		if (strcmp(state, states[i]) == 0)
+			return states[i];
+	return "unknown";
+}
+
+/* what the record a call returns tells its event */
+void
+idem__call_record(idem_call *call, const idem_record *rec)
+{
+	if (rec == NULL)
+		return;
+	call->attempt = rec->attempt;
+	call->status = rec->status > 0 ? rec->status : 0;
+	call->state = static_state(rec->state);
+	if (rec->fresh && rec->lease_expires_at != 0)
+		call->leased = 1;
+}
+
+/* Reports a call that has ended to the handle's observer, if any. */
+void
+idem__call_end(idem_conn *conn, const idem_call *call, idem_op op,
+			   idem_outcome outcome, const char *key, const char *scope)
+{
+	idem_event	ev;
+
+	if (conn->observer == NULL)
+		return;
+	memset(&ev, 0, sizeof(ev));
+	ev.op = op;
+	ev.outcome = outcome;
+	ev.error = conn->err;
+	ev.sqlstate = conn->sqlstate;
+	ev.message = conn->errmsg;
+	ev.key = key;
+	ev.scope = op == IDEM_OP_PURGE ? NULL : scope ? scope : "";
+	ev.attempt = call->attempt;
+	ev.waited = call->waited;
+	ev.leased = call->leased;
+	ev.duration_us = clock_us() - call->started_us;
+	ev.status = call->status;
+	ev.count = call->count;
+	ev.state = call->state;
+	conn->observer(&ev, conn->observer_arg);
+}
+
 /* ---- connections ------------------------------------------------------- */
 
 /* a new owner token: IDEM_OWNER_BYTES random bytes as lowercase hex */
@@ -1142,7 +1254,8 @@ next_slice(idem_conn *conn, const char *key, const idem_opts *opts,
 
 static int
 reserve_sliced(idem_conn *conn, const char *key, const idem_opts *opts,
-			   int64_t total, const char *lease, idem_record **rec)
+			   int64_t total, const char *lease, idem_record **rec,
+			   int *waited)
 {
 	int64_t		deadline = clock_ms() + total;
 	int64_t		slice = 0;
@@ -1164,6 +1277,7 @@ reserve_sliced(idem_conn *conn, const char *key, const idem_opts *opts,
 			return 0;
 		if (conn->err != IDEM_ERR_IN_FLIGHT)
 			return -1;
+		*waited = 1;
 		now = clock_ms();
 		queued = now - started - slice;
 		if (now - started < slice)
@@ -1211,9 +1325,48 @@ reserve_sliced(idem_conn *conn, const char *key, const idem_opts *opts,
 	}
 }
 
-idem_outcome
-idem_reserve(idem_conn *conn, const char *key, const idem_opts *opts,
-			 idem_record **out)
+/*
+ * 1 when an interval's text is zero ("0", "0s", "0 ms", "0.0"): digits all
+ * zeros, whatever the units; used only to tell that a wait cannot have
+ * happened, so anything else counts as non-zero.
+ */
+static int
+zero_interval(const char *s)
+{
+	int			digits = 0;
+
+	for (; *s; s++)
+	{
+		if (*s >= '1' && *s <= '9')
+			return 0;
+		if (*s == '0')
+			digits++;
+		else if (*s == '-' || *s == '+')
+			return 0;
+	}
+	return digits > 0;
+}
+
+/*
+ * Whether a reserve that waited in one piece in the server waited (see
+ * idem_event.waited): not when the wait was zero or the answer came at
+ * once (IK422, or IK409 without "timed out"); when it timed out, yes; a
+ * key or a response after a non-zero wait cannot tell.
+ */
+static int
+waited_in_one_piece(const idem_conn *conn, const char *wait, int rc)
+{
+	if (wait ? zero_interval(wait) : conn->sess.wait_ms == 0)
+		return 0;
+	if (rc < 0)
+		return conn->err == IDEM_ERR_IN_FLIGHT &&
+			strncmp(conn->errmsg, "timed out", 9) == 0;
+	return -1;
+}
+
+static idem_outcome
+reserve_call(idem_conn *conn, const char *key, const idem_opts *opts,
+			 idem_record **out, idem_call *call)
 {
 	const char *wait = opts ? opts->wait : NULL;
 	const char *lease = NULL;
@@ -1226,6 +1379,7 @@ idem_reserve(idem_conn *conn, const char *key, const idem_opts *opts,
 
 	if (out)
 		*out = NULL;
+	conn->last_waited = 0;
 	idem__clear_error(conn);
 	if (check_key(conn, key) < 0)
 		return outcome_of(conn);
@@ -1237,9 +1391,16 @@ idem_reserve(idem_conn *conn, const char *key, const idem_opts *opts,
 	if (sliced && wait_ms_of(conn, wait, &total) < 0)
 		return outcome_of(conn);
 	if (sliced && total > 0)
-		rc = reserve_sliced(conn, key, opts, total, lease, &rec);
+		rc = reserve_sliced(conn, key, opts, total, lease, &rec,
+							&conn->last_waited);
 	else
+	{
 		rc = reserve_once(conn, key, opts, wait, lease, &rec);
+		if (!sliced)
+			conn->last_waited = waited_in_one_piece(conn, wait, rc);
+	}
+	if (call)
+		call->waited = conn->last_waited;
 	if (rc < 0)
 	{
 		if (conn->err != IDEM_ERR_CONNECTION &&
@@ -1270,6 +1431,8 @@ idem_reserve(idem_conn *conn, const char *key, const idem_opts *opts,
 		idem_record_free(rec);
 		return outcome;
 	}
+	if (call)
+		idem__call_record(call, rec);
 	if (out)
 		*out = rec;
 	else
@@ -1278,7 +1441,22 @@ idem_reserve(idem_conn *conn, const char *key, const idem_opts *opts,
 }
 
 idem_outcome
-idem_commit(idem_conn *conn, const char *key, const idem_opts *opts,
+idem_reserve(idem_conn *conn, const char *key, const idem_opts *opts,
+			 idem_record **out)
+{
+	idem_call	call;
+	idem_outcome o;
+
+	if (conn->observer == NULL)
+		return reserve_call(conn, key, opts, out, NULL);
+	idem__call_begin(&call);
+	o = reserve_call(conn, key, opts, out, &call);
+	idem__call_end(conn, &call, IDEM_OP_RESERVE, o, key, scope_of(opts));
+	return o;
+}
+
+static idem_outcome
+commit_call(idem_conn *conn, const char *key, const idem_opts *opts,
 			int status, const void *body, size_t body_len,
 			const char *headers_json)
 {
@@ -1327,7 +1505,24 @@ idem_commit(idem_conn *conn, const char *key, const idem_opts *opts,
 }
 
 idem_outcome
-idem_release(idem_conn *conn, const char *key, const idem_opts *opts)
+idem_commit(idem_conn *conn, const char *key, const idem_opts *opts,
+			int status, const void *body, size_t body_len,
+			const char *headers_json)
+{
+	idem_call	call;
+	idem_outcome o;
+
+	if (conn->observer == NULL)
+		return commit_call(conn, key, opts, status, body, body_len,
+						   headers_json);
+	idem__call_begin(&call);
+	o = commit_call(conn, key, opts, status, body, body_len, headers_json);
+	idem__call_end(conn, &call, IDEM_OP_COMMIT, o, key, scope_of(opts));
+	return o;
+}
+
+static idem_outcome
+release_call(idem_conn *conn, const char *key, const idem_opts *opts)
 {
 	const char *values[3];
 	PGresult   *res;
@@ -1357,7 +1552,21 @@ idem_release(idem_conn *conn, const char *key, const idem_opts *opts)
 }
 
 idem_outcome
-idem_extend(idem_conn *conn, const char *key, const idem_opts *opts,
+idem_release(idem_conn *conn, const char *key, const idem_opts *opts)
+{
+	idem_call	call;
+	idem_outcome o;
+
+	if (conn->observer == NULL)
+		return release_call(conn, key, opts);
+	idem__call_begin(&call);
+	o = release_call(conn, key, opts);
+	idem__call_end(conn, &call, IDEM_OP_RELEASE, o, key, scope_of(opts));
+	return o;
+}
+
+static idem_outcome
+extend_call(idem_conn *conn, const char *key, const idem_opts *opts,
 			int64_t *lease_expires_at)
 {
 	const char *values[4];
@@ -1406,8 +1615,24 @@ idem_extend(idem_conn *conn, const char *key, const idem_opts *opts,
 }
 
 idem_outcome
-idem_get(idem_conn *conn, const char *key, const idem_opts *opts,
-		 idem_record **out)
+idem_extend(idem_conn *conn, const char *key, const idem_opts *opts,
+			int64_t *lease_expires_at)
+{
+	idem_call	call;
+	idem_outcome o;
+
+	if (conn->observer == NULL)
+		return extend_call(conn, key, opts, lease_expires_at);
+	idem__call_begin(&call);
+	o = extend_call(conn, key, opts, lease_expires_at);
+	call.leased = o == IDEM_FRESH;
+	idem__call_end(conn, &call, IDEM_OP_EXTEND, o, key, scope_of(opts));
+	return o;
+}
+
+static idem_outcome
+get_call(idem_conn *conn, const char *key, const idem_opts *opts,
+		 idem_record **out, idem_call *call)
 {
 	const char *values[2];
 	PGresult   *res;
@@ -1436,6 +1661,8 @@ idem_get(idem_conn *conn, const char *key, const idem_opts *opts,
 	outcome = strcmp(rec->state, "committed") == 0 ? IDEM_REPLAY :
 		IDEM_IN_FLIGHT;
 	rec->fresh = 0;
+	if (call)
+		idem__call_record(call, rec);
 	if (out)
 		*out = rec;
 	else
@@ -1443,8 +1670,23 @@ idem_get(idem_conn *conn, const char *key, const idem_opts *opts,
 	return outcome;
 }
 
-int64_t
-idem_purge(idem_conn *conn, int batch_limit)
+idem_outcome
+idem_get(idem_conn *conn, const char *key, const idem_opts *opts,
+		 idem_record **out)
+{
+	idem_call	call;
+	idem_outcome o;
+
+	if (conn->observer == NULL)
+		return get_call(conn, key, opts, out, NULL);
+	idem__call_begin(&call);
+	o = get_call(conn, key, opts, out, &call);
+	idem__call_end(conn, &call, IDEM_OP_GET, o, key, scope_of(opts));
+	return o;
+}
+
+static int64_t
+purge_call(idem_conn *conn, int batch_limit)
 {
 	char		limit_text[16];
 	const char *values[1];
@@ -1475,6 +1717,22 @@ idem_purge(idem_conn *conn, int batch_limit)
 	}
 	n = (int64_t) be64((const unsigned char *) PQgetvalue(res, 0, 0));
 	PQclear(res);
+	return n;
+}
+
+int64_t
+idem_purge(idem_conn *conn, int batch_limit)
+{
+	idem_call	call;
+	int64_t		n;
+
+	if (conn->observer == NULL)
+		return purge_call(conn, batch_limit);
+	idem__call_begin(&call);
+	n = purge_call(conn, batch_limit);
+	call.count = n > 0 ? n : 0;
+	idem__call_end(conn, &call, IDEM_OP_PURGE,
+				   n < 0 ? IDEM_ERROR : IDEM_FRESH, NULL, NULL);
 	return n;
 }
 

@@ -110,6 +110,10 @@ struct idem_conn
 
 	char	   *run_id;
 	idem_stats	stats;
+
+	idem_observer_fn observer;	/* NULL: calls are not observed */
+	void	   *observer_arg;
+	int			last_waited;	/* the last reserve's idem_event.waited */
 };
 
 typedef struct idem_hdr
@@ -154,7 +158,28 @@ struct idem_response
 	idem_renewer *renewer;		/* renewing its lease, or NULL */
 };
 
+/*
+ * What an observed call gathers on its way to its idem_event: begun (the
+ * clock read) only when the handle has an observer, so that an unobserved
+ * call reads no clock.  state is a static string.
+ */
+typedef struct idem_call
+{
+	int64_t		started_us;
+	int			attempt;
+	int			waited;
+	int			leased;
+	int			status;
+	int64_t		count;
+	const char *state;
+} idem_call;
+
 /* idem_conn.c */
+void		idem__call_begin(idem_call *call);
+void		idem__call_record(idem_call *call, const idem_record *rec);
+void		idem__call_end(idem_conn *conn, const idem_call *call, idem_op op,
+						   idem_outcome outcome, const char *key,
+						   const char *scope);
 void		idem__clear_error(idem_conn *conn);
 void		idem__set_error(idem_conn *conn, idem_error err, const char *fmt,...)
 			__attribute__((format(printf, 3, 4)));

@@ -11,8 +11,13 @@
  * lease-owned reservation runs, its lease is renewed (idem_lease.c); a
  * lease lost meanwhile is reported as IDEM_LEASE_LOST, never as success.
  *
+ * The HTTP helper's answers that are not the handler's response can be
+ * given as RFC 9457 problem details (idem_http_problem_json), chosen by
+ * the request's Accept header (idem_http_wants_problem).
+ *
  *-------------------------------------------------------------------------
  */
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -123,7 +128,7 @@ lease_lost(idem_conn *conn, const char *key, const char *why)
 static idem_outcome
 run_guarded(idem_conn *conn, const char *key, const idem_opts *opts,
 			const idem_http *http, idem_handler_fn handler, void *arg,
-			idem_record **out)
+			idem_record **out, idem_call *call)
 {
 	idem_record *rec = NULL;
 	idem_response *resp;
@@ -135,6 +140,12 @@ run_guarded(idem_conn *conn, const char *key, const idem_opts *opts,
 	char		why[sizeof(((idem_renewer *) 0)->errmsg)] = "";
 
 	o = idem_reserve(conn, key, opts, &rec);
+	if (call)
+	{
+		call->waited = conn->last_waited;
+		call->attempt = rec ? rec->attempt : 0;
+		call->leased = rec && rec->lease_expires_at != 0;
+	}
 	if (o == IDEM_REPLAY)
 	{
 		*out = rec;
@@ -257,27 +268,67 @@ run_guarded(idem_conn *conn, const char *key, const idem_opts *opts,
 	}
 }
 
-idem_outcome
-idem_run(idem_conn *conn, const char *key, const idem_opts *opts,
-		 idem_handler_fn handler, void *arg, idem_record **out)
+/*
+ * Ends the event of a runner: what it returned (*out, and its status or
+ * the HTTP status when http_status >= 0) on top of what its reserve told
+ * (attempt, waited, leased).
+ */
+static void
+end_runner(idem_conn *conn, idem_call *call, idem_op op, idem_outcome o,
+		   const char *key, const char *scope, const idem_record *out,
+		   int http_status)
+{
+	int			attempt = call->attempt;
+
+	idem__call_record(call, out);
+	if (call->attempt == 0)
+		call->attempt = attempt;
+	if (http_status >= 0)
+		call->status = http_status;
+	idem__call_end(conn, call, op, o, key, scope);
+}
+
+static idem_outcome
+run_call(idem_conn *conn, const char *key, const idem_opts *opts,
+		 idem_handler_fn handler, void *arg, idem_record **out,
+		 idem_call *call)
 {
 	*out = NULL;
 	idem__clear_error(conn);
 	if (handler == NULL)
 		return idem__fail(conn, IDEM_ERR_BAD_INPUT, "handler must not be NULL");
-	return run_guarded(conn, key, opts, NULL, handler, arg, out);
+	return run_guarded(conn, key, opts, NULL, handler, arg, out, call);
 }
 
 idem_outcome
-idem_step(idem_conn *conn, const char *step, const idem_opts *opts,
-		  idem_handler_fn step_fn, void *arg, idem_record **out)
+idem_run(idem_conn *conn, const char *key, const idem_opts *opts,
+		 idem_handler_fn handler, void *arg, idem_record **out)
 {
-	char		key[IDEM_HASH_SIZE];
+	idem_call	call;
+	idem_outcome o;
+
+	if (conn->observer == NULL)
+		return run_call(conn, key, opts, handler, arg, out, NULL);
+	idem__call_begin(&call);
+	o = run_call(conn, key, opts, handler, arg, out, &call);
+	end_runner(conn, &call, IDEM_OP_RUN, o, key, opts ? opts->scope : NULL,
+			   *out, -1);
+	return o;
+}
+
+/* idem_step, with the key it derived in key ("" without a run id) */
+static idem_outcome
+step_call(idem_conn *conn, const char *step, const idem_opts *opts,
+		  idem_handler_fn step_fn, void *arg, idem_record **out,
+		  char key[IDEM_HASH_SIZE], idem_call *call)
+{
 	idem_opts	o = {NULL, NULL, NULL, NULL};
 
 	*out = NULL;
+	key[0] = '\0';
 	if (idem_step_key(conn, step, key) < 0)
 	{
+		key[0] = '\0';
 		conn->stats.errors++;
 		return IDEM_ERROR;
 	}
@@ -289,7 +340,24 @@ idem_step(idem_conn *conn, const char *step, const idem_opts *opts,
 		o.ttl = opts->ttl;
 		o.wait = opts->wait;
 	}
-	return run_guarded(conn, key, &o, NULL, step_fn, arg, out);
+	return run_guarded(conn, key, &o, NULL, step_fn, arg, out, call);
+}
+
+idem_outcome
+idem_step(idem_conn *conn, const char *step, const idem_opts *opts,
+		  idem_handler_fn step_fn, void *arg, idem_record **out)
+{
+	char		key[IDEM_HASH_SIZE];
+	idem_call	call;
+	idem_outcome o;
+
+	if (conn->observer == NULL)
+		return step_call(conn, step, opts, step_fn, arg, out, key, NULL);
+	idem__call_begin(&call);
+	o = step_call(conn, step, opts, step_fn, arg, out, key, &call);
+	end_runner(conn, &call, IDEM_OP_STEP, o, key[0] ? key : NULL,
+			   opts ? opts->scope : NULL, *out, -1);
+	return o;
 }
 
 /* ---- HTTP -------------------------------------------------------------- */
@@ -561,10 +629,10 @@ idem_http_error_status(idem_outcome outcome, idem_error err)
 	}
 }
 
-idem_outcome
-idem_http_run(idem_conn *conn, const idem_http *http,
+static idem_outcome
+http_run_call(idem_conn *conn, const idem_http *http,
 			  const idem_http_request *req, idem_handler_fn handler,
-			  void *arg, idem_record **out, int *status)
+			  void *arg, idem_record **out, int *status, idem_call *call)
 {
 	const char *key = NULL;
 	const char *reason = NULL;
@@ -626,8 +694,490 @@ idem_http_run(idem_conn *conn, const idem_http *http,
 	opts.request_hash = hash;
 	opts.ttl = http->ttl;
 	opts.wait = http->wait;
-	o = run_guarded(conn, key, &opts, http, handler, arg, out);
+	o = run_guarded(conn, key, &opts, http, handler, arg, out, call);
 	*status = (o == IDEM_FRESH || o == IDEM_REPLAY) ?
 		(*out)->status : idem_http_error_status(o, conn->err);
+	return o;
+}
+
+/* ---- problem details (RFC 9457) ---------------------------------------- */
+
+/*
+ * A problem type: its name after IDEM_HTTP_PROBLEM_BASE, its title, and
+ * its detail, where %k stands for the key phrase (Idempotency-Key "KEY",
+ * or "this Idempotency-Key" without a key).  Titles and details are ASCII
+ * without quotes or backslashes: they go out as they are.
+ */
+typedef struct problem
+{
+	const char *type;
+	const char *title;
+	const char *detail;
+} problem;
+
+static const problem missing_key = {
+	"missing-key", "Idempotency-Key is missing",
+	"This operation is idempotent and needs an Idempotency-Key header of 1 "
+	"to 255 bytes."
+};
+static const problem empty_key = {
+	"invalid-key", "Idempotency-Key is invalid",
+	"The Idempotency-Key header is empty; send a key of 1 to 255 bytes."
+};
+static const problem long_key = {
+	"invalid-key", "Idempotency-Key is invalid",
+	"%k is longer than 255 bytes; send a key of 1 to 255 bytes."
+};
+static const problem bad_key = {
+	"invalid-key", "Idempotency-Key is invalid",
+	"%k was refused as bad input; send a key of 1 to 255 bytes."
+};
+static const problem in_flight = {
+	"in-flight", "A request is outstanding for this Idempotency-Key",
+	"A request with %k is still being processed; retry later to get its "
+	"response."
+};
+static const problem lease_lost_problem = {
+	"lease-lost", "Another request took over this Idempotency-Key",
+	"The request with %k ran past its lease and another request took the "
+	"key over; retry to get that request's response."
+};
+static const problem key_reused = {
+	"key-reused", "Idempotency-Key is already used",
+	"A request with %k was already made with another method, path or body; "
+	"a new request needs a new key."
+};
+static const problem store_unavailable = {
+	"store-unavailable", "The idempotency store is unavailable",
+	"The database that keeps the idempotency keys is unreachable or "
+	"read-only; retry the request with %k later: with the same key it runs "
+	"at most once."
+};
+static const problem handler_failed = {
+	"handler-failed", "The request failed",
+	"The request with %k failed; its key was released, so that a retry runs "
+	"it again."
+};
+static const problem store_failed = {
+	"store-failed", "The idempotency store failed",
+	"The idempotency store failed on the request with %k; retry with the "
+	"same key."
+};
+
+/* keys longer than IDEM_MAX_KEY_BYTES are shown by this many bytes */
+#define PROBLEM_KEY_PREFIX 64
+
+/*
+ * Output of bounded size that counts what it would have written, so that
+ * the caller learns the length it needs.
+ */
+typedef struct outbuf
+{
+	char	   *buf;
+	size_t		size;
+	size_t		len;
+} outbuf;
+
+static void
+out_put(outbuf *o, const char *s, size_t n)
+{
+	if (o->len < o->size && o->size - o->len > n)
+		memcpy(o->buf + o->len, s, n);
+	o->len += n;
+}
+
+static void
+out_puts(outbuf *o, const char *s)
+{
+	out_put(o, s, strlen(s));
+}
+
+static void
+out_u16(outbuf *o, unsigned cp)
+{
+	char		esc[8];
+
+	snprintf(esc, sizeof(esc), "\\u%04x", cp & 0xffffu);
+	out_put(o, esc, 6);
+}
+
+/*
+ * The length of the UTF-8 sequence at s (at most n bytes) and its code
+ * point in *cp; 0 when the bytes there are not valid UTF-8 (overlong
+ * forms, surrogates and values beyond U+10FFFF are not).
+ */
+static size_t
+utf8_char(const unsigned char *s, size_t n, unsigned *cp)
+{
+	size_t		len,
+				i;
+	unsigned	c = s[0];
+	unsigned	lo = 0x80,
+				hi = 0xbf;
+
+	if (c >= 0xc2 && c <= 0xdf)
+		len = 2, *cp = c & 0x1f;
+	else if (c >= 0xe0 && c <= 0xef)
+	{
+		len = 3, *cp = c & 0x0f;
+		if (c == 0xe0)
+			lo = 0xa0;			/* overlong */
+		else if (c == 0xed)
+			hi = 0x9f;			/* surrogates */
+	}
+	else if (c >= 0xf0 && c <= 0xf4)
+	{
+		len = 4, *cp = c & 0x07;
+		if (c == 0xf0)
+			lo = 0x90;			/* overlong */
+		else if (c == 0xf4)
+			hi = 0x8f;			/* beyond U+10FFFF */
+	}
+	else
+		return 0;
+	if (n < len)
+		return 0;
+	for (i = 1; i < len; i++)
+	{
+		unsigned	b = s[i];
+
+		if (b < (i == 1 ? lo : 0x80) || b > (i == 1 ? hi : 0xbf))
+			return 0;
+		*cp = (*cp << 6) | (b & 0x3f);
+	}
+	return len;
+}
+
+/*
+ * n bytes of s inside a JSON string: quotes, backslashes and control
+ * characters escaped, everything beyond ASCII as \uXXXX (UTF-16 pairs
+ * beyond U+FFFF), bytes that are not valid UTF-8 as U+FFFD: the output is
+ * ASCII, valid JSON whatever s holds.
+ */
+static void
+out_json_chars(outbuf *o, const char *str, size_t n)
+{
+	const unsigned char *s = (const unsigned char *) str;
+	size_t		i = 0;
+
+	while (i < n)
+	{
+		unsigned	c = s[i];
+		unsigned	cp;
+		size_t		len;
+
+		if (c >= 0x80)
+		{
+			len = utf8_char(s + i, n - i, &cp);
+			if (len == 0)
+			{
+				out_u16(o, 0xfffd);
+				i++;
+				continue;
+			}
+			if (cp >= 0x10000)
+			{
+				out_u16(o, 0xd800 + ((cp - 0x10000) >> 10));
+				out_u16(o, 0xdc00 + ((cp - 0x10000) & 0x3ff));
+			}
+			else
+				out_u16(o, cp);
+			i += len;
+			continue;
+		}
+		switch (c)
+		{
+			case '"':
+				out_puts(o, "\\\"");
+				break;
+			case '\\':
+				out_puts(o, "\\\\");
+				break;
+			case '\b':
+				out_puts(o, "\\b");
+				break;
+			case '\f':
+				out_puts(o, "\\f");
+				break;
+			case '\n':
+				out_puts(o, "\\n");
+				break;
+			case '\r':
+				out_puts(o, "\\r");
+				break;
+			case '\t':
+				out_puts(o, "\\t");
+				break;
+			default:
+				if (c < 0x20 || c == 0x7f)
+					out_u16(o, c);
+				else
+					out_put(o, (const char *) s + i, 1);
+		}
+		i++;
+	}
+}
+
+/* the problem of an answer, by outcome, then the error, then the status */
+static const problem *
+problem_of(idem_outcome outcome, idem_error err, int status, const char *key)
+{
+	switch (outcome)
+	{
+		case IDEM_FRESH:
+		case IDEM_REPLAY:
+			return NULL;
+		case IDEM_MISMATCH:
+			return &key_reused;
+		case IDEM_IN_FLIGHT:
+			return &in_flight;
+		case IDEM_LEASE_LOST:
+			return &lease_lost_problem;
+		case IDEM_NOT_FOUND:
+		case IDEM_ERROR:
+			break;
+	}
+	switch (err)
+	{
+		case IDEM_ERR_LEASE_LOST:
+			return &lease_lost_problem;
+		case IDEM_ERR_CONNECTION:
+		case IDEM_ERR_READ_ONLY:
+			return &store_unavailable;
+		case IDEM_ERR_HANDLER:
+			return &handler_failed;
+		case IDEM_ERR_BAD_INPUT:
+			break;
+		default:
+			if (status == 503)
+				return &store_unavailable;
+			if (status != 400)
+				return &store_failed;
+			break;
+	}
+	if (key == NULL)
+		return &missing_key;
+	if (*key == '\0')
+		return &empty_key;
+	if (strlen(key) > IDEM_MAX_KEY_BYTES)
+		return &long_key;
+	return &bad_key;
+}
+
+int
+idem_http_problem_json(idem_outcome outcome, idem_error err, int status,
+					   const char *key, char *buf, size_t size)
+{
+	const problem *p;
+	outbuf		o = {buf, size, 0};
+	char		num[16];
+	const char *d;
+
+	if (buf && size > 0)
+		buf[0] = '\0';
+	if (status == 0)
+		status = idem_http_error_status(outcome, err);
+	p = problem_of(outcome, err, status, key);
+	if (p == NULL)
+		return -1;
+
+	out_puts(&o, "{\"type\": \"" IDEM_HTTP_PROBLEM_BASE);
+	out_puts(&o, p->type);
+	out_puts(&o, "\", \"title\": \"");
+	out_puts(&o, p->title);
+	snprintf(num, sizeof(num), "%d", status);
+	out_puts(&o, "\", \"status\": ");
+	out_puts(&o, num);
+	out_puts(&o, ", \"detail\": \"");
+	for (d = p->detail; *d; d++)
+	{
+		const char *mark = strstr(d, "%k");
+		size_t		klen;
+
+		if (mark == NULL)
+		{
+			out_puts(&o, d);
+			break;
+		}
+		out_put(&o, d, (size_t) (mark - d));
+		d = mark + 1;
+		if (key == NULL)
+		{
+			out_puts(&o, "this Idempotency-Key");
+			continue;
+		}
+		klen = strlen(key);
+		out_puts(&o, "Idempotency-Key \\\"");
+		if (klen > IDEM_MAX_KEY_BYTES)
+		{
+			/* a prefix, cut before a character's continuation bytes */
+			klen = PROBLEM_KEY_PREFIX;
+			while (klen > 0 && ((unsigned char) key[klen] & 0xc0) == 0x80)
+				klen--;
+			out_json_chars(&o, key, klen);
+			out_puts(&o, "...");
+		}
+		else
+			out_json_chars(&o, key, klen);
+		out_puts(&o, "\\\"");
+	}
+	out_puts(&o, "\"}");
+
+	if (o.len >= size)
+	{
+		if (buf && size > 0)
+			buf[0] = '\0';
+		return (int) o.len;
+	}
+	buf[o.len] = '\0';
+	return (int) o.len;
+}
+
+/* ---- content negotiation ----------------------------------------------- */
+
+static int
+is_ows(char c)
+{
+	return c == ' ' || c == '\t';
+}
+
+/* [s, e) without leading and trailing spaces and tabs */
+static void
+trim(const char **s, const char **e)
+{
+	while (*s < *e && is_ows(**s))
+		(*s)++;
+	while (*e > *s && is_ows((*e)[-1]))
+		(*e)--;
+}
+
+/* where the next c outside a quoted string is in [s, e), or e */
+static const char *
+next_unquoted(const char *s, const char *e, char c)
+{
+	int			quoted = 0;
+
+	for (; s < e; s++)
+	{
+		if (quoted && *s == '\\' && s + 1 < e)
+			s++;
+		else if (*s == '"')
+			quoted = !quoted;
+		else if (!quoted && *s == c)
+			return s;
+	}
+	return e;
+}
+
+static int
+span_caseeq(const char *s, const char *e, const char *word)
+{
+	size_t		n = strlen(word);
+	size_t		i;
+
+	if ((size_t) (e - s) != n)
+		return 0;
+	for (i = 0; i < n; i++)
+		if (tolower((unsigned char) s[i]) != tolower((unsigned char) word[i]))
+			return 0;
+	return 1;
+}
+
+/* a qvalue of zero: "0", "0.", "0.0", "0.00", "0.000" */
+static int
+zero_qvalue(const char *s, const char *e)
+{
+	if (s == e || *s != '0')
+		return 0;
+	for (s++; s < e && *s == '.'; s++)
+		;
+	for (; s < e; s++)
+		if (*s != '0')
+			return 0;
+	return 1;
+}
+
+/*
+ * 1 when the media range [s, e) is application/problem+json with a
+ * q-value other than 0 (the other parameters are ignored).
+ */
+static int
+range_is_problem(const char *s, const char *e)
+{
+	const char *semi = next_unquoted(s, e, ';');
+	const char *te = semi;
+
+	trim(&s, &te);
+	if (!span_caseeq(s, te, "application/problem+json"))
+		return 0;
+	while (semi < e)
+	{
+		const char *ps = semi + 1;
+		const char *pe;
+
+		semi = next_unquoted(ps, e, ';');
+		pe = semi;
+		trim(&ps, &pe);
+		if (pe - ps >= 2 && (ps[0] == 'q' || ps[0] == 'Q') && ps[1] == '=' &&
+			zero_qvalue(ps + 2, pe))
+			return 0;
+	}
+	return 1;
+}
+
+int
+idem_http_wants_problem(const idem_http_request *req)
+{
+	size_t		i;
+
+	for (i = 0; i < req->nheaders && req->headers; i++)
+	{
+		const char *s = req->headers[i].value;
+		const char *end;
+
+		if (req->headers[i].name == NULL || s == NULL ||
+			!idem__strcaseeq(req->headers[i].name, "Accept"))
+			continue;
+		end = s + strlen(s);
+		while (s < end)
+		{
+			const char *comma = next_unquoted(s, end, ',');
+
+			if (range_is_problem(s, comma))
+				return 1;
+			s = comma < end ? comma + 1 : end;
+		}
+	}
+	return 0;
+}
+
+/* the value of the policy's key header in req, or NULL */
+static const char *
+key_header(const idem_http *http, const idem_http_request *req)
+{
+	size_t		i;
+
+	for (i = 0; i < req->nheaders && req->headers; i++)
+		if (req->headers[i].name &&
+			idem__strcaseeq(req->headers[i].name, http->header_name))
+			return req->headers[i].value;
+	return NULL;
+}
+
+idem_outcome
+idem_http_run(idem_conn *conn, const idem_http *http,
+			  const idem_http_request *req, idem_handler_fn handler,
+			  void *arg, idem_record **out, int *status)
+{
+	idem_call	call;
+	idem_outcome o;
+
+	if (conn->observer == NULL)
+		return http_run_call(conn, http, req, handler, arg, out, status,
+							 NULL);
+	idem__call_begin(&call);
+	o = http_run_call(conn, http, req, handler, arg, out, status, &call);
+	end_runner(conn, &call, IDEM_OP_HTTP_RUN, o, key_header(http, req),
+			   req->scope, *out, *status);
 	return o;
 }

@@ -810,6 +810,387 @@ test_run(void)
 	idem_free(b);
 }
 
+/* ---- observing calls ------------------------------------------------------ */
+
+/* what an observer saw: copies, since the event is gone after the call */
+typedef struct obs_event
+{
+	idem_op		op;
+	idem_outcome outcome;
+	idem_error	error;
+	char		sqlstate[6];
+	char		key[200];		/* "(null)" for NULL */
+	char		scope[64];		/* "(null)" for NULL */
+	int			attempt;
+	int			waited;
+	int			leased;
+	int64_t		duration_us;
+	int			status;
+	int64_t		count;
+	char		state[16];		/* "" for NULL */
+	int			other_thread;	/* not called on the calling thread */
+} obs_event;
+
+typedef struct obs_log
+{
+	int			n;
+	obs_event	ev[64];
+	pthread_t	caller;
+} obs_log;
+
+static atomic_int observed_anywhere;
+
+static void
+log_observer(const idem_event *ev, void *arg)
+{
+	obs_log    *log = arg;
+	obs_event  *e;
+
+	atomic_fetch_add(&observed_anywhere, 1);
+	if (log->n >= 64)
+	{
+		log->n++;
+		return;
+	}
+	e = &log->ev[log->n++];
+	e->op = ev->op;
+	e->outcome = ev->outcome;
+	e->error = ev->error;
+	snprintf(e->sqlstate, sizeof(e->sqlstate), "%s", ev->sqlstate);
+	snprintf(e->key, sizeof(e->key), "%s", ev->key ? ev->key : "(null)");
+	snprintf(e->scope, sizeof(e->scope), "%s", ev->scope ? ev->scope : "(null)");
+	e->attempt = ev->attempt;
+	e->waited = ev->waited;
+	e->leased = ev->leased;
+	e->duration_us = ev->duration_us;
+	e->status = ev->status;
+	e->count = ev->count;
+	snprintf(e->state, sizeof(e->state), "%s", ev->state ? ev->state : "");
+	e->other_thread = !pthread_equal(pthread_self(), log->caller);
+}
+
+/* the one event since log->n was mark, or NULL when there is not one */
+static const obs_event *
+only_event(const obs_log *log, int mark)
+{
+	return log->n == mark + 1 ? &log->ev[mark] : NULL;
+}
+
+static int
+slow_handler(idem_response *resp, void *arg)
+{
+	sleep_ms(*(const int *) arg);
+	idem_response_set_status(resp, 201);
+	return idem_response_set_body(resp, "slow", 4);
+}
+
+static int
+refusing_handler(idem_response *resp, void *arg)
+{
+	(void) resp;
+	(void) arg;
+	return 7;
+}
+
+typedef struct commit_later
+{
+	idem_conn  *conn;
+	const char *key;
+	int			after_ms;
+} commit_later;
+
+static void *
+commit_after(void *arg)
+{
+	commit_later *c = arg;
+
+	sleep_ms(c->after_ms);
+	idem_commit(c->conn, c->key, NULL, 200, "late", 4, NULL);
+	return NULL;
+}
+
+static void
+test_observer(void)
+{
+	idem_conn  *a = open_conn();
+	idem_conn  *b = open_conn();
+	idem_record *rec = NULL;
+	idem_opts	opts = {"obs-scope", "h1", NULL, NULL};
+	idem_opts	nowait = {"obs-scope", NULL, NULL, "0"};
+	idem_opts	wait200 = {"obs-scope", NULL, NULL, "200ms"};
+	obs_log    *log = calloc(1, sizeof(obs_log));
+	const obs_event *e;
+	const char *k = key_of("obs-1");
+	char		kcopy[160];
+	int			mark,
+				sleep_for = 150;
+	int			before;
+	int64_t		purged;
+	idem_outcome o;
+
+	log->caller = pthread_self();
+	snprintf(kcopy, sizeof(kcopy), "%s", k);
+	k = kcopy;
+
+	/* never set, then set: nothing until set */
+	before = atomic_load(&observed_anywhere);
+	idem_reserve(a, k, &opts, NULL);
+	idem_release(a, k, &opts);
+	idem_get(a, k, &opts, NULL);
+	CHECK(atomic_load(&observed_anywhere) == before,
+		  "a handle without an observer calls none");
+	CHECK(idem_set_observer(a, log_observer, log) == 0, "idem_set_observer");
+
+	/* fresh */
+	mark = log->n;
+	o = idem_reserve(a, k, &opts, NULL);
+	e = only_event(log, mark);
+	CHECK(o == IDEM_FRESH && e && e->op == IDEM_OP_RESERVE &&
+		  e->outcome == IDEM_FRESH && e->error == IDEM_OK &&
+		  e->sqlstate[0] == '\0' && strcmp(e->key, k) == 0 &&
+		  strcmp(e->scope, "obs-scope") == 0 && e->attempt == 1 &&
+		  e->leased == 0 && strcmp(e->state, "in_flight") == 0 &&
+		  e->duration_us > 0 && e->duration_us < 10000000 && !e->other_thread,
+		  "reserve, fresh: one event on the calling thread: fresh, no "
+		  "SQLSTATE, key, scope, attempt 1, in_flight, %lld us",
+		  e ? (long long) e->duration_us : -1LL);
+	CHECK(e && e->waited == -1,
+		  "waited: a wait in one piece in the server cannot tell (%d)",
+		  e ? e->waited : -9);
+
+	/* in flight */
+	mark = log->n;
+	idem_set_observer(b, log_observer, log);
+	o = idem_reserve(b, k, &nowait, NULL);
+	e = only_event(log, mark);
+	CHECK(o == IDEM_IN_FLIGHT && e && e->outcome == IDEM_IN_FLIGHT &&
+		  e->error == IDEM_ERR_IN_FLIGHT && strcmp(e->sqlstate, "IK409") == 0 &&
+		  e->waited == 0 && e->attempt == 0 && e->state[0] == '\0',
+		  "reserve of a key in flight, wait 0: in_flight, IK409, did not wait");
+	mark = log->n;
+	o = idem_reserve(b, k, &wait200, NULL);
+	e = only_event(log, mark);
+	CHECK(o == IDEM_IN_FLIGHT && e && strcmp(e->sqlstate, "IK409") == 0 &&
+		  e->waited == 1 && e->duration_us >= 150000,
+		  "... wait 200ms: in_flight, IK409, waited, %lld us",
+		  e ? (long long) e->duration_us : -1LL);
+
+	/* mismatch */
+	mark = log->n;
+	o = idem_reserve(b, k, &(idem_opts) {"obs-scope", "h2", NULL, NULL}, NULL);
+	e = only_event(log, mark);
+	CHECK(o == IDEM_MISMATCH && e && e->outcome == IDEM_MISMATCH &&
+		  e->error == IDEM_ERR_MISMATCH && strcmp(e->sqlstate, "IK422") == 0 &&
+		  e->waited == 0,
+		  "reserve with another hash: mismatch, IK422, did not wait");
+
+	/* commit, then replay */
+	mark = log->n;
+	o = idem_commit(a, k, &opts, 200, "body", 4, NULL);
+	e = only_event(log, mark);
+	CHECK(o == IDEM_FRESH && e && e->op == IDEM_OP_COMMIT &&
+		  e->outcome == IDEM_FRESH && e->sqlstate[0] == '\0' &&
+		  strcmp(e->key, k) == 0 && e->attempt == 0,
+		  "commit: one event, fresh");
+	mark = log->n;
+	o = idem_reserve(b, k, &opts, &rec);
+	e = only_event(log, mark);
+	CHECK(o == IDEM_REPLAY && e && e->outcome == IDEM_REPLAY &&
+		  e->sqlstate[0] == '\0' && e->status == 200 && e->attempt == 1 &&
+		  strcmp(e->state, "committed") == 0,
+		  "reserve of a committed key: replay, status 200, committed");
+	idem_record_free(rec);
+	mark = log->n;
+	o = idem_commit(a, k, &opts, 500, "again", 5, NULL);
+	e = only_event(log, mark);
+	CHECK(o == IDEM_REPLAY && e && e->outcome == IDEM_REPLAY,
+		  "commit of a committed key: one event, replay");
+
+	/* not found */
+	mark = log->n;
+	o = idem_get(a, key_of("obs-absent"), &opts, &rec);
+	e = only_event(log, mark);
+	CHECK(o == IDEM_NOT_FOUND && e && e->op == IDEM_OP_GET &&
+		  e->outcome == IDEM_NOT_FOUND && e->sqlstate[0] == '\0' &&
+		  e->state[0] == '\0', "get of an absent key: not_found, no SQLSTATE");
+	mark = log->n;
+	o = idem_commit(a, key_of("obs-absent"), &opts, 200, "x", 1, NULL);
+	e = only_event(log, mark);
+	CHECK(o == IDEM_NOT_FOUND && e && e->outcome == IDEM_NOT_FOUND &&
+		  e->error == IDEM_ERR_NOT_FOUND && strcmp(e->sqlstate, "IK404") == 0,
+		  "commit without a reservation: not_found, IK404");
+	mark = log->n;
+	o = idem_release(a, key_of("obs-absent"), &opts);
+	e = only_event(log, mark);
+	CHECK(o == IDEM_NOT_FOUND && e && e->op == IDEM_OP_RELEASE &&
+		  e->outcome == IDEM_NOT_FOUND, "release of nothing: not_found");
+	mark = log->n;
+	o = idem_get(a, k, &opts, &rec);
+	e = only_event(log, mark);
+	CHECK(o == IDEM_REPLAY && e && e->status == 200 && e->attempt == 1 &&
+		  strcmp(e->state, "committed") == 0, "get of a committed key: replay, 200");
+	idem_record_free(rec);
+	mark = log->n;
+	o = idem_extend(a, k, &opts, NULL);
+	e = only_event(log, mark);
+	CHECK(o == IDEM_NOT_FOUND && e && e->op == IDEM_OP_EXTEND &&
+		  strcmp(e->sqlstate, "IK404") == 0, "extend of a committed key: IK404");
+	mark = log->n;
+	purged = idem_purge(a, 1);
+	e = only_event(log, mark);
+	CHECK(purged >= 0 && e && e->count == purged &&
+		  e->op == IDEM_OP_PURGE && e->outcome == IDEM_FRESH &&
+		  strcmp(e->key, "(null)") == 0 && strcmp(e->scope, "(null)") == 0 &&
+		  e->count >= 0,
+		  "purge: one event, fresh, no key, no scope, count %lld",
+		  e ? (long long) e->count : -1LL);
+	mark = log->n;
+	o = idem_reserve(a, NULL, NULL, NULL);
+	e = only_event(log, mark);
+	CHECK(o == IDEM_ERROR && e && e->error == IDEM_ERR_BAD_INPUT &&
+		  strcmp(e->key, "(null)") == 0,
+		  "a NULL key, decided by the library: one event, bad input");
+
+	/* runners: their own calls, then one event of their own */
+	k = key_of("obs-run");
+	snprintf(kcopy, sizeof(kcopy), "%s", k);
+	k = kcopy;
+	mark = log->n;
+	o = idem_run(a, k, &(idem_opts) {"obs-scope", NULL, NULL, NULL},
+				 slow_handler, &sleep_for, &rec);
+	idem_record_free(rec);
+	CHECK(o == IDEM_FRESH && log->n == mark + 3 &&
+		  log->ev[mark].op == IDEM_OP_RESERVE &&
+		  log->ev[mark + 1].op == IDEM_OP_COMMIT &&
+		  log->ev[mark + 2].op == IDEM_OP_RUN,
+		  "idem_run, fresh: reserve, commit, then run (%d events)", log->n - mark);
+	e = log->n == mark + 3 ? &log->ev[mark + 2] : NULL;
+	CHECK(e && e->outcome == IDEM_FRESH && strcmp(e->key, k) == 0 &&
+		  strcmp(e->scope, "obs-scope") == 0 && e->attempt == 1 &&
+		  e->status == 201 && strcmp(e->state, "committed") == 0 &&
+		  e->duration_us >= sleep_for * 1000 &&
+		  e->duration_us >= log->ev[mark].duration_us + log->ev[mark + 1].duration_us,
+		  "the run event: fresh, attempt 1, 201, committed, %lld us (with the "
+		  "handler's %d ms and its calls)", e ? (long long) e->duration_us : -1LL,
+		  sleep_for);
+	mark = log->n;
+	o = idem_run(b, k, &(idem_opts) {"obs-scope", NULL, NULL, NULL},
+				 slow_handler, &sleep_for, &rec);
+	idem_record_free(rec);
+	CHECK(o == IDEM_REPLAY && log->n == mark + 2 &&
+		  log->ev[mark].op == IDEM_OP_RESERVE && log->ev[mark + 1].op == IDEM_OP_RUN &&
+		  log->ev[mark + 1].outcome == IDEM_REPLAY && log->ev[mark + 1].status == 201,
+		  "idem_run, replay: reserve, then run (replay, 201)");
+	mark = log->n;
+	o = idem_run(a, key_of("obs-refused"), NULL, refusing_handler, NULL, &rec);
+	CHECK(o == IDEM_ERROR && log->n == mark + 3 &&
+		  log->ev[mark + 1].op == IDEM_OP_RELEASE &&
+		  log->ev[mark + 1].outcome == IDEM_FRESH &&
+		  log->ev[mark + 2].op == IDEM_OP_RUN &&
+		  log->ev[mark + 2].outcome == IDEM_ERROR &&
+		  log->ev[mark + 2].error == IDEM_ERR_HANDLER &&
+		  log->ev[mark + 2].sqlstate[0] == '\0',
+		  "idem_run, handler failed: reserve, release, then run (error, handler)");
+	mark = log->n;
+	idem_set_run_id(a, key_of("obs-steps"));
+	o = idem_step(a, "one", NULL, slow_handler, &sleep_for, &rec);
+	idem_record_free(rec);
+	{
+		char		sk[IDEM_HASH_SIZE];
+
+		idem_step_key(a, "one", sk);
+		CHECK(o == IDEM_FRESH && log->n == mark + 3 &&
+			  log->ev[mark + 2].op == IDEM_OP_STEP &&
+			  strcmp(log->ev[mark + 2].key, sk) == 0 &&
+			  strcmp(log->ev[mark].key, sk) == 0,
+			  "idem_step: reserve, commit, step, under the derived key");
+	}
+	idem_set_run_id(a, NULL);
+
+	/* the HTTP middleware */
+	{
+		idem_http  *http = idem_http_new();
+		idem_header h = {"Idempotency-Key", key_of("obs-http")};
+		idem_http_request req;
+		int			status;
+
+		memset(&req, 0, sizeof(req));
+		req.method = "POST";
+		req.path = "/v1/obs";
+		req.headers = &h;
+		req.nheaders = 1;
+		req.scope = "obs-scope";
+		mark = log->n;
+		o = idem_http_run(a, http, &req, slow_handler, &sleep_for, &rec, &status);
+		idem_record_free(rec);
+		e = log->n == mark + 3 ? &log->ev[mark + 2] : NULL;
+		CHECK(o == IDEM_FRESH && e && e->op == IDEM_OP_HTTP_RUN && e->status == 201 &&
+			  strcmp(e->key, h.value) == 0 && strcmp(e->scope, "obs-scope") == 0 &&
+			  strcmp(e->state, "committed") == 0,
+			  "idem_http_run: reserve, commit, http_run (201, committed)");
+		req.body = "other";
+		req.body_len = 5;
+		mark = log->n;
+		o = idem_http_run(b, http, &req, slow_handler, &sleep_for, &rec, &status);
+		e = log->n == mark + 2 ? &log->ev[mark + 1] : NULL;
+		CHECK(o == IDEM_MISMATCH && e && e->op == IDEM_OP_HTTP_RUN && e->status == 422 &&
+			  strcmp(e->sqlstate, "IK422") == 0,
+			  "idem_http_run, another body: reserve, http_run (422, IK422)");
+		idem_http_free(http);
+	}
+
+	/* leases: a wait in slices is known */
+	{
+		commit_later cl;
+		pthread_t	th;
+
+		k = key_of("obs-lease");
+		snprintf(kcopy, sizeof(kcopy), "%s", k);
+		k = kcopy;
+		idem_set_lease(a, "5s");
+		idem_set_lease(b, "5s");
+		mark = log->n;
+		o = idem_reserve(a, k, NULL, NULL);
+		e = only_event(log, mark);
+		CHECK(o == IDEM_FRESH && e && e->leased == 1 && e->waited == 0,
+			  "a lease-owned reservation: leased, did not wait (in slices: known)");
+		/* the owner commits from another thread, unobserved */
+		idem_set_observer(a, NULL, NULL);
+		cl.conn = a;
+		cl.key = k;
+		cl.after_ms = 300;
+		mark = log->n;
+		pthread_create(&th, NULL, commit_after, &cl);
+		o = idem_reserve(b, k, &(idem_opts) {NULL, NULL, NULL, "5s"}, NULL);
+		pthread_join(th, NULL);
+		e = only_event(log, mark);
+		CHECK(o == IDEM_REPLAY && e && !e->other_thread &&
+			  e->outcome == IDEM_REPLAY && e->waited == 1 && e->leased == 0 &&
+			  e->duration_us >= 200000,
+			  "a wait in slices for the owner's commit: replay, waited, %lld us",
+			  e ? (long long) e->duration_us : -1LL);
+		idem_set_lease(a, NULL);
+		idem_set_lease(b, NULL);
+	}
+
+	/* removed: no call */
+	idem_set_observer(a, NULL, log);
+	idem_set_observer(b, NULL, NULL);
+	mark = log->n;
+	before = atomic_load(&observed_anywhere);
+	idem_get(a, k, NULL, NULL);
+	idem_run(a, k, NULL, slow_handler, &sleep_for, &rec);
+	idem_record_free(rec);
+	idem_purge(b, 1);
+	CHECK(log->n == mark && atomic_load(&observed_anywhere) == before,
+		  "observer set to NULL: no call");
+	CHECK(log->n <= 64, "no more than 64 events in this test (%d)", log->n);
+
+	free(log);
+	idem_free(a);
+	idem_free(b);
+}
+
 /* ---- steps --------------------------------------------------------------- */
 
 static atomic_int step_runs;
@@ -1977,6 +2358,7 @@ main(void)
 	test_waiting();
 	test_run();
 	test_run_threads();
+	test_observer();
 	test_steps();
 	test_http();
 	test_owners();

@@ -3,8 +3,9 @@
  * test_offline.c
  *	  libidem tests that need no server: key derivation and request hash
  *	  against vectors computed with python3's hashlib, the response header
- *	  encoding, the HTTP decision table, names and versions, and the error
- *	  of a handle whose server cannot be reached.
+ *	  encoding, the HTTP decision table, the problem details and the Accept
+ *	  header's negotiation, names and versions, and the error of a handle
+ *	  whose server cannot be reached (with its observer's events).
  *
  *-------------------------------------------------------------------------
  */
@@ -344,6 +345,315 @@ test_http_decisions(void)
 	idem_http_free(req_http);
 }
 
+/* ---- problem details ------------------------------------------------------ */
+
+/* the problem body of (outcome, err, status, key), or "" */
+static const char *
+problem(idem_outcome o, idem_error err, int status, const char *key)
+{
+	static char buf[IDEM_HTTP_PROBLEM_SIZE];
+
+	idem_http_problem_json(o, err, status, key, buf, sizeof(buf));
+	return buf;
+}
+
+/* 1 when every byte of s is printable ASCII (no control, nothing beyond) */
+static int
+printable_ascii(const char *s)
+{
+	for (; *s; s++)
+		if ((unsigned char) *s < 0x20 || (unsigned char) *s > 0x7e)
+			return 0;
+	return 1;
+}
+
+static void
+test_problem_details(void)
+{
+	char		buf[IDEM_HTTP_PROBLEM_SIZE];
+	char		small[40];
+	char		key[400];
+	const char *b;
+	int			n;
+
+	/* one problem per decision of the helper, with its stable type */
+	CHECK(strcmp(problem(IDEM_ERROR, IDEM_ERR_BAD_INPUT, 400, NULL),
+				 "{\"type\": \"https://idempotency.dev/problems/missing-key\", "
+				 "\"title\": \"Idempotency-Key is missing\", \"status\": 400, "
+				 "\"detail\": \"This operation is idempotent and needs an "
+				 "Idempotency-Key header of 1 to 255 bytes.\"}") == 0,
+		  "400 missing key: %s", problem(IDEM_ERROR, IDEM_ERR_BAD_INPUT, 400, NULL));
+	CHECK(strcmp(problem(IDEM_IN_FLIGHT, IDEM_ERR_IN_FLIGHT, 409, "order-1"),
+				 "{\"type\": \"https://idempotency.dev/problems/in-flight\", "
+				 "\"title\": \"A request is outstanding for this Idempotency-Key\", "
+				 "\"status\": 409, \"detail\": \"A request with Idempotency-Key "
+				 "\\\"order-1\\\" is still being processed; retry later to get its "
+				 "response.\"}") == 0,
+		  "409 in flight: %s", problem(IDEM_IN_FLIGHT, IDEM_ERR_IN_FLIGHT, 409, "order-1"));
+	b = problem(IDEM_MISMATCH, IDEM_ERR_MISMATCH, 0, "order-1");
+	CHECK(strstr(b, "\"type\": \"https://idempotency.dev/problems/key-reused\"") &&
+		  strstr(b, "\"title\": \"Idempotency-Key is already used\"") &&
+		  strstr(b, "\"status\": 422,") &&
+		  strstr(b, "Idempotency-Key \\\"order-1\\\" was already made"),
+		  "422 key reused (status 0: from idem_http_error_status): %s", b);
+	b = problem(IDEM_LEASE_LOST, IDEM_ERR_LEASE_LOST, 409, "order-1");
+	CHECK(strstr(b, "problems/lease-lost\"") && strstr(b, "\"status\": 409,") &&
+		  strstr(b, "ran past its lease"), "409 lease lost: %s", b);
+	b = problem(IDEM_ERROR, IDEM_ERR_CONNECTION, 503, "order-1");
+	CHECK(strstr(b, "problems/store-unavailable\"") && strstr(b, "\"status\": 503,") &&
+		  strstr(b, "\\\"order-1\\\""), "503 database unreachable: %s", b);
+	CHECK(strstr(problem(IDEM_ERROR, IDEM_ERR_READ_ONLY, 0, "k"), "store-unavailable") &&
+		  strstr(problem(IDEM_ERROR, IDEM_OK, 503, "k"), "store-unavailable"),
+		  "a read-only database, or a 503 the application decided: store-unavailable");
+	b = problem(IDEM_ERROR, IDEM_ERR_HANDLER, 500, "order-1");
+	CHECK(strstr(b, "problems/handler-failed\"") && strstr(b, "\"status\": 500,") &&
+		  strstr(b, "its key was released"), "500 handler failed: %s", b);
+	b = problem(IDEM_ERROR, IDEM_ERR_TOO_LARGE, 500, "order-1");
+	CHECK(strstr(b, "problems/store-failed\"") && strstr(b, "\"status\": 500,"),
+		  "500 the store failed: %s", b);
+	CHECK(strstr(problem(IDEM_ERROR, IDEM_ERR_SERVER, 0, "k"), "store-failed") &&
+		  strstr(problem(IDEM_NOT_FOUND, IDEM_ERR_NOT_FOUND, 0, "k"), "store-failed"),
+		  "other errors: store-failed, status 500");
+	b = problem(IDEM_ERROR, IDEM_ERR_BAD_INPUT, 400, "");
+	CHECK(strstr(b, "problems/invalid-key\"") &&
+		  strstr(b, "\"title\": \"Idempotency-Key is invalid\"") &&
+		  strstr(b, "header is empty"), "400 empty key: %s", b);
+	CHECK(strstr(problem(IDEM_ERROR, IDEM_ERR_BAD_INPUT, 400, "k"), "invalid-key") &&
+		  strstr(problem(IDEM_ERROR, IDEM_ERR_BAD_INPUT, 400, "k"), "refused as bad input"),
+		  "400 a key the server refused: invalid-key");
+	CHECK(strstr(problem(IDEM_IN_FLIGHT, IDEM_ERR_IN_FLIGHT, 409, NULL),
+				 "A request with this Idempotency-Key is still"),
+		  "without a key, the detail says this Idempotency-Key");
+
+	/* no problem for answers that are the handler's */
+	strcpy(buf, "junk");
+	CHECK(idem_http_problem_json(IDEM_FRESH, IDEM_OK, 201, "k", buf, sizeof(buf)) == -1 &&
+		  buf[0] == '\0' &&
+		  idem_http_problem_json(IDEM_REPLAY, IDEM_OK, 0, "k", buf, sizeof(buf)) == -1,
+		  "FRESH and REPLAY: -1 and \"\"");
+
+	/* escaping of the key inside the detail */
+	b = problem(IDEM_IN_FLIGHT, IDEM_ERR_IN_FLIGHT, 409, "a\"b\\c");
+	CHECK(strstr(b, "Idempotency-Key \\\"a\\\"b\\\\c\\\" is") != NULL,
+		  "quotes and backslashes escaped: %s", b);
+	b = problem(IDEM_IN_FLIGHT, IDEM_ERR_IN_FLIGHT, 409, "l1\nl2\r\t\b\f\001\037\177z");
+	CHECK(strstr(b, "\\\"l1\\nl2\\r\\t\\b\\f\\u0001\\u001f\\u007fz\\\"") != NULL &&
+		  printable_ascii(b),
+		  "control characters escaped (\\n \\r \\t \\b \\f, \\u00XX, DEL): %s", b);
+	b = problem(IDEM_IN_FLIGHT, IDEM_ERR_IN_FLIGHT, 409,
+				"caf\303\251 \346\227\245\346\234\254 \360\237\230\200");
+	CHECK(strstr(b, "\\\"caf\\u00e9 \\u65e5\\u672c \\ud83d\\ude00\\\"") != NULL &&
+		  printable_ascii(b),
+		  "non-ASCII as \\uXXXX, a surrogate pair beyond U+FFFF: %s", b);
+	b = problem(IDEM_IN_FLIGHT, IDEM_ERR_IN_FLIGHT, 409,
+				"x\377y\303(\300\257\355\240\200\364\220\200\200z\342\202");
+	CHECK(strstr(b, "\\\"x\\ufffdy\\ufffd(\\ufffd\\ufffd\\ufffd\\ufffd\\ufffd"
+				 "\\ufffd\\ufffd\\ufffd\\ufffdz\\ufffd\\ufffd\\\"") != NULL &&
+		  printable_ascii(b),
+		  "bytes that are not UTF-8 (stray, truncated, overlong, surrogate, "
+		  "beyond U+10FFFF) as U+FFFD: %s", b);
+
+	/* a key too long for a key: its first 64 bytes, cut on a character */
+	key[0] = 'a';
+	for (n = 1; n < 301; n += 2)
+	{
+		key[n] = '\303';
+		key[n + 1] = '\251';
+	}
+	key[301] = '\0';
+	b = problem(IDEM_ERROR, IDEM_ERR_BAD_INPUT, 400, key);
+	CHECK(strstr(b, "problems/invalid-key\"") &&
+		  strstr(b, "\\\"a\\u00e9") &&
+		  strstr(b, "\\u00e9...\\\" is longer than 255 bytes") &&
+		  strlen(strstr(b, "\\\"a")) - strlen(strstr(b, "...")) == 2 + 1 + 31 * 6,
+		  "a key over 255 bytes: its first 63 bytes (31 characters and 'a', "
+		  "not splitting one), then ...");
+
+	/* the buffer: never a truncated body; the length it needs */
+	n = idem_http_problem_json(IDEM_IN_FLIGHT, IDEM_ERR_IN_FLIGHT, 409, "k",
+							   buf, sizeof(buf));
+	strcpy(small, "junk");
+	CHECK(n > (int) sizeof(small) &&
+		  idem_http_problem_json(IDEM_IN_FLIGHT, IDEM_ERR_IN_FLIGHT, 409, "k",
+								 small, sizeof(small)) == n &&
+		  small[0] == '\0', "a buffer too small: \"\" and the length needed (%d)", n);
+	CHECK(idem_http_problem_json(IDEM_IN_FLIGHT, IDEM_ERR_IN_FLIGHT, 409, "k",
+								 buf, (size_t) n) == n && buf[0] == '\0' &&
+		  idem_http_problem_json(IDEM_IN_FLIGHT, IDEM_ERR_IN_FLIGHT, 409, "k",
+								 buf, (size_t) n + 1) == n &&
+		  strlen(buf) == (size_t) n && buf[n - 1] == '}',
+		  "n bytes do not hold a body of n (the NUL), n + 1 do");
+	CHECK(idem_http_problem_json(IDEM_IN_FLIGHT, IDEM_ERR_IN_FLIGHT, 409, "k",
+								 NULL, 0) == n,
+		  "NULL buffer of size 0: just the length");
+	memset(key, '\001', 255);
+	key[255] = '\0';
+	n = idem_http_problem_json(IDEM_ERROR, IDEM_ERR_CONNECTION, 503, key, buf,
+							   sizeof(buf));
+	CHECK(n > 255 * 6 && n < IDEM_HTTP_PROBLEM_SIZE && (size_t) n == strlen(buf),
+		  "the longest body (255 control characters, the longest detail): %d "
+		  "bytes, within IDEM_HTTP_PROBLEM_SIZE", n);
+}
+
+static void
+test_accept(void)
+{
+	idem_header h[3] = {{"Content-Type", "application/json"},
+	{"Accept", NULL}, {"accept", NULL}};
+	idem_http_request req;
+	static const struct
+	{
+		const char *accept;
+		int			want;
+	}			cases[] = {
+		{"application/problem+json", 1},
+		{"APPLICATION/Problem+JSON", 1},
+		{"application/json, application/problem+json", 1},
+		{"text/html,application/problem+json;q=0.5", 1},
+		{"  application/problem+json  ;  charset=utf-8 ", 1},
+		{"application/problem+json; q=0.001", 1},
+		{"application/problem+json;q=1", 1},
+		{"*/*", 0},
+		{"application/*", 0},
+		{"application/json", 0},
+		{"application/problem+json;q=0", 0},
+		{"application/problem+json; q=0.000, */*", 0},
+		{"application/problem+jsonx", 0},
+		{"application/problem", 0},
+		{"text/plain; x=\"a,application/problem+json\"", 0},
+		{"text/plain; x=\"a\\\",application/problem+json\", application/problem+json", 1},
+		{"", 0},
+	};
+	size_t		i;
+
+	memset(&req, 0, sizeof(req));
+	req.method = "POST";
+	req.path = "/";
+	req.headers = h;
+	req.nheaders = 2;
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+	{
+		h[1].value = cases[i].accept;
+		CHECK(idem_http_wants_problem(&req) == cases[i].want,
+			  "Accept: %s -> %s", cases[i].accept,
+			  cases[i].want ? "problem details" : "the application's format");
+	}
+	req.nheaders = 1;
+	CHECK(idem_http_wants_problem(&req) == 0, "no Accept header: 0");
+	h[1].value = "text/html";
+	h[2].value = "application/problem+json";
+	req.nheaders = 3;
+	CHECK(idem_http_wants_problem(&req) == 1,
+		  "two Accept headers (names without case): either counts");
+}
+
+/* ---- the observer, offline ---------------------------------------------- */
+
+typedef struct seen
+{
+	int			n;
+	idem_event	last;
+	char		key[64];
+	char		sqlstate[6];
+	char		message[256];
+	idem_op		ops[16];
+} seen;
+
+static void
+observe(const idem_event *ev, void *arg)
+{
+	seen	   *s = arg;
+
+	if (s->n < 16)
+		s->ops[s->n] = ev->op;
+	s->n++;
+	s->last = *ev;
+	snprintf(s->key, sizeof(s->key), "%s", ev->key ? ev->key : "(null)");
+	snprintf(s->sqlstate, sizeof(s->sqlstate), "%s", ev->sqlstate);
+	snprintf(s->message, sizeof(s->message), "%s", ev->message);
+	/* the strings are gone after the call */
+	s->last.key = s->last.scope = s->last.sqlstate = s->last.message = NULL;
+}
+
+static void
+test_observer_offline(void)
+{
+	idem_conn  *conn = idem_connect("host=/nonexistent-idem-socket-dir port=1 connect_timeout=2");
+	idem_http  *http = idem_http_new();
+	idem_http_request req;
+	idem_header h = {"Idempotency-Key", "k-1"};
+	idem_record *rec = NULL;
+	idem_opts	opts = {"tenant-1", NULL, NULL, NULL};
+	seen		s;
+	int			status;
+
+	CHECK(strcmp(idem_op_name(IDEM_OP_RESERVE), "reserve") == 0 &&
+		  strcmp(idem_op_name(IDEM_OP_PURGE), "purge") == 0 &&
+		  strcmp(idem_op_name(IDEM_OP_HTTP_RUN), "http_run") == 0 &&
+		  strcmp(idem_op_name((idem_op) 99), "unknown") == 0, "op names");
+	CHECK(idem_set_observer(NULL, observe, &s) == -1, "idem_set_observer(NULL, ...): -1");
+
+	memset(&s, 0, sizeof(s));
+	idem_reserve(conn, "k-1", &opts, NULL);
+	CHECK(s.n == 0, "no observer: no call");
+	CHECK(idem_set_observer(conn, observe, &s) == 0, "set an observer");
+	idem_reserve(conn, "k-1", &opts, &rec);
+	CHECK(s.n == 1 && s.last.op == IDEM_OP_RESERVE && s.last.outcome == IDEM_ERROR &&
+		  s.last.error == IDEM_ERR_CONNECTION && strcmp(s.key, "k-1") == 0 &&
+		  s.sqlstate[0] == '\0' && s.message[0] != '\0' && s.last.attempt == 0 &&
+		  s.last.waited == 0 && s.last.duration_us >= 0 && s.last.state == NULL,
+		  "reserve on a dead handle: one event, error, connection (%s)", s.message);
+	idem_reserve(conn, NULL, NULL, NULL);
+	CHECK(s.n == 2 && s.last.error == IDEM_ERR_BAD_INPUT && strcmp(s.key, "(null)") == 0,
+		  "a NULL key, decided locally: one event, bad input");
+	idem_commit(conn, "k-1", NULL, 200, "x", 1, NULL);
+	idem_release(conn, "k-1", NULL);
+	idem_get(conn, "k-1", NULL, &rec);
+	idem_extend(conn, "k-1", NULL, NULL);
+	idem_purge(conn, 10);
+	CHECK(s.n == 7 && s.ops[2] == IDEM_OP_COMMIT && s.ops[3] == IDEM_OP_RELEASE &&
+		  s.ops[4] == IDEM_OP_GET && s.ops[5] == IDEM_OP_EXTEND &&
+		  s.ops[6] == IDEM_OP_PURGE && s.last.outcome == IDEM_ERROR &&
+		  strcmp(s.key, "(null)") == 0 && s.last.count == 0,
+		  "commit, release, get, extend, purge: one event each");
+
+	memset(&req, 0, sizeof(req));
+	req.method = "GET";
+	req.path = "/v1/x";
+	req.headers = &h;
+	req.nheaders = 1;
+	req.scope = "tenant-1";
+	s.n = 0;
+	idem_http_run(conn, http, &req, echo_handler, "hi", &rec, &status);
+	CHECK(s.n == 1 && s.last.op == IDEM_OP_HTTP_RUN && s.last.outcome == IDEM_FRESH &&
+		  s.last.status == 201 && s.last.state && strcmp(s.last.state, "bypassed") == 0 &&
+		  strcmp(s.key, "k-1") == 0,
+		  "a bypassed request: one http_run event, fresh, 201, bypassed");
+	idem_record_free(rec);
+	req.method = "POST";
+	req.nheaders = 0;
+	idem_http_set_required(http, 1);
+	s.n = 0;
+	idem_http_run(conn, http, &req, echo_handler, "hi", &rec, &status);
+	CHECK(s.n == 1 && s.last.op == IDEM_OP_HTTP_RUN && s.last.outcome == IDEM_ERROR &&
+		  s.last.error == IDEM_ERR_BAD_INPUT && s.last.status == 400 &&
+		  strcmp(s.key, "(null)") == 0,
+		  "a request refused for its missing key: one event, 400, no key");
+	s.n = 0;
+	idem_step(conn, "charge", NULL, echo_handler, "x", &rec);
+	CHECK(s.n == 1 && s.last.op == IDEM_OP_STEP && s.last.error == IDEM_ERR_NO_RUN &&
+		  strcmp(s.key, "(null)") == 0, "a step without a run id: one event, no key");
+
+	CHECK(idem_set_observer(conn, NULL, &s) == 0, "remove the observer");
+	s.n = 0;
+	idem_reserve(conn, "k-1", NULL, NULL);
+	idem_purge(conn, 0);
+	CHECK(s.n == 0, "removed: no call");
+
+	idem_http_free(http);
+	idem_free(conn);
+}
+
 /*
  * A handle whose server is unreachable: the connection error is on the
  * handle, every call fails with IDEM_ERR_CONNECTION, and the HTTP helper
@@ -487,6 +797,9 @@ main(void)
 	test_names();
 	test_response_headers();
 	test_http_decisions();
+	test_problem_details();
+	test_accept();
 	test_unreachable();
+	test_observer_offline();
 	return tt_finish();
 }

@@ -115,6 +115,26 @@ second=$("$ex-static" "$order" 2>&1)
 check_eq "the example charges once" "fresh: 201 {\"order\": \"$order\", \"charged\": 100}" "$first"
 check_eq "and replays the second time" "replay: 201 {\"order\": \"$order\", \"charged\": 100}" "$second"
 
+# client/README.md's observer example: one logfmt line per call
+obs_src=$IDEM_TMP/observer_example.c
+sed -n '/^## Observing calls/,/^## Problem details/p' "$CLIENT/README.md" |
+	sed -n '/^```c$/,/^```$/p' | sed '1d;$d' >"$obs_src"
+# shellcheck disable=SC2046 # pkg-config's words are meant to split
+if out=$(PKG_CONFIG_PATH=$inst/opt/idem/lib/pkgconfig PKG_CONFIG_SYSROOT_DIR=$inst \
+	cc -std=c11 -Wall -Wextra -Werror "$obs_src" \
+	$(PKG_CONFIG_PATH=$inst/opt/idem/lib/pkgconfig PKG_CONFIG_SYSROOT_DIR=$inst pkg-config --cflags --libs libidem) \
+	-o "$IDEM_TMP/observer_example" 2>&1); then
+	ok "client/README.md's observer example compiles against the installed copy"
+	receipt="receipt-$$-$RANDOM"
+	lines=$(LD_LIBRARY_PATH=$inst/opt/idem/lib "$IDEM_TMP/observer_example" "$receipt" 2>&1 |
+		sed -n 's/^op=\([a-z_]*\) outcome=\([a-z_]*\) error=\([a-z_]*\) sqlstate="" key="'"$receipt"'" scope="shop" .*status=\([0-9]*\) duration_us=[0-9]*$/\1 \2 \3 \4/p' |
+		tr '\n' ',')
+	check_eq "and logs one line per call: reserve, commit, run, then reserve, run replayed" \
+		"reserve fresh ok 0,commit fresh ok 0,run fresh ok 202,reserve replay ok 202,run replay ok 202," "$lines"
+else
+	fail "client/README.md's observer example compiles against the installed copy" "$out"
+fi
+
 # ---- the C tests -----------------------------------------------------------
 
 # a transaction pooler in front of the cluster, for test_client's proxy checks
