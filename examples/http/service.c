@@ -43,12 +43,24 @@
  * the connection.  So a duplicate that waits in the database for the
  * request in flight holds one worker, never the other connections.
  *
+ * Errors of the idempotency layer (400 missing or bad key, 409 in flight
+ * or lease lost, 422 key reused, 503 database unreachable, 500) have the
+ * Stripe shape {"error": {...}}, or, when the request's Accept header asks
+ * for application/problem+json, RFC 9457 problem details from libidem
+ * (idem_http_problem_json), as the IETF draft answers them.
+ *
+ * Every libidem call of a worker (reserve, commit, release, get, the
+ * runners) is logged as one logfmt line by the handle's observer
+ * (idem_set_observer): on stderr, or in the file given by --call-log.
+ *
  * Test hooks (only with --test-hooks): X-Test-Sleep-Ms: N sleeps N ms in
  * the handler after its side effect (POST /emails: X-Test-Sleep-At:
  * in-step sleeps between the mail API's answer and the step's commit,
  * after-step between the step's commit and the request's), printing
  * "service: test hook: sleeping ..." on stderr first; X-Test-Status: N
- * makes the handler answer N after its side effect (e.g. 500 or 429).
+ * makes the handler answer N after its side effect (e.g. 500 or 429);
+ * X-Test-Handler-Fail: 1 makes the charge handler fail after its insert
+ * (returns non-zero: the helper releases the key and answers 500).
  *
  * Build: make -C examples/http.  Run: ./examples/http/service --help.
  */
@@ -60,10 +72,12 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <time.h>
@@ -104,6 +118,7 @@ static struct config
 	int			optional_key;
 	int			test_hooks;
 	int			quiet;
+	const char *call_log;		/* --call-log FILE; NULL: stderr */
 	api_key    *keys;
 	size_t		nkeys;
 }			cfg = {
@@ -119,13 +134,115 @@ static struct config
 static idem_http *policy_wait;
 static idem_http *policy_nowait;
 
+/* where the call log goes: stderr, or --call-log; -1 when off (--quiet) */
+static int	call_log_fd = 2;
+
 /* ---- per-thread database session ---------------------------------------- */
 
 typedef struct worker
 {
+	int			id;				/* 1, 2, ... for the logs */
 	PGconn	   *pg;
 	idem_conn  *idem;			/* wraps pg: the same session */
+	const char *method;			/* the request in hand, for the call log */
+	const char *url;
 } worker;
+
+/* appends v to sb as a logfmt value: quoted, with \" \\ and controls escaped */
+static void
+logfmt_quoted(strbuf *sb, const char *v)
+{
+	const unsigned char *p;
+
+	sb_append(sb, "\"", 1);
+	for (p = (const unsigned char *) v; *p; p++)
+	{
+		if (*p == '"' || *p == '\\')
+		{
+			sb_append(sb, "\\", 1);
+			sb_append(sb, (const char *) p, 1);
+		}
+		else if (*p == '\n')
+			sb_puts(sb, "\\n");
+		else if (*p < 0x20 || *p == 0x7f)
+			sb_printf(sb, "\\x%02x", *p);
+		else
+			sb_append(sb, (const char *) p, 1);
+	}
+	sb_append(sb, "\"", 1);
+}
+
+/*
+ * The observer of every worker's libidem handle: one logfmt line per call,
+ * written whole (O_APPEND), so that the lines of the workers never mix:
+ *
+ *   ts=2026-12-01T18:18:38.412Z worker=3 req="POST /charges" op=reserve
+ *   outcome=fresh error=ok sqlstate="" key="order-1001" scope="acme"
+ *   attempt=1 waited=unknown leased=false status=0 state=in_flight
+ *   duration_us=812
+ *
+ * (one line), plus msg="..." when the call failed.  It runs on the worker's
+ * thread, inside the call, and reads only the event.
+ */
+static void
+log_call(const idem_event *ev, void *arg)
+{
+	const worker *w = arg;
+	strbuf		sb = {0};
+	struct timespec ts;
+	struct tm	tm;
+	char		when[32];
+
+	if (call_log_fd < 0)
+		return;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	gmtime_r(&ts.tv_sec, &tm);
+	strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
+	sb_printf(&sb, "ts=%s.%03ldZ worker=%d req=", when, ts.tv_nsec / 1000000,
+			  w->id);
+	{
+		char		req[512];
+
+		snprintf(req, sizeof(req), "%s %s", w->method ? w->method : "-",
+				 w->url ? w->url : "-");
+		logfmt_quoted(&sb, req);
+	}
+	sb_printf(&sb, " op=%s outcome=%s error=%s sqlstate=\"%s\" key=",
+			  idem_op_name(ev->op), idem_outcome_name(ev->outcome),
+			  idem_error_name(ev->error), ev->sqlstate);
+	if (ev->key)
+		logfmt_quoted(&sb, ev->key);
+	sb_puts(&sb, " scope=");
+	if (ev->scope)
+		logfmt_quoted(&sb, ev->scope);
+	sb_printf(&sb, " attempt=%d waited=%s leased=%s status=%d state=%s "
+			  "duration_us=%lld", ev->attempt,
+			  ev->waited > 0 ? "true" : ev->waited == 0 ? "false" : "unknown",
+			  ev->leased ? "true" : "false", ev->status,
+			  ev->state ? ev->state : "-", (long long) ev->duration_us);
+	if (ev->message[0])
+	{
+		sb_puts(&sb, " msg=");
+		logfmt_quoted(&sb, ev->message);
+	}
+	sb_append(&sb, "\n", 1);
+	if (!sb.oom)
+	{
+		size_t		off = 0;
+
+		while (off < sb.len)
+		{
+			ssize_t		n = write(call_log_fd, sb.buf + off, sb.len - off);
+
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n <= 0)
+				break;
+			off += (size_t) n;
+		}
+	}
+	free(sb.buf);
+}
 
 static void
 worker_close(worker *w)
@@ -167,7 +284,8 @@ worker_ready(worker *w, char *errbuf, size_t errlen)
 		return -1;
 	}
 	w->idem = idem_wrap(w->pg);
-	if (w->idem == NULL || idem_set_lease(w->idem, cfg.lease) < 0)
+	if (w->idem == NULL || idem_set_lease(w->idem, cfg.lease) < 0 ||
+		(call_log_fd >= 0 && idem_set_observer(w->idem, log_call, w) < 0))
 	{
 		snprintf(errbuf, errlen, "out of memory");
 		worker_close(w);
@@ -261,6 +379,7 @@ typedef struct call
 	long		sleep_ms;
 	const char *sleep_at;
 	int			forced_status;
+	int			handler_fails;
 
 	/* what the handler did */
 	int			ran;
@@ -426,6 +545,13 @@ charge_create(idem_response *resp, void *arg)
 	PQclear(r);
 
 	test_sleep(c, "in the charge handler, after the insert");
+	if (c->handler_fails)
+	{
+		/* a failure not to be cached: the key is released, the insert
+		 * rolls back, and the helper answers 500 */
+		free(sb.buf);
+		return 1;
+	}
 	if (c->forced_status)
 	{
 		free(sb.buf);
@@ -782,20 +908,48 @@ job_header(const job *j, const char *name)
 }
 
 static void
-respond_buffer(job *j, unsigned status, const char *body, size_t len,
-			   const char *const *extra)
+respond_typed(job *j, unsigned status, const char *content_type,
+			  const char *body, size_t len, const char *const *extra)
 {
 	struct MHD_Response *r;
 
 	r = MHD_create_response_from_buffer(len, (void *) body, MHD_RESPMEM_MUST_COPY);
 	if (r)
 	{
-		MHD_add_response_header(r, "Content-Type", "application/json");
+		MHD_add_response_header(r, "Content-Type", content_type);
 		for (; extra && extra[0]; extra += 2)
 			MHD_add_response_header(r, extra[0], extra[1]);
 	}
 	j->status = status;
 	j->response = r;
+}
+
+static void
+respond_buffer(job *j, unsigned status, const char *body, size_t len,
+			   const char *const *extra)
+{
+	respond_typed(j, status, "application/json", body, len, extra);
+}
+
+/*
+ * An answer of the idempotency layer as RFC 9457 problem details (libidem
+ * builds them), for a client whose Accept header asks for them.
+ */
+static void
+respond_problem(job *j, idem_outcome o, idem_error err, unsigned status,
+				const char *key, const char *const *extra)
+{
+	char		body[IDEM_HTTP_PROBLEM_SIZE];
+	int			n = idem_http_problem_json(o, err, (int) status, key, body,
+										   sizeof(body));
+
+	if (n < 0 || (size_t) n >= sizeof(body))
+	{
+		j->response = NULL;
+		return;
+	}
+	respond_typed(j, status, IDEM_HTTP_PROBLEM_CONTENT_TYPE, body, (size_t) n,
+				  extra);
 }
 
 static void
@@ -1039,6 +1193,8 @@ read_test_hooks(call *c)
 	if (c->sleep_ms < 0 || c->sleep_ms > 600000)
 		c->sleep_ms = 0;
 	c->sleep_at = job_header(c->j, "X-Test-Sleep-At");
+	v = job_header(c->j, "X-Test-Handler-Fail");
+	c->handler_fails = v && strcmp(v, "1") == 0;
 	v = job_header(c->j, "X-Test-Status");
 	if (v)
 	{
@@ -1091,6 +1247,8 @@ dispatch(worker *w, job *j)
 	idem_handler_fn handler;
 	int			status = 500;
 	int			tx;
+	int			problem;
+	const char *key;
 
 	c = calloc(1, sizeof(call));
 	if (c == NULL)
@@ -1099,6 +1257,8 @@ dispatch(worker *w, job *j)
 	c->w = w;
 	c->method = method;
 	c->url = url;
+	w->method = method;
+	w->url = url;
 
 	if (strcmp(url, "/charges") == 0)
 		c->route = ROUTE_CHARGE_CREATE, handler = charge_create;
@@ -1149,17 +1309,6 @@ dispatch(worker *w, job *j)
 	}
 	read_test_hooks(c);
 
-	if (worker_ready(w, msg, sizeof(msg)) < 0)
-	{
-		logf_("database unreachable: %s", msg);
-		respond_error(j, 503, "api_error", "database_unavailable",
-					  "The database is unreachable; retry with the same key.",
-					  retry_after);
-		goto done;
-	}
-
-	v = job_header(j, "X-Idempotency-Wait");
-	policy = cfg.no_wait || (v && strcmp(v, "0") == 0) ? policy_nowait : policy_wait;
 	memset(&hr, 0, sizeof(hr));
 	hr.method = method;
 	hr.path = url;
@@ -1168,6 +1317,25 @@ dispatch(worker *w, job *j)
 	hr.body = j->body.buf;
 	hr.body_len = j->body.len;
 	hr.scope = c->tenant;
+	/* the idempotency layer's answers: problem details when asked for */
+	problem = idem_http_wants_problem(&hr);
+	key = job_header(j, "Idempotency-Key");
+
+	if (worker_ready(w, msg, sizeof(msg)) < 0)
+	{
+		logf_("database unreachable: %s", msg);
+		if (problem)
+			respond_problem(j, IDEM_ERROR, IDEM_ERR_CONNECTION, 503, key,
+							retry_after);
+		else
+			respond_error(j, 503, "api_error", "database_unavailable",
+						  "The database is unreachable; retry with the same key.",
+						  retry_after);
+		goto done;
+	}
+
+	v = job_header(j, "X-Idempotency-Wait");
+	policy = cfg.no_wait || (v && strcmp(v, "0") == 0) ? policy_nowait : policy_wait;
 
 	/*
 	 * Charges: reservation, insert and stored response in one transaction.
@@ -1178,9 +1346,13 @@ dispatch(worker *w, job *j)
 	if (tx && exec_simple(w->pg, "BEGIN", msg, sizeof(msg)) < 0)
 	{
 		logf_("BEGIN failed: %s", msg);
-		respond_error(j, 503, "api_error", "database_unavailable",
-					  "The database is unreachable; retry with the same key.",
-					  retry_after);
+		if (problem)
+			respond_problem(j, IDEM_ERROR, IDEM_ERR_CONNECTION, 503, key,
+							retry_after);
+		else
+			respond_error(j, 503, "api_error", "database_unavailable",
+						  "The database is unreachable; retry with the same key.",
+						  retry_after);
 		worker_close(w);
 		goto done;
 	}
@@ -1204,9 +1376,8 @@ dispatch(worker *w, job *j)
 
 	if (!cfg.quiet)
 	{
-		v = job_header(j, "Idempotency-Key");
 		logf_("%s %s tenant=%s key=%s -> %d %s%s", method, url, c->tenant,
-			  v ? v : "-", status, idem_outcome_name(o),
+			  key ? key : "-", status, idem_outcome_name(o),
 			  rec && o == IDEM_FRESH && strcmp(idem_record_state(rec), "committed") != 0
 			  ? (strcmp(idem_record_state(rec), "bypassed") == 0 ? " (bypassed)" : " (not stored)")
 			  : "");
@@ -1214,6 +1385,14 @@ dispatch(worker *w, job *j)
 
 	if ((o == IDEM_FRESH || o == IDEM_REPLAY) && rec)
 		respond_record(c, rec, (unsigned) status, o == IDEM_REPLAY);
+	else if (problem)
+	{
+		if (status >= 500 && status != 503)
+			logf_("%s %s: %s: %s", method, url, idem_error_name(idem_errcode(w->idem)),
+				  idem_errmsg(w->idem));
+		respond_problem(j, o, idem_errcode(w->idem), (unsigned) status, key,
+						status == 409 || status == 503 ? retry_after : NULL);
+	}
 	else
 	{
 		const char *code = NULL;
@@ -1249,6 +1428,8 @@ dispatch(worker *w, job *j)
 		worker_close(w);
 
 done:
+	w->method = NULL;
+	w->url = NULL;
 	json_object_free(&c->json);
 	free(c);
 }
@@ -1258,9 +1439,10 @@ static void job_free(job *j);
 static void *
 worker_main(void *arg)
 {
-	worker		w = {NULL, NULL};
+	worker		w;
 
-	(void) arg;
+	memset(&w, 0, sizeof(w));
+	w.id = (int) (intptr_t) arg;
 	for (;;)
 	{
 		job		   *j;
@@ -1580,8 +1762,11 @@ usage(FILE *f)
 			"                        (default: 400)\n"
 			"  --api-key TOKEN=TENANT  map \"Authorization: Bearer TOKEN\" to a tenant\n"
 			"                        (default keys: sk_test_acme=acme, sk_test_globex=globex)\n"
-			"  --test-hooks          honour X-Test-Sleep-Ms, X-Test-Sleep-At, X-Test-Status\n"
-			"  --quiet               no log line per request\n");
+			"  --test-hooks          honour X-Test-Sleep-Ms, X-Test-Sleep-At, X-Test-Status,\n"
+			"                        X-Test-Handler-Fail\n"
+			"  --call-log FILE       log every libidem call (one logfmt line) to FILE,\n"
+			"                        appended (default: stderr)\n"
+			"  --quiet               no log line per request, no call log on stderr\n");
 }
 
 static void
@@ -1673,6 +1858,8 @@ main(int argc, char **argv)
 			cfg.ttl = argv[++i];
 		else if (strcmp(a, "--lease") == 0)
 			cfg.lease = argv[++i];
+		else if (strcmp(a, "--call-log") == 0)
+			cfg.call_log = argv[++i];
 		else if (strcmp(a, "--mail") == 0)
 		{
 			const char *colon = strrchr(next, ':');
@@ -1709,6 +1896,19 @@ main(int argc, char **argv)
 			return 64;
 		}
 	}
+	if (cfg.call_log)
+	{
+		call_log_fd = open(cfg.call_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC,
+						   0644);
+		if (call_log_fd < 0)
+		{
+			fprintf(stderr, "service: --call-log %s: %s\n", cfg.call_log,
+					strerror(errno));
+			return 64;
+		}
+	}
+	else if (cfg.quiet)
+		call_log_fd = -1;
 	if (cfg.nkeys == 0)
 	{
 		add_api_key("sk_test_acme", "acme");
@@ -1752,7 +1952,8 @@ main(int argc, char **argv)
 	if (workers == NULL)
 		return 1;
 	for (nworkers = 0; nworkers < cfg.threads; nworkers++)
-		if (pthread_create(&workers[nworkers], NULL, worker_main, NULL) != 0)
+		if (pthread_create(&workers[nworkers], NULL, worker_main,
+						   (void *) (intptr_t) (nworkers + 1)) != 0)
 		{
 			fprintf(stderr, "service: cannot start worker threads\n");
 			return 1;
@@ -1809,5 +2010,7 @@ main(int argc, char **argv)
 	idem_http_free(policy_wait);
 	idem_http_free(policy_nowait);
 	free(cfg.keys);
+	if (cfg.call_log)
+		close(call_log_fd);
 	return 0;
 }

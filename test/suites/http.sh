@@ -12,7 +12,11 @@
 # Authorization reach the first client only and are never stored or
 # replayed; keys are scoped by tenant; and after `kill -9` of the service in
 # the middle of a request, a retry makes the charge once and the email is
-# sent once to the counting mail API.  Then the same service behind
+# sent once to the counting mail API.  Every answer of the idempotency
+# layer (400 missing and bad key, 409 in flight and lease lost, 422, 503,
+# 500 handler and store failures) comes as RFC 9457 problem details when
+# the Accept header asks for application/problem+json, and in the Stripe
+# shape otherwise; the call log (libidem's observer) has one line per call.  Then the same service behind
 # PgBouncer in transaction mode with a pool of 3 (test/pgbouncer.sh), once
 # with --lease 10s and once with no option (libidem sees the proxy and
 # takes a lease by itself): 20 concurrent POST /emails and 20 concurrent
@@ -88,7 +92,8 @@ start_service()
 	for try in 1 2 3 4 5; do
 		rm -f "$T/service.port"
 		"$EX/service" --port "$port" --port-file "$T/service.port" \
-			--mail "127.0.0.1:$SINK_PORT" --test-hooks --threads 24 --wait 20s "$@" \
+			--mail "127.0.0.1:$SINK_PORT" --test-hooks --threads 24 --wait 20s \
+			--call-log "$T/calls.log" "$@" \
 			>>"$T/service.out" 2>>"$T/service.err" &
 		SVC_PID=$!
 		if wait_file "$T/service.port" 10; then
@@ -181,6 +186,7 @@ check_eq "a bad --wait: exit 64" 64 "$?"
 
 : >"$T/service.err"
 : >"$T/service.out"
+: >"$T/calls.log"
 rm -f "$T/sink.port"
 "$EX/mailsink" --port 0 --port-file "$T/sink.port" >"$T/sink.out" 2>&1 &
 SINK_PID=$!
@@ -239,6 +245,20 @@ else
 fi
 check_eq "the stored record: committed, status 201" "committed|201" \
 	"$(psql_q -c "SELECT state, status FROM idem_get('$key', 'acme')")"
+
+# calls KEY OP OUTCOME: lines of the call log for KEY, OP and OUTCOME
+calls()
+{
+	grep -F "key=\"$1\" " "$T/calls.log" | grep -c " op=$2 outcome=$3 " || true
+}
+check_eq "the call log (libidem's observer): 20 http_run calls for the key, one fresh reserve and commit, 19 replays (and the later retry)" \
+	"21 1 1 20" "$(calls "$key" http_run '[a-z_]*') $(calls "$key" reserve fresh) $(calls "$key" commit fresh) $(calls "$key" reserve replay)"
+line=$(grep -F "key=\"$key\" " "$T/calls.log" | grep ' op=http_run outcome=fresh ' | head -n 1)
+if [[ $line =~ ^ts=[0-9T:.-]+Z\ worker=[0-9]+\ req=\"POST\ /charges\"\ op=http_run\ outcome=fresh\ error=ok\ sqlstate=\"\"\ key=\"[^\"]+\"\ scope=\"acme\"\ attempt=1\ waited=[a-z]+\ leased=false\ status=201\ state=committed\ duration_us=[0-9]+$ ]]; then
+	ok "a call log line: ts, worker, request, op, outcome, error, SQLSTATE, key, scope, attempt, waited, leased, status, state, duration"
+else
+	fail "a call log line in logfmt" "$line"
+fi
 charge_id=$(field c20.1 id)
 
 # ---- 422: same key, another request ---------------------------------------
@@ -543,6 +563,191 @@ fi
 check_eq "the mail API over the whole run: 3 emails sent for 3 keys, 4 calls" \
 	'{"calls": 4, "sent": 3, "keys": 3}' "$(sink /stats)"
 
+# ---- problem details (RFC 9457) ---------------------------------------------
+
+PB=https://idempotency.dev/problems/
+HAVE_JSON=1
+if command -v jq >/dev/null 2>&1; then
+	# jget NAME FILTER: a jq filter on the body of NAME ("" when not JSON)
+	jget() { jq -r "$2" "$T/$1.b" 2>/dev/null; }
+elif command -v python3 >/dev/null 2>&1; then
+	# the same for a filter that is a path (.a.b), with python3's json
+	jget()
+	{
+		python3 -c 'import json, sys
+v = json.load(open(sys.argv[1], encoding="utf-8"))
+for part in sys.argv[2].split(".")[1:]:
+    v = v[part]
+print(v)' "$T/$1.b" "$2" 2>/dev/null
+	}
+else
+	HAVE_JSON=0
+fi
+ascii_body() { ! LC_ALL=C grep -q '[^ -~]' "$T/$1.b"; }
+
+# problem NAME STATUS GOT TYPE [KEY]: the answer NAME is problem details
+# of TYPE with STATUS (GOT: the status curl saw), a title, and a detail
+# naming KEY as Idempotency-Key "KEY"
+problem()
+{
+	local name=$1 want=$2 got=$3 type=$4 key=${5-} ct detail
+	ct=$(header "$name" Content-Type)
+	detail=$(jget "$name" .detail)
+	if [[ $got == "$want" && $ct == application/problem+json &&
+		$(jget "$name" .type) == "$PB$type" && -n $(jget "$name" .title) &&
+		$(jget "$name" .status) == "$want" && -n $detail ]] &&
+		{ [[ -z $key ]] || [[ $detail == *"Idempotency-Key \"$key\""* ]]; } && ascii_body "$name"; then
+		ok "$DESC, ${ACCEPT:-Accept: application/problem+json}: $want, $ct, type $type, title, status, detail${key:+ naming the key}: $(jget "$name" .title)"
+	else
+		fail "$DESC, ${ACCEPT:-Accept: application/problem+json}: problem details" \
+			"status $got (want $want), Content-Type $ct" "$(cat "$T/$name.b")"
+	fi
+}
+
+# stripe NAME STATUS GOT CODE: the answer NAME is {"error": {...}} with the
+# code CODE (or, for errors without one, the type CODE)
+stripe()
+{
+	local name=$1 want=$2 got=$3 code=$4 ct
+	ct=$(header "$name" Content-Type)
+	if [[ $got == "$want" && $ct == application/json ]] &&
+		grep -qE "\"(code|type)\": \"$code\"" "$T/$name.b" && grep -q '^{"error": {' "$T/$name.b"; then
+		ok "$DESC, ${ACCEPT:-no Accept header}: $want, application/json, the Stripe shape ($code)"
+	else
+		fail "$DESC, ${ACCEPT:-no Accept header}: the Stripe shape" "status $got (want $want), Content-Type $ct" "$(cat "$T/$name.b")"
+	fi
+}
+
+if ((!HAVE_JSON)); then
+	skip "problem details (RFC 9457)" "neither jq nor python3 to read JSON"
+else
+	AP=(-H "Accept: application/problem+json")
+	ACCEPT=
+	charge='{"amount": 100, "currency": "usd", "description": "problems"}'
+
+	DESC="400 a missing key"
+	problem pd-miss 400 "$(req pd-miss POST /charges -H "X-Tenant: acme" "${AP[@]}" -d "$charge")" missing-key
+	stripe pd-miss-s 400 "$(req pd-miss-s POST /charges -H "X-Tenant: acme" -d "$charge")" idempotency_key_missing
+	ACCEPT="Accept: */*"
+	stripe pd-miss-any 400 "$(req pd-miss-any POST /charges -H "X-Tenant: acme" -H "Accept: */*" -d "$charge")" idempotency_key_missing
+	ACCEPT="Accept: application/json, application/problem+json;q=0"
+	stripe pd-miss-q0 400 "$(req pd-miss-q0 POST /charges -H "X-Tenant: acme" \
+		-H "Accept: application/json, application/problem+json;q=0" -d "$charge")" idempotency_key_missing
+	ACCEPT="Accept: text/html, application/problem+json;q=0.5"
+	problem pd-miss-q5 400 "$(req pd-miss-q5 POST /charges -H "X-Tenant: acme" \
+		-H "Accept: text/html, application/problem+json;q=0.5" -d "$charge")" missing-key
+	ACCEPT=
+
+	long=$(printf 'k%.0s' $(seq 1 300))
+	DESC="400 a key over 255 bytes"
+	problem pd-long 400 "$(req pd-long POST /charges -H "X-Tenant: acme" -H "Idempotency-Key: $long" "${AP[@]}" -d "$charge")" \
+		invalid-key "${long:0:64}..."
+	stripe pd-long-s 400 "$(req pd-long-s POST /charges -H "X-Tenant: acme" -H "Idempotency-Key: $long" -d "$charge")" \
+		idempotency_key_missing
+
+	# a key with quotes, a backslash and non-ASCII: escaped in the detail
+	key="$P-pd-\"q\"\\-é"
+	s=$(req pd-first POST /charges -H "Idempotency-Key: $key" -H "X-Tenant: acme" -d "$charge")
+	check_eq "a charge under a key with quotes, a backslash and an é" 201 "$s"
+	DESC="422 the key reused with another body"
+	problem pd-reuse 422 "$(req pd-reuse POST /charges -H "Idempotency-Key: $key" -H "X-Tenant: acme" "${AP[@]}" \
+		-d '{"amount": 101, "currency": "usd"}')" key-reused "$key"
+	grep -qF '\"q\"\\-\u00e9\"' "$T/pd-reuse.b" &&
+		ok "... the key JSON-escaped in the body: \\\" \\\\ and \\u00e9 ($(jget pd-reuse .detail))" ||
+		fail "... the key JSON-escaped in the body" "$(cat "$T/pd-reuse.b")"
+	stripe pd-reuse-s 422 "$(req pd-reuse-s POST /charges -H "Idempotency-Key: $key" -H "X-Tenant: acme" \
+		-d '{"amount": 101, "currency": "usd"}')" idempotency_key_reused
+
+	key=$P-pd-flight
+	n=$(hook_lines)
+	req pd-f0 POST /charges -H "Idempotency-Key: $key" -H "X-Tenant: acme" -H "X-Test-Sleep-Ms: 1500" -d "$charge" >"$T/pd-f0.status" &
+	f0=$!
+	if wait_hook "$n"; then
+		DESC="409 a request in flight (X-Idempotency-Wait: 0)"
+		problem pd-flight 409 "$(req pd-flight POST /charges -H "Idempotency-Key: $key" -H "X-Tenant: acme" \
+			-H "X-Idempotency-Wait: 0" "${AP[@]}" -d "$charge")" in-flight "$key"
+		check_eq "... with Retry-After: 1" 1 "$(header pd-flight Retry-After)"
+		stripe pd-flight-s 409 "$(req pd-flight-s POST /charges -H "Idempotency-Key: $key" -H "X-Tenant: acme" \
+			-H "X-Idempotency-Wait: 0" -d "$charge")" idempotency_key_in_use
+	else
+		fail "the slow request for the 409 started"
+	fi
+	wait "$f0"
+
+	key=$P-pd-handler
+	DESC="500 the handler failed (X-Test-Handler-Fail)"
+	problem pd-hf 500 "$(req pd-hf POST /charges -H "Idempotency-Key: $key" -H "X-Tenant: acme" \
+		-H "X-Test-Handler-Fail: 1" "${AP[@]}" -d "$charge")" handler-failed "$key"
+	check_eq "... the charge rolled back and the key released" "0 absent" \
+		"$(rows acme "$key") $(psql_q -c "SELECT coalesce((SELECT state FROM idem_get('$key', 'acme')), 'absent')")"
+	stripe pd-hf-s 500 "$(req pd-hf-s POST /charges -H "Idempotency-Key: $key" -H "X-Tenant: acme" \
+		-H "X-Test-Handler-Fail: 1" -d "$charge")" api_error
+	check_eq "... the call log has the handler's failure: http_run error handler" 2 \
+		"$(grep -F "key=\"$key\" " "$T/calls.log" | grep -c ' op=http_run outcome=error error=handler ')"
+
+	# a store that cannot take the response: a body over idem.max_body_bytes
+	SVC_MAIN_PID=$SVC_PID
+	SVC_MAIN_PORT=$SVC_PORT
+	if PGOPTIONS="-c idem.max_body_bytes=64" start_service 0; then
+		SVC2_PID=$SVC_PID
+		key=$P-pd-store
+		DESC="500 the store failed (a response over idem.max_body_bytes)"
+		problem pd-sf 500 "$(req pd-sf POST /charges -H "Idempotency-Key: $key" -H "X-Tenant: acme" "${AP[@]}" \
+			-d "$charge")" store-failed "$key"
+		stripe pd-sf-s 500 "$(req pd-sf-s POST /charges -H "Idempotency-Key: $key" -H "X-Tenant: acme" \
+			-d "$charge")" api_error
+		check_eq "... and no charge was kept" 0 "$(rows acme "$key")"
+		kill -TERM "$SVC2_PID"
+		{ wait "$SVC2_PID"; } 2>/dev/null
+		SVC2_PID=
+
+		# a lease lost: the service with a lease of 1 s is stopped (SIGSTOP,
+		# as a paused VM) while its handler runs, the lease runs out, another
+		# service takes the key over and answers; the first one, continued,
+		# gets its commit refused
+		if start_service 0 --lease 1s; then
+			SVC2_PID=$SVC_PID
+			BASE2=http://127.0.0.1:$SVC_PORT
+			BASE=http://127.0.0.1:$SVC_MAIN_PORT
+			key=$P-pd-lease
+			mail='{"to": "lease@example.com", "subject": "Lease"}'
+			dk=$(downstream_key acme "$key")
+			n=$(hook_lines)
+			curl -sS --max-time 40 -o "$T/pd-lost.b" -D "$T/pd-lost.h" -w '%{http_code}' \
+				-X POST "$BASE2/emails" -H "Idempotency-Key: $key" -H "X-Tenant: acme" "${AP[@]}" \
+				-H "X-Test-Sleep-Ms: 3000" -H "X-Test-Sleep-At: after-step" -d "$mail" \
+				>"$T/pd-lost.status" 2>"$T/pd-lost.err" &
+			lost_pid=$!
+			if wait_hook "$n"; then
+				kill -STOP "$SVC2_PID"
+				sleep 1.6
+				s=$(req pd-taken POST /emails -H "Idempotency-Key: $key" -H "X-Tenant: acme" -d "$mail")
+				kill -CONT "$SVC2_PID"
+				wait "$lost_pid"
+				check_eq "the lease ran out while its service was stopped: another takes the key over (202, attempt 2)" \
+					"202 2" "$s $(field pd-taken attempt)"
+				DESC="409 the lease lost (its commit refused once continued)"
+				problem pd-lost 409 "$(cat "$T/pd-lost.status")" lease-lost "$key"
+				check_eq "... the stored response is the new owner's, the mail sent once" "committed|2 1 1" \
+					"$(psql_q -c "SELECT state, attempt FROM idem_get('$key', 'acme')") $(sink_calls "$dk") $(sink_sent "$dk")"
+			else
+				fail "the leased request started"
+				wait "$lost_pid"
+			fi
+			kill -TERM "$SVC2_PID"
+			{ wait "$SVC2_PID"; } 2>/dev/null
+			SVC2_PID=
+		else
+			fail "a service with --lease 1s starts"
+		fi
+	else
+		fail "a service with idem.max_body_bytes = 64 starts"
+	fi
+	SVC_PID=$SVC_MAIN_PID
+	SVC_PORT=$SVC_MAIN_PORT
+	BASE=http://127.0.0.1:$SVC_PORT
+fi
+
 # ---- behind a transaction pooler ------------------------------------------------
 
 # burst NAME PATH KEY BODY [CURL ARGS...]: 20 concurrent identical requests
@@ -625,6 +830,8 @@ else
 			"$(sink_calls "$dk") $(sink_sent "$dk")"
 		check_eq "$WHAT: the key is committed once, attempt 1" "committed|202|1" \
 			"$(psql_q -c "SELECT state, status, attempt FROM idem_get('$key', 'acme')")"
+		check_eq "$WHAT: the call log has one fresh reserve, lease-owned (leased=true), and 19 replays" "1 19" \
+			"$(grep -F "key=\"$key\" " "$T/calls.log" | grep -c ' op=reserve outcome=fresh .* leased=true ') $(calls "$key" reserve replay)"
 
 		# one transaction per request: reserve, insert, store, COMMIT
 		key=$P-pooled-charge-$lease
@@ -652,6 +859,23 @@ else
 		else
 			fail "the requests went through PgBouncer" "SHOW STATS: ${xacts:-none} before, ${after:-none} after"
 		fi
+
+		if [[ $lease == auto ]] && ((HAVE_JSON)); then
+			# the database gone from under the service: PgBouncer stopped
+			bash "$IDEM_ROOT/test/pgbouncer.sh" stop "$BOUNCER" >/dev/null 2>&1
+			BOUNCER=
+			key=$P-pooled-gone
+			mail='{"to": "gone@example.com", "subject": "Gone"}'
+			DESC="503 the database unreachable (PgBouncer stopped)"
+			problem pd-gone 503 "$(req pd-gone POST /emails -H "Idempotency-Key: $key" -H "X-Tenant: acme" \
+				-H "Accept: application/problem+json" -d "$mail")" store-unavailable "$key"
+			check_eq "... with Retry-After: 1" 1 "$(header pd-gone Retry-After)"
+			stripe pd-gone-s 503 "$(req pd-gone-s POST /emails -H "Idempotency-Key: $key" -H "X-Tenant: acme" \
+				-d "$mail")" database_unavailable
+			DESC="503 the database unreachable, a charge (its BEGIN fails)"
+			problem pd-gone-c 503 "$(req pd-gone-c POST /charges -H "Idempotency-Key: $key-c" -H "X-Tenant: acme" \
+				-H "Accept: application/problem+json" -d '{"amount": 1, "currency": "usd"}')" store-unavailable "$key-c"
+		fi
 		kill -TERM "$SVC2_PID"
 		wait "$SVC2_PID"
 		check_eq "the service through PgBouncer ($how) stops on SIGTERM with exit 0" 0 "$?"
@@ -660,8 +884,10 @@ else
 	SVC_PID=$SVC_MAIN_PID
 	SVC_PORT=$SVC_MAIN_PORT
 	BASE=http://127.0.0.1:$SVC_PORT
-	bash "$IDEM_ROOT/test/pgbouncer.sh" stop "$BOUNCER" >/dev/null 2>&1
-	BOUNCER=
+	if [[ -n $BOUNCER ]]; then
+		bash "$IDEM_ROOT/test/pgbouncer.sh" stop "$BOUNCER" >/dev/null 2>&1
+		BOUNCER=
+	fi
 fi
 
 # ---- stop -----------------------------------------------------------------------
