@@ -114,3 +114,14 @@ deb:
 # then purges them and runs make install again
 check-package:
 	@bash test/package.sh
+
+# The module built with AddressSanitizer and UndefinedBehaviorSanitizer and
+# tested in a server of its own (test/sanitize.sh): installed into a private
+# copy of the PostgreSQL installation, the sanitizer runtimes preloaded into
+# the postmaster; the regress, isolation and bad-input suites run there,
+# then the reports are read.  The installed module and this tree's build
+# are left alone.  About a minute; make test runs it too
+# (test/suites/sanitize.sh, skipped where sanitizers cannot run).
+.PHONY: sanitize
+sanitize: deps
+	@bash test/sanitize.sh
