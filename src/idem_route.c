@@ -15,63 +15,118 @@
  * distributed by $1 is called with a NULL first argument), resolve every
  * default from this session's settings (they do not travel to the worker
  * with the call), and, when the key's shard is on another node, call the
- * shard function with constants, in the one form that Citus delegates in
- * every context: SELECT * FROM f(constant, ...).  An error on the worker
- * comes back with its SQLSTATE, message, detail and hint.
+ * shard function, in the one form that Citus delegates in every context:
+ * SELECT * FROM f($1, ...), which Citus plans with the parameters' values
+ * as constants.  An error on the worker comes back with its SQLSTATE,
+ * message, detail and hint.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "lib/stringinfo.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
+#include "utils/memutils.h"
 #include "utils/timestamp.h"
 
 #include "idempotency.h"
 
-/* SQL literals of the arguments */
-static void
-add_text(StringInfo sql, const char *s)
+/* The shard functions, called with parameters through kept plans */
+typedef enum RoutedCall
 {
-	if (sql->data[sql->len - 1] != '(')
-		appendStringInfoString(sql, ", ");
-	if (s == NULL)
-		appendStringInfoString(sql, "NULL");
-	else
-		appendStringInfoString(sql, quote_literal_cstr(s));
+	R_RESERVE,
+	R_COMMIT,
+	R_RELEASE,
+	R_GET,
+	R_EXTEND,
+	NUM_ROUTED
+} RoutedCall;
+
+static const struct
+{
+	const char *function;
+	int			nargs;
+	Oid			argtypes[7];
+}			routed[NUM_ROUTED] = {
+	[R_RESERVE] = {"idem_shard_reserve", 7,
+	{TEXTOID, TEXTOID, INTERVALOID, INTERVALOID, TEXTOID, TEXTOID, INTERVALOID}},
+	[R_COMMIT] = {"idem_shard_commit", 7,
+	{TEXTOID, TEXTOID, INT4OID, BYTEAOID, JSONBOID, TEXTOID, TEXTOID}},
+	[R_RELEASE] = {"idem_shard_release", 3, {TEXTOID, TEXTOID, TEXTOID}},
+	[R_GET] = {"idem_shard_get", 2, {TEXTOID, TEXTOID}},
+	[R_EXTEND] = {"idem_shard_extend", 4,
+	{TEXTOID, TEXTOID, INTERVALOID, TEXTOID}},
+};
+
+static SPIPlanPtr plans[NUM_ROUTED];
+static char *plans_schema = NULL;	/* the schema the plans name */
+
+/*
+ * The kept plan of a shard function.  Citus plans each execution anew with
+ * the parameters' values as constants (it refuses generic plans for
+ * distributed function calls) and delegates it; what the plan keeps is the
+ * parse and analysis.
+ */
+static SPIPlanPtr
+routed_plan(RoutedCall r)
+{
+	const char *schema = idem_storage_schema();
+
+	if (plans_schema != NULL && strcmp(plans_schema, schema) != 0)
+	{
+		for (int i = 0; i < NUM_ROUTED; i++)
+		{
+			if (plans[i] != NULL)
+				SPI_freeplan(plans[i]);
+			plans[i] = NULL;
+		}
+		pfree(plans_schema);
+		plans_schema = NULL;
+	}
+	if (plans_schema == NULL)
+		plans_schema = MemoryContextStrdup(TopMemoryContext, schema);
+
+	if (plans[r] == NULL)
+	{
+		StringInfoData sql;
+		SPIPlanPtr	plan;
+
+		initStringInfo(&sql);
+		appendStringInfo(&sql, "SELECT * FROM %s.%s(", schema,
+						 routed[r].function);
+		for (int i = 1; i <= routed[r].nargs; i++)
+			appendStringInfo(&sql, "%s$%d", i > 1 ? ", " : "", i);
+		appendStringInfoChar(&sql, ')');
+		plan = SPI_prepare(sql.data, routed[r].nargs,
+						   (Oid *) routed[r].argtypes);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed for \"%s\": %s",
+				 sql.data, SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(plan) != 0)
+			elog(ERROR, "SPI_keepplan failed");
+		plans[r] = plan;
+		pfree(sql.data);
+	}
+	return plans[r];
 }
 
-static void
-add_key(StringInfo sql, const IdemKey *k)
+static Datum
+key_datum(const IdemKey *k)
 {
-	add_text(sql, pnstrdup(k->key, k->key_len));
+	return PointerGetDatum(cstring_to_text_with_len(k->key, k->key_len));
 }
 
-static void
-add_typed(StringInfo sql, const char *out, const char *type)
+static Datum
+text_or_null(const char *s, char *null)
 {
-	add_text(sql, out);
-	if (out != NULL)
-		appendStringInfo(sql, "::pg_catalog.%s", type);
-}
-
-static void
-add_interval(StringInfo sql, const Interval *iv)
-{
-	add_typed(sql, iv ? idem_interval_text(iv) : NULL, "interval");
-}
-
-static void
-begin_call(StringInfo sql, const char *function)
-{
-	initStringInfo(sql);
-	appendStringInfo(sql, "SELECT * FROM %s.%s(", idem_storage_schema(),
-					 function);
+	*null = s ? ' ' : 'n';
+	return s ? CStringGetTextDatum(s) : (Datum) 0;
 }
 
 /*
@@ -81,19 +136,18 @@ begin_call(StringInfo sql, const char *function)
  * a composite Datum, else the value itself (by value types only).
  */
 static Datum
-run_call(FunctionCallInfo fcinfo, StringInfo sql, TupleDesc rowdesc,
+run_call(RoutedCall r, Datum *values, const char *nulls, TupleDesc rowdesc,
 		 bool *isnull)
 {
 	Datum		result = (Datum) 0;
 	int			rc;
 
-	appendStringInfoChar(sql, ')');
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	rc = SPI_execute(sql->data, false, 0);
+	rc = SPI_execute_plan(routed_plan(r), values, nulls, false, 0);
 	if (rc != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "routed call returned %s with " UINT64_FORMAT " rows: %s",
-			 SPI_result_code_string(rc), SPI_processed, sql->data);
+		elog(ERROR, "routed call of %s returned %s with " UINT64_FORMAT " rows",
+			 routed[r].function, SPI_result_code_string(rc), SPI_processed);
 
 	if (rowdesc != NULL)
 	{
@@ -110,7 +164,6 @@ run_call(FunctionCallInfo fcinfo, StringInfo sql, TupleDesc rowdesc,
 
 	if (SPI_finish() != SPI_OK_FINISH)
 		elog(ERROR, "SPI_finish failed");
-	pfree(sql->data);
 	return result;
 }
 
@@ -118,23 +171,25 @@ Datum
 idem_route_reserve(FunctionCallInfo fcinfo, const IdemKey *k, const char *hash,
 				   const Interval *ttl, int64 wait_us, const IdemOwner *owner)
 {
-	StringInfoData sql;
+	Datum		values[7];
+	char		nulls[7] = "       ";
 	Interval	wait;
 	Datum		result;
 	bool		isnull;
 
 	memset(&wait, 0, sizeof(wait));
 	wait.time = wait_us;
-
-	begin_call(&sql, "idem_shard_reserve");
-	add_key(&sql, k);
-	add_text(&sql, hash);
-	add_interval(&sql, ttl);
-	add_interval(&sql, &wait);
-	add_text(&sql, k->scope);
-	add_text(&sql, owner->token);
-	add_interval(&sql, owner->lease ? &owner->lease_len : NULL);
-	result = run_call(fcinfo, &sql, idem_reservation_tupdesc(fcinfo), &isnull);
+	values[0] = key_datum(k);
+	values[1] = text_or_null(hash, &nulls[1]);
+	values[2] = IntervalPGetDatum(ttl);
+	values[3] = IntervalPGetDatum(&wait);
+	values[4] = CStringGetTextDatum(k->scope);
+	values[5] = text_or_null(owner->token, &nulls[5]);
+	values[6] = IntervalPGetDatum(&owner->lease_len);
+	if (!owner->lease)
+		nulls[6] = 'n';
+	result = run_call(R_RESERVE, values, nulls,
+					  idem_reservation_tupdesc(fcinfo), &isnull);
 	if (isnull)
 		elog(ERROR, "routed idem_reserve returned no record");
 	return result;
@@ -145,23 +200,22 @@ idem_route_commit(FunctionCallInfo fcinfo, const IdemKey *k, const char *hash,
 				  bool status_null, int32 status, bytea *body, Jsonb *headers,
 				  const char *token)
 {
-	StringInfoData sql;
+	Datum		values[7];
+	char		nulls[7] = "       ";
 	Datum		result;
 	bool		isnull;
 
-	begin_call(&sql, "idem_shard_commit");
-	add_key(&sql, k);
-	add_text(&sql, hash);
-	add_typed(&sql, status_null ? NULL : psprintf("%d", status), "int4");
-	add_typed(&sql, body ? DatumGetCString(DirectFunctionCall1(byteaout,
-															   PointerGetDatum(body))) : NULL,
-			  "bytea");
-	add_typed(&sql, headers ? JsonbToCString(NULL, &headers->root,
-											 VARSIZE(headers)) : NULL,
-			  "jsonb");
-	add_text(&sql, k->scope);
-	add_text(&sql, token);
-	result = run_call(fcinfo, &sql, NULL, &isnull);
+	values[0] = key_datum(k);
+	values[1] = text_or_null(hash, &nulls[1]);
+	values[2] = Int32GetDatum(status);
+	nulls[2] = status_null ? 'n' : ' ';
+	values[3] = PointerGetDatum(body);
+	nulls[3] = body ? ' ' : 'n';
+	values[4] = JsonbPGetDatum(headers);
+	nulls[4] = headers ? ' ' : 'n';
+	values[5] = CStringGetTextDatum(k->scope);
+	values[6] = text_or_null(token, &nulls[6]);
+	result = run_call(R_COMMIT, values, nulls, NULL, &isnull);
 	return isnull ? BoolGetDatum(false) : result;
 }
 
@@ -169,15 +223,15 @@ Datum
 idem_route_release(FunctionCallInfo fcinfo, const IdemKey *k,
 				   const char *token)
 {
-	StringInfoData sql;
+	Datum		values[3];
+	char		nulls[3] = "   ";
 	Datum		result;
 	bool		isnull;
 
-	begin_call(&sql, "idem_shard_release");
-	add_key(&sql, k);
-	add_text(&sql, k->scope);
-	add_text(&sql, token);
-	result = run_call(fcinfo, &sql, NULL, &isnull);
+	values[0] = key_datum(k);
+	values[1] = CStringGetTextDatum(k->scope);
+	values[2] = text_or_null(token, &nulls[2]);
+	result = run_call(R_RELEASE, values, nulls, NULL, &isnull);
 	return isnull ? BoolGetDatum(false) : result;
 }
 
@@ -185,28 +239,29 @@ idem_route_release(FunctionCallInfo fcinfo, const IdemKey *k,
 Datum
 idem_route_get(FunctionCallInfo fcinfo, const IdemKey *k, bool *isnull)
 {
-	StringInfoData sql;
+	Datum		values[2];
 
-	begin_call(&sql, "idem_shard_get");
-	add_key(&sql, k);
-	add_text(&sql, k->scope);
-	return run_call(fcinfo, &sql, idem_reservation_tupdesc(fcinfo), isnull);
+	values[0] = key_datum(k);
+	values[1] = CStringGetTextDatum(k->scope);
+	return run_call(R_GET, values, NULL, idem_reservation_tupdesc(fcinfo),
+					isnull);
 }
 
 Datum
 idem_route_extend(FunctionCallInfo fcinfo, const IdemKey *k, const char *token,
 				  const Interval *lease)
 {
-	StringInfoData sql;
+	Datum		values[4];
+	char		nulls[4] = "    ";
 	Datum		result;
 	bool		isnull;
 
-	begin_call(&sql, "idem_shard_extend");
-	add_key(&sql, k);
-	add_text(&sql, token);
-	add_interval(&sql, lease);
-	add_text(&sql, k->scope);
-	result = run_call(fcinfo, &sql, NULL, &isnull);
+	values[0] = key_datum(k);
+	values[1] = text_or_null(token, &nulls[1]);
+	values[2] = lease ? IntervalPGetDatum(lease) : (Datum) 0;
+	nulls[2] = lease ? ' ' : 'n';
+	values[3] = CStringGetTextDatum(k->scope);
+	result = run_call(R_EXTEND, values, nulls, NULL, &isnull);
 	if (isnull)
 		elog(ERROR, "routed idem_extend returned NULL");
 	return result;
