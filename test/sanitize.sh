@@ -174,7 +174,7 @@ ok "a private copy of the PostgreSQL installation (bindir, pkglibdir, sharedir)"
 banner "build with -fsanitize=address,undefined"
 rm -rf "$build"
 mkdir -p "$build"
-tar -C "$ROOT" --exclude=./test/tmp --exclude=./test/out --exclude=./test/isolation/out \
+tar -C "$ROOT" --exclude=test/tmp --exclude=test/out --exclude=test/isolation/out \
 	--exclude='*.o' --exclude='*.so' --exclude='*.bc' \
 	-cf - Makefile idempotency.control src sql expected test |
 	tar -C "$build" -xf - || give_up "copy the source tree"
