@@ -64,6 +64,14 @@ idem_evict(PG_FUNCTION_ARGS)
 	idem_storage_read(&k, &rec);
 	if (!rec.found)
 		PG_RETURN_BOOL(false);
+	if (!rec.committed && rec.has_lease)
+		ereport(ERROR,
+				(errcode(ERRCODE_IDEM_IN_FLIGHT),
+				 errmsg("cannot evict an in-flight idempotency key"),
+				 errdetail("Key \"%s\" in scope \"%s\" is in flight under a lease until %s.",
+						   k.key, k.scope,
+						   timestamptz_to_str(rec.lease_expires_at)),
+				 errhint("Release it with its owner token, or let its lease run out so that the next request takes it over.")));
 	if (!rec.committed)
 		ereport(ERROR,
 				(errcode(ERRCODE_IDEM_IN_FLIGHT),
