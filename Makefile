@@ -75,7 +75,7 @@ check-client: client
 .PHONY: deps test demo
 
 deps:
-	@bash test/deps.sh
+	@bash tools/deps.sh
 
 # The test command of the README: installs what is missing, builds with
 # warnings as errors, installs, starts a throwaway cluster, runs every suite.
@@ -83,7 +83,7 @@ test: deps
 	@bash test/run-all.sh
 
 demo: deps
-	@bash test/demo.sh
+	@bash tools/demo.sh
 
 # The benchmark (bench/): its own throwaway cluster, a few minutes; results
 # in bench/results/.  Never part of make test.

@@ -5,7 +5,7 @@
 #   bench/run.sh               (or: make -C bench, make bench)
 #   BENCH_QUICK=1 bench/run.sh a smoke run of about a minute
 #
-# Starts a throwaway cluster of its own (test/cluster.sh: default settings
+# Starts a throwaway cluster of its own (tools/cluster.sh: default settings
 # except shared_buffers and max_connections; fsync on), loads the extension,
 # the PL/pgSQL baseline (plpgsql_baseline.sql) and the raw floor's table
 # (setup.sql), optionally a private Redis, and measures, alternating the
@@ -50,7 +50,7 @@
 #   BENCH_HUGE_PAGES=auto   as root, reserve huge pages for shared_buffers for
 #                           the run (vm.nr_hugepages, given back at the end);
 #                           0: leave the system's setting alone
-#   BENCH_CLUSTER_OPTS=     more postgresql.conf settings (see test/cluster.sh)
+#   BENCH_CLUSTER_OPTS=     more postgresql.conf settings (see tools/cluster.sh)
 #   BENCH_INSTALL=1         build and install the extension from the working
 #                           tree first; head: from a clean export of git HEAD
 #                           (uncommitted edits left out); 0: measure the
@@ -212,7 +212,7 @@ cleanup()
 	fi
 	if [[ $KEEP != 1 && -d $CLUSTER ]]; then
 		# stopped and removed: with 10^7 keys per table it holds gigabytes
-		"$ROOT/test/cluster.sh" stop "$CLUSTER" >/dev/null 2>&1 || true
+		"$ROOT/tools/cluster.sh" stop "$CLUSTER" >/dev/null 2>&1 || true
 		rm -rf "$CLUSTER"
 	fi
 	if [[ -n $HUGE_BEFORE && ($KEEP != 1 || ! -d $CLUSTER) ]]; then
@@ -230,7 +230,7 @@ log "starting a cluster in $CLUSTER (shared_buffers=$SHARED_BUFFERS, max_connect
 start_cluster()
 {
 	CLUSTER_OPTS="shared_buffers=$SHARED_BUFFERS max_connections=$MAX_CONNECTIONS fsync=on
-${BENCH_CLUSTER_OPTS:-}" "$ROOT/test/cluster.sh" start "$CLUSTER" >/dev/null
+${BENCH_CLUSTER_OPTS:-}" "$ROOT/tools/cluster.sh" start "$CLUSTER" >/dev/null
 }
 # (once more after a failure: the machine is shared, ports come and go)
 start_cluster || { sleep 2; start_cluster; } || die "could not start a cluster"

@@ -24,7 +24,7 @@
 # PGDATABASE (postgres, where it has run CREATE EXTENSION idempotency),
 # CLUSTER_DIR, and IDEM_TEST_USER (the unprivileged user clusters run as).
 # Run by hand, the suite finds the cluster in $CLUSTER_DIR/env (default
-# test/tmp/cluster/env, as left by `test/cluster.sh start test/tmp/cluster`;
+# test/tmp/cluster/env, as left by `tools/cluster.sh start test/tmp/cluster`;
 # create the extension there first).  Also set: IDEM_ROOT (the repository),
 # IDEM_TMP (a scratch directory of the suite's own, reachable by
 # IDEM_TEST_USER when run-all runs it) and PG_BINDIR, first in PATH.
@@ -38,7 +38,7 @@ if [[ -z ${PGHOST:-} ]]; then
 		# shellcheck disable=SC1091
 		. "$CLUSTER_DIR/env"
 	else
-		echo "lib.sh: no cluster: run test/cluster.sh start $CLUSTER_DIR" \
+		echo "lib.sh: no cluster: run tools/cluster.sh start $CLUSTER_DIR" \
 			"(or set PGHOST and friends)" >&2
 	fi
 fi

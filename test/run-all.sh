@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 #
-# run-all.sh: the test command (`make test` runs it after test/deps.sh).
+# run-all.sh: the test command (`make test` runs it after tools/deps.sh).
 #
 # Builds the extension with warnings as errors, installs it, starts a
 # throwaway cluster in test/tmp/cluster (stopped again on any exit), runs
@@ -28,7 +28,7 @@
 #
 # Other knobs: SKIP_BUILD=1 (use what is installed), KEEP_CLUSTER=1 (leave
 # the cluster running afterwards), CLUSTER_OPTS (extra server settings, see
-# test/cluster.sh), TEST_TIME_LIMIT (seconds for the whole run, default 1500,
+# tools/cluster.sh), TEST_TIME_LIMIT (seconds for the whole run, default 1500,
 # 0 = none), SUITE_TIMEOUT (seconds per step, default 600).
 
 set -uo pipefail
@@ -41,7 +41,7 @@ TEST_TIME_LIMIT=${TEST_TIME_LIMIT:-1500}
 SUITE_TIMEOUT=${SUITE_TIMEOUT:-600}
 TMP=$ROOT/test/tmp		# logs
 WORK=$TMP			# what the unprivileged user must reach: see pick_work
-CLUSTER_SH=$ROOT/test/cluster.sh
+CLUSTER_SH=$ROOT/tools/cluster.sh
 
 passed=0
 failed=0
@@ -89,7 +89,7 @@ stop_cluster()
 {
 	if [[ -n $cluster_dir && ${KEEP_CLUSTER:-} == 1 ]]; then
 		echo "run-all: the cluster still runs (KEEP_CLUSTER=1): . $cluster_dir/env;" \
-			"test/cluster.sh stop $cluster_dir" >&2
+			"tools/cluster.sh stop $cluster_dir" >&2
 		cluster_dir=
 	elif [[ -n $cluster_dir ]]; then
 		bash "$CLUSTER_SH" stop "$cluster_dir" >/dev/null 2>&1 ||
@@ -179,13 +179,13 @@ stop_stray_servers()
 			-m immediate -w -t 30 stop >/dev/null 2>&1 ||
 			kill -KILL "$pid" 2>/dev/null || true
 	done < <(find "$dir" -name postmaster.pid 2>/dev/null)
-	# and PgBouncers (test/pgbouncer.sh)
+	# and PgBouncers (tools/pgbouncer.sh)
 	while IFS= read -r pidfile; do
 		data=$(dirname "$pidfile")
 		pid=$(head -n 1 "$pidfile" 2>/dev/null) || continue
 		if [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null; then
 			echo "run-all: stopping a pgbouncer left running in $data"
-			bash "$ROOT/test/pgbouncer.sh" stop "$data" >/dev/null 2>&1 ||
+			bash "$ROOT/tools/pgbouncer.sh" stop "$data" >/dev/null 2>&1 ||
 				kill -KILL "$pid" 2>/dev/null || true
 		fi
 	done < <(find "$dir" -name pgbouncer.pid 2>/dev/null)
@@ -377,7 +377,7 @@ run_tap()
 		as_user=(runuser -u "$user" --)
 	fi
 	# The TAP clusters take initdb's locale from the environment: make it
-	# UTF-8 (as test/cluster.sh's) whatever the caller's, not SQL_ASCII.
+	# UTF-8 (as tools/cluster.sh's) whatever the caller's, not SQL_ASCII.
 	timeout -k 10 "$t" "${as_user[@]}" env -C "$srcdir/test" \
 		-u LC_ALL -u LC_CTYPE -u LC_COLLATE LANG=C.UTF-8 \
 		PATH="$PATH" \

@@ -105,7 +105,7 @@ give_up()
 stop_server()
 {
 	if [[ -n $cluster ]]; then
-		PG_CONFIG=$priv_pg_config bash "$ROOT/test/cluster.sh" stop "$cluster" >/dev/null 2>&1 ||
+		PG_CONFIG=$priv_pg_config bash "$ROOT/tools/cluster.sh" stop "$cluster" >/dev/null 2>&1 ||
 			echo "sanitize: could not stop the server in $cluster" >&2
 		cluster=
 	fi
@@ -218,7 +218,7 @@ banner "a server with $asan_rt and $ubsan_rt preloaded"
 # a cluster of the copy's binaries, then restarted with the runtimes
 if ! out=$(PG_CONFIG=$priv_pg_config CLUSTER_PORT=${SANITIZE_PORT:-56320} \
 	CLUSTER_OPTS="jit=off log_min_messages=warning" \
-	bash "$ROOT/test/cluster.sh" start "$cluster_dir" 2>&1); then
+	bash "$ROOT/tools/cluster.sh" start "$cluster_dir" 2>&1); then
 	give_up "a throwaway cluster starts" "$out"
 fi
 cluster=$cluster_dir

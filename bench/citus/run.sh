@@ -23,7 +23,7 @@ CLIENTS=${CITUS_BENCH_CLIENTS:-8}
 PORT=${CITUS_BENCH_PORT:-59400}
 TMP=$ROOT/bench/tmp/citus
 OUT=$ROOT/bench/results/citus.md
-CLUSTER_SH=$ROOT/test/cluster.sh
+CLUSTER_SH=$ROOT/tools/cluster.sh
 nodes=(coord w1 w2 single)
 declare -A port
 

@@ -4,7 +4,7 @@
 #
 #   bench/http/run.sh
 #
-# Builds the service, starts a throwaway cluster of its own (test/cluster.sh,
+# Builds the service, starts a throwaway cluster of its own (tools/cluster.sh,
 # default settings, fsync on) unless PGHOST is set, makes a database with
 # the extension, starts the service on a free loopback port and drives it
 # with wrk (Debian package wrk) and bench/http/charges.lua:
@@ -74,7 +74,7 @@ cleanup()
 		psql -XAtq -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
 	fi
 	if [[ -n $cluster ]]; then
-		bash "$ROOT/test/cluster.sh" stop "$cluster" >/dev/null 2>&1 || true
+		bash "$ROOT/tools/cluster.sh" stop "$cluster" >/dev/null 2>&1 || true
 	fi
 }
 trap cleanup EXIT
@@ -85,7 +85,7 @@ make -s --no-print-directory -C "$ROOT/examples/http" >&2
 
 if [[ -z ${PGHOST:-} ]]; then
 	cluster=$TMP/cluster
-	CLUSTER_OPTS=${HTTP_BENCH_CLUSTER_OPTS:-} bash "$ROOT/test/cluster.sh" start "$cluster" >&2
+	CLUSTER_OPTS=${HTTP_BENCH_CLUSTER_OPTS:-} bash "$ROOT/tools/cluster.sh" start "$cluster" >&2
 	# shellcheck disable=SC1091
 	. "$cluster/env"
 fi

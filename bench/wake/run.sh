@@ -5,7 +5,7 @@
 #
 #   bench/wake/run.sh          (or: make -C bench wake)
 #
-# Starts a throwaway cluster of its own twice (test/cluster.sh, port 59000
+# Starts a throwaway cluster of its own twice (tools/cluster.sh, port 59000
 # and up, fsync on): once with the module in shared_preload_libraries
 # (waiters of a lease owner's key sleep on a condition variable and are
 # woken by the commit) and once without (they read the record again, 1 ms
@@ -30,7 +30,7 @@
 #   WAKE_PGBENCH_SECONDS=15 WAKE_PGBENCH_ROUNDS=2
 #   WAKE_PGBENCH_CLIENTS=8 WAKE_PGBENCH_THREADS=2
 #   WAKE_PORT=59000          first port tried for the cluster
-#   WAKE_CLUSTER_OPTS=       more postgresql.conf settings (see test/cluster.sh)
+#   WAKE_CLUSTER_OPTS=       more postgresql.conf settings (see tools/cluster.sh)
 #   WAKE_TMP=bench/tmp/wake  WAKE_OUT=bench/results/wake.md
 #
 # Measures the extension installed where pg_config (the first in PATH)
@@ -79,7 +79,7 @@ done
 cleanup()
 {
 	local rc=$?
-	"$ROOT/test/cluster.sh" stop "$CLUSTER" >/dev/null 2>&1 || true
+	"$ROOT/tools/cluster.sh" stop "$CLUSTER" >/dev/null 2>&1 || true
 	rm -rf "$CLUSTER"
 	exit $rc
 }
@@ -98,12 +98,12 @@ psql_q()
 start_cluster()
 {
 	local preload=$1 opts="max_connections=100 fsync=on"
-	# (test/cluster.sh preloads nothing unless told)
+	# (tools/cluster.sh preloads nothing unless told)
 	[[ $preload == preloaded ]] && opts+=" shared_preload_libraries=idempotency"
 	opts+=$'\n'"${WAKE_CLUSTER_OPTS:-}"
 	# (once more after a failure: the machine is shared, ports come and go)
-	CLUSTER_PORT=$PORT CLUSTER_OPTS=$opts "$ROOT/test/cluster.sh" start "$CLUSTER" >/dev/null ||
-		{ sleep 2; CLUSTER_PORT=$PORT CLUSTER_OPTS=$opts "$ROOT/test/cluster.sh" start "$CLUSTER" >/dev/null; } ||
+	CLUSTER_PORT=$PORT CLUSTER_OPTS=$opts "$ROOT/tools/cluster.sh" start "$CLUSTER" >/dev/null ||
+		{ sleep 2; CLUSTER_PORT=$PORT CLUSTER_OPTS=$opts "$ROOT/tools/cluster.sh" start "$CLUSTER" >/dev/null; } ||
 		die "could not start a cluster"
 	# shellcheck disable=SC1091
 	. "$CLUSTER/env"
@@ -164,7 +164,7 @@ for preload in preloaded not_preloaded; do
 			pgb "$preload" "$owner" "$r"
 		done
 	done
-	"$ROOT/test/cluster.sh" stop "$CLUSTER" >/dev/null
+	"$ROOT/tools/cluster.sh" stop "$CLUSTER" >/dev/null
 done
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -278,7 +278,7 @@ MODULE="\`$MODULE\` of $(date -u -r "$MODULE" '+%Y-%m-%d %H:%M UTC' 2>/dev/null 
 	echo
 	echo "## Where"
 	echo
-	echo "- cluster: test/cluster.sh (fsync on, max_connections = 100, otherwise defaults),"
+	echo "- cluster: tools/cluster.sh (fsync on, max_connections = 100, otherwise defaults),"
 	echo "  once with \`shared_preload_libraries = 'idempotency'\` and once without;"
 	echo "  clients and server on one machine over the unix socket."
 	echo "- machine: $(nproc) CPU ($(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -n 1)),"

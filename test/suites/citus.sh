@@ -33,7 +33,7 @@ set -uo pipefail
 
 CALLERS=${CITUS_CALLERS:-16}
 work=$IDEM_TMP
-CLUSTER_SH=$IDEM_ROOT/test/cluster.sh
+CLUSTER_SH=$IDEM_ROOT/tools/cluster.sh
 nodes=(coord w1 w2)
 declare -A port
 

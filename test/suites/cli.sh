@@ -383,8 +383,8 @@ fi
 # through a transaction pooler, exec uses a lease with no option at all
 if [[ -x /usr/sbin/pgbouncer ]]; then
 	bouncer=$T/pgbouncer
-	trap 'bash "$IDEM_ROOT/test/pgbouncer.sh" stop "$bouncer" >/dev/null 2>&1' EXIT
-	if out=$(bash "$IDEM_ROOT/test/pgbouncer.sh" start "$bouncer" transaction 3 2>&1); then
+	trap 'bash "$IDEM_ROOT/tools/pgbouncer.sh" stop "$bouncer" >/dev/null 2>&1' EXIT
+	if out=$(bash "$IDEM_ROOT/tools/pgbouncer.sh" start "$bouncer" transaction 3 2>&1); then
 		pooled()
 		{
 			(
@@ -431,9 +431,9 @@ if [[ -x /usr/sbin/pgbouncer ]]; then
 		else
 			fail "--lease 0 through the pooler forces session ownership" "$(cat "$T/pooled-zero-get")"
 		fi
-		bash "$IDEM_ROOT/test/pgbouncer.sh" stop "$bouncer" >/dev/null 2>&1
+		bash "$IDEM_ROOT/tools/pgbouncer.sh" stop "$bouncer" >/dev/null 2>&1
 	else
-		fail "PgBouncer starts (test/pgbouncer.sh)" "$out"
+		fail "PgBouncer starts (tools/pgbouncer.sh)" "$out"
 	fi
 else
 	skip "idem exec through PgBouncer uses a lease" "pgbouncer is not installed"
@@ -510,7 +510,7 @@ if command -v valgrind >/dev/null 2>&1; then
 		fail "idem under valgrind: no error, no leak" "exits: ${vg_rcs[*]}" "$(head -n 30 "$T/vg.err")"
 	fi
 else
-	skip "idem under valgrind: no error, no leak" "valgrind is not installed (test/deps.sh installs it)"
+	skip "idem under valgrind: no error, no leak" "valgrind is not installed (tools/deps.sh installs it)"
 fi
 
 # ---- purge and stats ---------------------------------------------------------------

@@ -140,8 +140,8 @@ fi
 # a transaction pooler in front of the cluster, for test_client's proxy checks
 if [[ -x /usr/sbin/pgbouncer ]]; then
 	bouncer=$IDEM_TMP/pgbouncer
-	trap 'bash "$IDEM_ROOT/test/pgbouncer.sh" stop "$bouncer" >/dev/null 2>&1' EXIT
-	if out=$(bash "$IDEM_ROOT/test/pgbouncer.sh" start "$bouncer" transaction 3 2>&1); then
+	trap 'bash "$IDEM_ROOT/tools/pgbouncer.sh" stop "$bouncer" >/dev/null 2>&1' EXIT
+	if out=$(bash "$IDEM_ROOT/tools/pgbouncer.sh" start "$bouncer" transaction 3 2>&1); then
 		IDEM_TEST_PROXY=$(
 			# shellcheck disable=SC1091
 			. "$bouncer/env"
@@ -149,7 +149,7 @@ if [[ -x /usr/sbin/pgbouncer ]]; then
 		)
 		export IDEM_TEST_PROXY
 	else
-		fail "PgBouncer starts for the proxy checks (test/pgbouncer.sh)" "$out"
+		fail "PgBouncer starts for the proxy checks (tools/pgbouncer.sh)" "$out"
 	fi
 else
 	skip "test_client through PgBouncer" "pgbouncer is not installed"
@@ -161,7 +161,7 @@ run_c_tests test_client "$B/test_client"
 # ---- again under valgrind --------------------------------------------------
 
 if ! command -v valgrind >/dev/null 2>&1; then
-	fail "valgrind is installed (test/deps.sh)"
+	fail "valgrind is installed (tools/deps.sh)"
 else
 	for t in test_offline test_client; do
 		log=$IDEM_TMP/valgrind-$t.log

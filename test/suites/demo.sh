@@ -166,7 +166,7 @@ if command -v valgrind >/dev/null 2>&1; then
 			"$(tail -n 40 "$T/valgrind")"
 	fi
 else
-	fail "the demo runs clean under valgrind" "valgrind is not installed (test/deps.sh installs it)"
+	fail "the demo runs clean under valgrind" "valgrind is not installed (tools/deps.sh installs it)"
 fi
 
 # ---- the demo's checks fail when the database disagrees ----------------------

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 #
-# deps.sh: test/deps.sh finds what a machine lacks by the files that only
+# deps.sh: tools/deps.sh finds what a machine lacks by the files that only
 # the missing package provides.
 #
 # The case that once went wrong: a Debian 12 machine with the PostgreSQL
@@ -19,7 +19,7 @@ set -uo pipefail
 # shellcheck source=../lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
-DEPS=$IDEM_ROOT/test/deps.sh
+DEPS=$IDEM_ROOT/tools/deps.sh
 T=$IDEM_TMP
 rm -rf "$T"
 mkdir -p "$T/bin" "$T/headers-absent" "$T/headers-present" "$T/pgxs"

@@ -17,7 +17,7 @@
 # 500 handler and store failures) comes as RFC 9457 problem details when
 # the Accept header asks for application/problem+json, and in the Stripe
 # shape otherwise; the call log (libidem's observer) has one line per call.  Then the same service behind
-# PgBouncer in transaction mode with a pool of 3 (test/pgbouncer.sh), once
+# PgBouncer in transaction mode with a pool of 3 (tools/pgbouncer.sh), once
 # with --lease 10s and once with no option (libidem sees the proxy and
 # takes a lease by itself): 20 concurrent POST /emails and 20 concurrent
 # POST /charges with one key each send one mail and make one row, and
@@ -45,7 +45,7 @@ cleanup()
 		fi
 	done
 	if [[ -n $BOUNCER ]]; then
-		bash "$IDEM_ROOT/test/pgbouncer.sh" stop "$BOUNCER" >/dev/null 2>&1
+		bash "$IDEM_ROOT/tools/pgbouncer.sh" stop "$BOUNCER" >/dev/null 2>&1
 	fi
 	if [[ -n $DB ]]; then
 		psql_q -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1
@@ -794,8 +794,8 @@ bouncer_xacts()
 
 if [[ ! -x /usr/sbin/pgbouncer ]]; then
 	skip "the service behind PgBouncer in transaction mode" "pgbouncer is not installed"
-elif ! out=$(bash "$IDEM_ROOT/test/pgbouncer.sh" start "$T/pgbouncer" transaction 3 2>&1); then
-	fail "PgBouncer starts in transaction mode with a pool of 3 (test/pgbouncer.sh)" "$out"
+elif ! out=$(bash "$IDEM_ROOT/tools/pgbouncer.sh" start "$T/pgbouncer" transaction 3 2>&1); then
+	fail "PgBouncer starts in transaction mode with a pool of 3 (tools/pgbouncer.sh)" "$out"
 else
 	BOUNCER=$T/pgbouncer
 	BOUNCER_HOST=$(. "$BOUNCER/env" && printf '%s' "$PGHOST")
@@ -862,7 +862,7 @@ else
 
 		if [[ $lease == auto ]] && ((HAVE_JSON)); then
 			# the database gone from under the service: PgBouncer stopped
-			bash "$IDEM_ROOT/test/pgbouncer.sh" stop "$BOUNCER" >/dev/null 2>&1
+			bash "$IDEM_ROOT/tools/pgbouncer.sh" stop "$BOUNCER" >/dev/null 2>&1
 			BOUNCER=
 			key=$P-pooled-gone
 			mail='{"to": "gone@example.com", "subject": "Gone"}'
@@ -885,7 +885,7 @@ else
 	SVC_PORT=$SVC_MAIN_PORT
 	BASE=http://127.0.0.1:$SVC_PORT
 	if [[ -n $BOUNCER ]]; then
-		bash "$IDEM_ROOT/test/pgbouncer.sh" stop "$BOUNCER" >/dev/null 2>&1
+		bash "$IDEM_ROOT/tools/pgbouncer.sh" stop "$BOUNCER" >/dev/null 2>&1
 		BOUNCER=
 	fi
 fi

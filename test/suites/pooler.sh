@@ -2,7 +2,7 @@
 #
 # pooler.sh: exactly once through PgBouncer.
 #
-# The suite starts its own PgBouncer (test/pgbouncer.sh) in front of the
+# The suite starts its own PgBouncer (tools/pgbouncer.sh) in front of the
 # cluster, in transaction mode with a pool of 3 server connections and no
 # reserve pool, then again in session mode, and runs 20 concurrent clients
 # on one key per scenario.  The side effect (a row in the table `effects`,
@@ -36,7 +36,7 @@
 #
 # Each scenario prints a table line, e.g.
 #   # pooler=transaction client=sql owner=lease executions=1/20
-# and the table is repeated at the end.  Needs pgbouncer (test/deps.sh
+# and the table is repeated at the end.  Needs pgbouncer (tools/deps.sh
 # installs it); skipped as a whole without it.  Works in a database of its
 # own (idem_pooler) and a role app, dropped at the end.
 
@@ -51,14 +51,14 @@ DB=idem_pooler
 T=$IDEM_TMP
 CLIENT=$IDEM_ROOT/client
 IDEM=$CLIENT/build/idem
-PGBOUNCER_SH=$IDEM_ROOT/test/pgbouncer.sh
+PGBOUNCER_SH=$IDEM_ROOT/tools/pgbouncer.sh
 P="p$$"					# keys of this run
 table=()
 bouncers=()
 started=$SECONDS
 
 if [[ ! -x /usr/sbin/pgbouncer ]]; then
-	skip_all "pgbouncer is not installed (test/deps.sh installs it)"
+	skip_all "pgbouncer is not installed (tools/deps.sh installs it)"
 fi
 
 # The cluster, direct: for setup and for counting the side effects

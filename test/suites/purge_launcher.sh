@@ -14,11 +14,11 @@
 . "$(dirname "$0")/../lib.sh"
 
 dir=$IDEM_TMP/cluster
-cleanup() { bash "$IDEM_ROOT/test/cluster.sh" stop "$dir" >/dev/null 2>&1; }
+cleanup() { bash "$IDEM_ROOT/tools/cluster.sh" stop "$dir" >/dev/null 2>&1; }
 trap cleanup EXIT
 
 CLUSTER_OPTS="shared_preload_libraries=idempotency idem.purge_interval=1s" \
-	bash "$IDEM_ROOT/test/cluster.sh" start "$dir" >/dev/null ||
+	bash "$IDEM_ROOT/tools/cluster.sh" start "$dir" >/dev/null ||
 	{ fail "start a preloaded cluster"; finish; exit 1; }
 # shellcheck disable=SC1091
 . "$dir/env"

@@ -57,7 +57,7 @@
 # SOAK_SECONDS (default 25) bounds the load; `SOAK_SECONDS=300 bash
 # test/suites/soak.sh` is the long run.  Needs room for SOAK_CLIENTS + 20
 # connections: when the harness's cluster has less, the suite starts a
-# cluster of its own (test/cluster.sh, max_connections = clients + 100).
+# cluster of its own (tools/cluster.sh, max_connections = clients + 100).
 # SOAK_KEEP=1 keeps the database idem_soak for a look.
 
 set -uo pipefail
@@ -82,7 +82,7 @@ mkdir -p "$work/logs"
 cleanup()
 {
 	if [[ -n $own_cluster ]]; then
-		bash "$IDEM_ROOT/test/cluster.sh" stop "$own_cluster" >/dev/null 2>&1
+		bash "$IDEM_ROOT/tools/cluster.sh" stop "$own_cluster" >/dev/null 2>&1
 	fi
 }
 trap cleanup EXIT
@@ -111,7 +111,7 @@ if ((${have:-0} < need)); then
 	echo "# the cluster has room for ${have:-0} connections, the soak needs $need: starting one of its own"
 	own_cluster=$work/cluster
 	if ! CLUSTER_OPTS="max_connections=$((SOAK_CLIENTS + 100))" \
-		bash "$IDEM_ROOT/test/cluster.sh" start "$own_cluster" >"$work/cluster.out" 2>&1; then
+		bash "$IDEM_ROOT/tools/cluster.sh" start "$own_cluster" >"$work/cluster.out" 2>&1; then
 		fail "a cluster with max_connections = $((SOAK_CLIENTS + 100)) starts" "$(cat "$work/cluster.out")"
 		own_cluster=
 		finish

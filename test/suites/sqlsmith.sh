@@ -53,7 +53,7 @@ SMITH_ROLE=idem_sqlsmith
 OWNER_APP=idem-sqlsmith-owner
 
 command -v sqlsmith >/dev/null 2>&1 ||
-	skip_all "sqlsmith is not installed (Debian package sqlsmith; test/deps.sh installs it)"
+	skip_all "sqlsmith is not installed (Debian package sqlsmith; tools/deps.sh installs it)"
 
 work=$IDEM_TMP
 rm -rf "$work"

@@ -2,10 +2,10 @@
 #
 # cluster.sh: a throwaway PostgreSQL cluster for the tests.
 #
-#   test/cluster.sh start DIR   create a new cluster in DIR and start it
-#   test/cluster.sh stop DIR    stop it (safe to call twice, or on nothing)
-#   test/cluster.sh status DIR  exit 0 if it is running
-#   test/cluster.sh user        print the user the clusters run as
+#   tools/cluster.sh start DIR   create a new cluster in DIR and start it
+#   tools/cluster.sh stop DIR    stop it (safe to call twice, or on nothing)
+#   tools/cluster.sh status DIR  exit 0 if it is running
+#   tools/cluster.sh user        print the user the clusters run as
 #
 # Layout: DIR/data (the cluster), DIR/sock (unix socket directory),
 # DIR/log/postgresql.log (the server log) and DIR/env, to be sourced:
@@ -25,8 +25,8 @@
 # Settings: see write_conf below.  CLUSTER_OPTS adds more, appended to
 # postgresql.conf so they win: items separated by newlines or `;`, and an
 # item without quotes may hold several `name=value` words, e.g.
-#   CLUSTER_OPTS='max_connections=200 fsync=off' test/cluster.sh start DIR
-#   CLUSTER_OPTS="log_line_prefix='%m [%p] '" test/cluster.sh start DIR
+#   CLUSTER_OPTS='max_connections=200 fsync=off' tools/cluster.sh start DIR
+#   CLUSTER_OPTS="log_line_prefix='%m [%p] '" tools/cluster.sh start DIR
 #
 # Starting over an existing DIR stops whatever runs there and wipes it.
 
@@ -120,7 +120,7 @@ write_conf()
 	local conf=$1 port=$2 sockdir=$3 line item
 	{
 		echo
-		echo "# Added by test/cluster.sh"
+		echo "# Added by tools/cluster.sh"
 		echo "listen_addresses = '127.0.0.1'"
 		echo "port = $port"
 		echo "unix_socket_directories = '$sockdir'"

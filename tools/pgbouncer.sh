@@ -2,13 +2,13 @@
 #
 # pgbouncer.sh: a throwaway PgBouncer in front of a test cluster.
 #
-#   test/pgbouncer.sh start DIR MODE POOL_SIZE
-#                      start a PgBouncer in DIR, pool_mode = MODE
-#                      (transaction or session), default_pool_size =
-#                      POOL_SIZE, in front of the cluster of
-#                      $CLUSTER_DIR/env (else PGHOST/PGPORT)
-#   test/pgbouncer.sh stop DIR      stop it (safe to call twice, or on nothing)
-#   test/pgbouncer.sh status DIR    exit 0 if it is running
+#   tools/pgbouncer.sh start DIR MODE POOL_SIZE
+#                       start a PgBouncer in DIR, pool_mode = MODE
+#                       (transaction or session), default_pool_size =
+#                       POOL_SIZE, in front of the cluster of
+#                       $CLUSTER_DIR/env (else PGHOST/PGPORT)
+#   tools/pgbouncer.sh stop DIR      stop it (safe to call twice, or on nothing)
+#   tools/pgbouncer.sh status DIR    exit 0 if it is running
 #
 # Layout: DIR/pgbouncer.ini, DIR/userlist.txt (the auth_file),
 # DIR/pgbouncer.log, DIR/pgbouncer.pid, DIR/sock (its unix socket
@@ -19,7 +19,7 @@
 #
 # It listens on that socket directory and on 127.0.0.1, on the first free
 # port from 56432 up (PGBOUNCER_PORT sets where to start), and runs as the
-# cluster's OS user (test/cluster.sh user; PgBouncer refuses to run as
+# cluster's OS user (tools/cluster.sh user; PgBouncer refuses to run as
 # root).  Every database name goes to the cluster (a `*` entry).  Settings,
 # chosen for tests that count what runs through a small pool:
 #   auth_type = trust, with an auth_file naming the cluster's users:
@@ -66,7 +66,7 @@ absdir()
 	esac
 }
 
-# run_as USER CMD...: as in test/cluster.sh
+# run_as USER CMD...: as in tools/cluster.sh
 run_as()
 {
 	local user=$1
@@ -147,7 +147,7 @@ write_ini()
 {
 	local dir=$1 mode=$2 pool=$3 port=$4 sockdir=$5 backend_host=$6 backend_port=$7
 	cat >"$dir/pgbouncer.ini" <<-EOF
-		; Written by test/pgbouncer.sh
+		; Written by tools/pgbouncer.sh
 		[databases]
 		* = host=$backend_host port=$backend_port
 
@@ -181,7 +181,7 @@ do_start()
 		*) die "MODE must be transaction or session, not \"$mode\"" ;;
 	esac
 	[[ $pool =~ ^[1-9][0-9]*$ ]] || die "POOL_SIZE must be a positive integer, not \"$pool\""
-	[[ -x $PGBOUNCER ]] || die "$PGBOUNCER not found (test/deps.sh installs pgbouncer)"
+	[[ -x $PGBOUNCER ]] || die "$PGBOUNCER not found (tools/deps.sh installs pgbouncer)"
 
 	# The cluster to pool: $CLUSTER_DIR/env when there is one, else the
 	# caller's PGHOST/PGPORT.
@@ -190,7 +190,7 @@ do_start()
 		. "$CLUSTER_DIR/env"
 	fi
 	[[ -n ${PGHOST:-} && -n ${PGPORT:-} ]] ||
-		die "no cluster: set CLUSTER_DIR (with DIR/env from test/cluster.sh) or PGHOST and PGPORT"
+		die "no cluster: set CLUSTER_DIR (with DIR/env from tools/cluster.sh) or PGHOST and PGPORT"
 	backend_host=$PGHOST
 	backend_port=$PGPORT
 	pguser=${PGUSER:-postgres}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 #
-# demo.sh: the README's main job (`make demo` runs it after test/deps.sh).
+# demo.sh: the README's main job (`make demo` runs it after tools/deps.sh).
 #
 # Builds the extension and the client library (`make`), installs them
 # (`make install`, through sudo when not root), builds the demo program
@@ -27,7 +27,7 @@ cd "$ROOT" || exit 1
 
 DEMO_REQUESTS=${DEMO_REQUESTS:-20}
 DEMO_HANDLER_MS=${DEMO_HANDLER_MS:-300}
-CLUSTER_SH=$ROOT/test/cluster.sh
+CLUSTER_SH=$ROOT/tools/cluster.sh
 LOGDIR=$ROOT/test/tmp/demo
 cluster_dir=
 scratch=
@@ -49,7 +49,7 @@ cleanup()
 {
 	if [[ -n $cluster_dir && ${KEEP_CLUSTER:-} == 1 ]]; then
 		echo "demo: the cluster still runs (KEEP_CLUSTER=1): . $cluster_dir/env;" \
-			"test/cluster.sh stop $cluster_dir"
+			"tools/cluster.sh stop $cluster_dir"
 	elif [[ -n $cluster_dir ]]; then
 		if bash "$CLUSTER_SH" stop "$cluster_dir" >/dev/null 2>&1; then
 			echo "demo: stopped the cluster"

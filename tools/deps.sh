@@ -9,10 +9,10 @@
 # then one `apt-get install` of the missing packages, through sudo when not
 # root.  Prints one line saying what it did.
 #
-#   test/deps.sh             install what is missing
-#   test/deps.sh --dry-run   (or DEPS_DRY_RUN=1) print the packages it would
-#                            install, one a line on stdout, and install
-#                            nothing; needs neither root nor apt
+#   tools/deps.sh             install what is missing
+#   tools/deps.sh --dry-run   (or DEPS_DRY_RUN=1) print the packages it would
+#                             install, one a line on stdout, and install
+#                             nothing; needs neither root nor apt
 #
 # Debian 12 packages; PG_MAJOR (default 15) chooses the PostgreSQL version,
 # PG_CONFIG the pg_config asked where the server headers are.
