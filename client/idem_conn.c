@@ -1,8 +1,9 @@
 /*-------------------------------------------------------------------------
  *
  * idem_conn.c
- *	  Connection handles, errors, owner tokens and leases, and the calls
- *	  (reserve, commit, release, extend, get, purge).
+ *	  Connection handles, owner tokens and leases, running statements, and
+ *	  the calls (reserve, commit, release, extend, get, purge).  A handle's
+ *	  errors are set in idem_error.c, the rows decoded in idem_decode.c.
  *
  * Each call is one round trip: the statement is prepared the first time it
  * is used on a connection, then run with PQexecPrepared, results in binary
@@ -104,9 +105,6 @@ static const char *const stmt_sql[2][IDEM_NSTMTS] = {
 #define INTERVAL_MS_SQL \
 	"SELECT (extract(epoch FROM $1::interval) * 1000)::int8"
 
-/* microseconds from 1970-01-01 to 2000-01-01, PostgreSQL's epoch */
-#define PG_EPOCH_OFFSET_USEC INT64_C(946684800000000)
-
 /* ---- version and names ------------------------------------------------- */
 
 int
@@ -116,284 +114,7 @@ idem_version(void)
 		IDEM_VERSION_PATCH;
 }
 
-const char *
-idem_outcome_name(idem_outcome outcome)
-{
-	switch (outcome)
-	{
-		case IDEM_FRESH:
-			return "fresh";
-		case IDEM_REPLAY:
-			return "replay";
-		case IDEM_MISMATCH:
-			return "mismatch";
-		case IDEM_IN_FLIGHT:
-			return "in_flight";
-		case IDEM_NOT_FOUND:
-			return "not_found";
-		case IDEM_ERROR:
-			return "error";
-		case IDEM_LEASE_LOST:
-			return "lease_lost";
-	}
-	return "unknown";
-}
 
-const char *
-idem_error_name(idem_error err)
-{
-	switch (err)
-	{
-		case IDEM_OK:
-			return "ok";
-		case IDEM_ERR_CONNECTION:
-			return "connection";
-		case IDEM_ERR_NO_EXTENSION:
-			return "no_extension";
-		case IDEM_ERR_BAD_INPUT:
-			return "bad_input";
-		case IDEM_ERR_MISMATCH:
-			return "mismatch";
-		case IDEM_ERR_IN_FLIGHT:
-			return "in_flight";
-		case IDEM_ERR_NOT_FOUND:
-			return "not_found";
-		case IDEM_ERR_TOO_LARGE:
-			return "too_large";
-		case IDEM_ERR_READ_ONLY:
-			return "read_only";
-		case IDEM_ERR_HANDLER:
-			return "handler";
-		case IDEM_ERR_NO_RUN:
-			return "no_run";
-		case IDEM_ERR_NOT_OWNER:
-			return "not_owner";
-		case IDEM_ERR_SERVER:
-			return "server";
-		case IDEM_ERR_PROTOCOL:
-			return "protocol";
-		case IDEM_ERR_NOMEM:
-			return "nomem";
-		case IDEM_ERR_LEASE_LOST:
-			return "lease_lost";
-	}
-	return "unknown";
-}
-
-/* ---- errors ------------------------------------------------------------ */
-
-void
-idem__clear_error(idem_conn *conn)
-{
-	conn->err = IDEM_OK;
-	conn->errmsg[0] = '\0';
-	conn->errdetail[0] = '\0';
-	conn->sqlstate[0] = '\0';
-}
-
-/*
- * Sets errmsg (first line) and errdetail (the other lines, joined) from a
- * multi-line libpq message such as a connection failure's.
- */
-static void
-set_client_message(idem_conn *conn, const char *msg)
-{
-	const char *nl = msg ? strchr(msg, '\n') : NULL;
-	size_t		n;
-
-	if (nl == NULL)
-	{
-		snprintf(conn->errmsg, sizeof(conn->errmsg), "%s", msg ? msg : "");
-		return;
-	}
-	n = (size_t) (nl - msg);
-	if (n >= sizeof(conn->errmsg))
-		n = sizeof(conn->errmsg) - 1;
-	memcpy(conn->errmsg, msg, n);
-	conn->errmsg[n] = '\0';
-	for (msg = nl, n = 0; *msg && n < sizeof(conn->errdetail) - 1; msg++)
-	{
-		if (*msg == '\n' || *msg == '\t')
-		{
-			if (n > 0 && conn->errdetail[n - 1] != ' ')
-				conn->errdetail[n++] = ' ';
-			continue;
-		}
-		conn->errdetail[n++] = *msg;
-	}
-	while (n > 0 && conn->errdetail[n - 1] == ' ')
-		n--;
-	conn->errdetail[n] = '\0';
-}
-
-/* copies src into dst, dropping trailing newlines and spaces */
-static void
-copy_trimmed(char *dst, size_t size, const char *src)
-{
-	size_t		n;
-
-	snprintf(dst, size, "%s", src ? src : "");
-	n = strlen(dst);
-	while (n > 0 && (dst[n - 1] == '\n' || dst[n - 1] == ' '))
-		dst[--n] = '\0';
-}
-
-static void
-vset_error(idem_conn *conn, idem_error err, const char *fmt, va_list ap)
-{
-	conn->err = err;
-	vsnprintf(conn->errmsg, sizeof(conn->errmsg), fmt, ap);
-	conn->errdetail[0] = '\0';
-	conn->sqlstate[0] = '\0';
-}
-
-void
-idem__set_error(idem_conn *conn, idem_error err, const char *fmt,...)
-{
-	va_list		ap;
-
-	va_start(ap, fmt);
-	vset_error(conn, err, fmt, ap);
-	va_end(ap);
-}
-
-static idem_outcome
-outcome_of(idem_conn *conn)
-{
-	idem_outcome o;
-
-	switch (conn->err)
-	{
-		case IDEM_OK:
-			return IDEM_FRESH;
-		case IDEM_ERR_MISMATCH:
-			o = IDEM_MISMATCH;
-			conn->stats.mismatches++;
-			break;
-		case IDEM_ERR_IN_FLIGHT:
-			o = IDEM_IN_FLIGHT;
-			conn->stats.in_flight++;
-			break;
-		case IDEM_ERR_NOT_FOUND:
-			o = IDEM_NOT_FOUND;
-			break;
-		case IDEM_ERR_LEASE_LOST:
-			o = IDEM_LEASE_LOST;
-			break;
-		default:
-			o = IDEM_ERROR;
-			conn->stats.errors++;
-			break;
-	}
-	return o;
-}
-
-idem_outcome
-idem__fail(idem_conn *conn, idem_error err, const char *fmt,...)
-{
-	va_list		ap;
-
-	va_start(ap, fmt);
-	vset_error(conn, err, fmt, ap);
-	va_end(ap);
-	return outcome_of(conn);
-}
-
-static idem_error
-map_sqlstate(const char *s)
-{
-	if (strcmp(s, "IK422") == 0)
-		return IDEM_ERR_MISMATCH;
-	if (strcmp(s, "IK409") == 0)
-		return IDEM_ERR_IN_FLIGHT;
-	if (strcmp(s, "IK404") == 0)
-		return IDEM_ERR_NOT_FOUND;
-	if (strcmp(s, "54000") == 0)
-		return IDEM_ERR_TOO_LARGE;
-	if (strcmp(s, "25006") == 0)
-		return IDEM_ERR_READ_ONLY;
-	if (strncmp(s, "22", 2) == 0)
-		return IDEM_ERR_BAD_INPUT;
-	if (strcmp(s, "42883") == 0 || strcmp(s, "42704") == 0 ||
-		strcmp(s, "3F000") == 0)
-		return IDEM_ERR_NO_EXTENSION;
-	if (strncmp(s, "08", 2) == 0 || strcmp(s, "57P01") == 0 ||
-		strcmp(s, "57P02") == 0 || strcmp(s, "57P03") == 0)
-		return IDEM_ERR_CONNECTION;
-	return IDEM_ERR_SERVER;
-}
-
-/* Records the error of a failed result (res may be NULL). */
-static void
-set_error_from_result(idem_conn *conn, const PGresult *res)
-{
-	const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-	const char *primary = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
-	const char *detail = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL) : NULL;
-
-	idem__clear_error(conn);
-	if (state && strlen(state) == 5)
-		memcpy(conn->sqlstate, state, 6);
-
-	if (PQstatus(conn->pg) == CONNECTION_BAD)
-		conn->err = IDEM_ERR_CONNECTION;
-	else if (conn->sqlstate[0])
-		conn->err = map_sqlstate(conn->sqlstate);
-	else
-		conn->err = IDEM_ERR_SERVER;
-
-	if (primary)
-		copy_trimmed(conn->errmsg, sizeof(conn->errmsg), primary);
-	else if (res && *PQresultErrorMessage(res))
-		set_client_message(conn, PQresultErrorMessage(res));
-	else
-		set_client_message(conn, PQerrorMessage(conn->pg));
-	if (conn->errmsg[0] == '\0')
-		snprintf(conn->errmsg, sizeof(conn->errmsg), "%s",
-				 conn->err == IDEM_ERR_CONNECTION ?
-				 "connection to the server lost" : "query failed");
-
-	if (conn->err == IDEM_ERR_NO_EXTENSION)
-		snprintf(conn->errdetail, sizeof(conn->errdetail), "%s",
-				 "The idempotency extension is not installed in this "
-				 "database or not on the search_path: run CREATE EXTENSION "
-				 "idempotency.");
-	else if (detail)
-		copy_trimmed(conn->errdetail, sizeof(conn->errdetail), detail);
-}
-
-idem_error
-idem_errcode(const idem_conn *conn)
-{
-	return conn ? conn->err : IDEM_ERR_NOMEM;
-}
-
-const char *
-idem_errmsg(const idem_conn *conn)
-{
-	return conn ? conn->errmsg : "out of memory";
-}
-
-const char *
-idem_errdetail(const idem_conn *conn)
-{
-	return conn ? conn->errdetail : "";
-}
-
-const char *
-idem_sqlstate(const idem_conn *conn)
-{
-	return conn ? conn->sqlstate : "";
-}
-
-void
-idem_counters(const idem_conn *conn, idem_stats *out)
-{
-	if (conn)
-		*out = conn->stats;
-	else
-		memset(out, 0, sizeof(*out));
-}
 
 /* ---- observing --------------------------------------------------------- */
 
@@ -528,8 +249,8 @@ make_token(char out[2 * IDEM_OWNER_BYTES + 1])
 	return 0;
 }
 
-static idem_conn *
-conn_new(PGconn *pg, int owned)
+idem_conn *
+idem__conn_new(PGconn *pg, int owned)
 {
 	idem_conn  *conn = calloc(1, sizeof(idem_conn));
 
@@ -555,7 +276,7 @@ check_connection(idem_conn *conn)
 	else if (PQstatus(conn->pg) != CONNECTION_OK)
 	{
 		idem__set_error(conn, IDEM_ERR_CONNECTION, "%s", "");
-		set_client_message(conn, PQerrorMessage(conn->pg));
+		idem__set_client_message(conn, PQerrorMessage(conn->pg));
 		if (conn->errmsg[0] == '\0')
 			snprintf(conn->errmsg, sizeof(conn->errmsg),
 					 "not connected to the server");
@@ -575,7 +296,7 @@ idem_connect(const char *conninfo)
 	PGconn	   *pg = PQconnectdbParams(keywords, values, 1);
 	idem_conn  *conn;
 
-	conn = conn_new(pg, 1);
+	conn = idem__conn_new(pg, 1);
 	if (conn == NULL)
 	{
 		PQfinish(pg);
@@ -590,7 +311,7 @@ idem_wrap(struct pg_conn *pg)
 {
 	if (pg == NULL)
 		return NULL;
-	return conn_new(pg, 0);
+	return idem__conn_new(pg, 0);
 }
 
 void
@@ -673,7 +394,7 @@ prepare(idem_conn *conn, int form, idem_stmt stmt)
 		conn->prepared |= PREPARED_BIT(form, stmt);
 		return 0;
 	}
-	set_error_from_result(conn, res);
+	idem__set_error_from_result(conn, res);
 	PQclear(res);
 	return -1;
 }
@@ -749,7 +470,7 @@ again:
 		PQclear(res);
 		return NULL;
 	}
-	set_error_from_result(conn, res);
+	idem__set_error_from_result(conn, res);
 	PQclear(res);
 	return NULL;
 }
@@ -770,7 +491,7 @@ exec_text(idem_conn *conn, const char *sql, const char *param)
 		idem__set_error(conn, IDEM_ERR_PROTOCOL, "query returned %d rows",
 						PQntuples(res));
 	else
-		set_error_from_result(conn, res);
+		idem__set_error_from_result(conn, res);
 	PQclear(res);
 	return NULL;
 }
@@ -946,173 +667,6 @@ check_fenced(idem_conn *conn, int always)
 	memcpy(conn->errmsg, msg, sizeof(msg));
 }
 
-/* ---- binary result decoding -------------------------------------------- */
-
-static uint32_t
-be32(const unsigned char *p)
-{
-	return ((uint32_t) p[0] << 24) | ((uint32_t) p[1] << 16) |
-		((uint32_t) p[2] << 8) | (uint32_t) p[3];
-}
-
-static uint64_t
-be64(const unsigned char *p)
-{
-	return ((uint64_t) be32(p) << 32) | be32(p + 4);
-}
-
-/* column of res by name, checked for length; -1 when absent or NULL */
-static int
-column(const PGresult *res, const char *name, int len)
-{
-	int			col = PQfnumber(res, name);
-
-	if (col < 0 || PQgetisnull(res, 0, col))
-		return -1;
-	if (len >= 0 && PQgetlength(res, 0, col) != len)
-		return -1;
-	return col;
-}
-
-static int
-get_int4(const PGresult *res, const char *name, int dflt)
-{
-	int			col = column(res, name, 4);
-
-	if (col < 0)
-		return dflt;
-	return (int) (int32_t) be32((const unsigned char *) PQgetvalue(res, 0, col));
-}
-
-/* an int8 column: 1 and *v, or 0 when absent or NULL */
-static int
-get_int8(const PGresult *res, const char *name, int64_t *v)
-{
-	int			col = column(res, name, 8);
-
-	if (col < 0)
-		return 0;
-	*v = (int64_t) be64((const unsigned char *) PQgetvalue(res, 0, col));
-	return 1;
-}
-
-static int64_t
-timestamptz_value(const char *value)
-{
-	int64_t		v = (int64_t) be64((const unsigned char *) value);
-
-	/*
-	 * 'infinity' is INT64_MAX and '-infinity' INT64_MIN: keep them so, and
-	 * never overflow moving the epoch (values that close to the end
-	 * saturate)
-	 */
-	if (v == INT64_MIN)
-		return INT64_MIN;
-	if (v > INT64_MAX - PG_EPOCH_OFFSET_USEC)
-		return INT64_MAX;
-	return v + PG_EPOCH_OFFSET_USEC;
-}
-
-static int64_t
-get_timestamptz(const PGresult *res, const char *name)
-{
-	int			col = column(res, name, 8);
-
-	if (col < 0)
-		return 0;
-	return timestamptz_value(PQgetvalue(res, 0, col));
-}
-
-/*
- * Builds a record from the one row of a reserve/get result; returns NULL
- * with the error set on the handle when out of memory or malformed.  A row
- * whose state is NULL (idem_get of an absent key) gives a record whose
- * state is NULL.
- */
-static idem_record *
-record_from_result(idem_conn *conn, const PGresult *res)
-{
-	idem_record *rec;
-	int			col;
-
-	if (PQfnumber(res, "state") < 0 || PQfnumber(res, "body") < 0)
-	{
-		idem__set_error(conn, IDEM_ERR_PROTOCOL,
-						"the server's idem_reservation lacks expected columns");
-		return NULL;
-	}
-	rec = idem__record_new();
-	if (rec == NULL)
-		goto nomem;
-
-	col = column(res, "fresh", 1);
-	rec->fresh = col >= 0 && PQgetvalue(res, 0, col)[0] != 0;
-
-	col = column(res, "state", -1);
-	if (col >= 0)
-	{
-		rec->state = idem__strdup(PQgetvalue(res, 0, col));
-		if (rec->state == NULL)
-			goto nomem;
-	}
-	rec->status = get_int4(res, "status", -1);
-	rec->attempt = get_int4(res, "attempt", 0);
-	rec->created_at = get_timestamptz(res, "created_at");
-	rec->expires_at = get_timestamptz(res, "expires_at");
-	rec->lease_expires_at = get_timestamptz(res, "lease_expires_at");
-	rec->has_lease_left = get_int8(res, "lease_left_ms", &rec->lease_left_ms);
-
-	col = column(res, "owner", -1);
-	if (col >= 0)
-	{
-		rec->owner = idem__strdup(PQgetvalue(res, 0, col));
-		if (rec->owner == NULL)
-			goto nomem;
-	}
-
-	col = column(res, "body", -1);
-	if (col >= 0)
-	{
-		size_t		len = (size_t) PQgetlength(res, 0, col);
-
-		rec->body = malloc(len + 1);
-		if (rec->body == NULL)
-			goto nomem;
-		memcpy(rec->body, PQgetvalue(res, 0, col), len);
-		rec->body[len] = '\0';
-		rec->body_len = len;
-	}
-
-	/* jsonb's binary form: a version byte (1), then the text */
-	col = column(res, "headers", -1);
-	if (col >= 0)
-	{
-		const char *v = PQgetvalue(res, 0, col);
-
-		if (PQgetlength(res, 0, col) < 1 || v[0] != 1)
-		{
-			idem_record_free(rec);
-			idem__set_error(conn, IDEM_ERR_PROTOCOL,
-							"unknown jsonb binary version in headers");
-			return NULL;
-		}
-		if (idem__record_set_headers(rec, v + 1) < 0)
-			goto nomem;
-	}
-	return rec;
-
-nomem:
-	idem_record_free(rec);
-	idem__set_error(conn, IDEM_ERR_NOMEM, "out of memory");
-	return NULL;
-}
-
-static int
-bool_result(const PGresult *res)
-{
-	return PQgetlength(res, 0, 0) == 1 && PQgetvalue(res, 0, 0)[0] != 0;
-}
-
 /* ---- the calls --------------------------------------------------------- */
 
 static const char *
@@ -1173,7 +727,7 @@ reserve_once(idem_conn *conn, const char *key, const idem_opts *opts,
 					values, NULL, NULL);
 	if (res == NULL)
 		return -1;
-	*rec = record_from_result(conn, res);
+	*rec = idem__record_from_result(conn, res);
 	PQclear(res);
 	if (*rec == NULL)
 		return -1;
@@ -1208,7 +762,7 @@ next_slice(idem_conn *conn, const char *key, const idem_opts *opts,
 	res = exec_stmt(conn, IDEM_STMT_GET, 2, values, NULL, NULL);
 	if (res == NULL)
 		return -1;
-	rec = record_from_result(conn, res);
+	rec = idem__record_from_result(conn, res);
 	PQclear(res);
 	if (rec == NULL)
 		return -1;
@@ -1382,14 +936,14 @@ reserve_call(idem_conn *conn, const char *key, const idem_opts *opts,
 	conn->last_waited = 0;
 	idem__clear_error(conn);
 	if (check_key(conn, key) < 0)
-		return outcome_of(conn);
+		return idem__outcome_of(conn);
 	if (begin_call(conn) < 0 || lease_arg(conn, &lease, &leased) < 0)
-		return outcome_of(conn);
+		return idem__outcome_of(conn);
 
 	sliced = (conn->sess.proxied || leased) &&
 		PQtransactionStatus(conn->pg) == PQTRANS_IDLE;
 	if (sliced && wait_ms_of(conn, wait, &total) < 0)
-		return outcome_of(conn);
+		return idem__outcome_of(conn);
 	if (sliced && total > 0)
 		rc = reserve_sliced(conn, key, opts, total, lease, &rec,
 							&conn->last_waited);
@@ -1406,7 +960,7 @@ reserve_call(idem_conn *conn, const char *key, const idem_opts *opts,
 		if (conn->err != IDEM_ERR_CONNECTION &&
 			conn->err != IDEM_ERR_NO_EXTENSION)
 			conn->stats.reserves++;
-		return outcome_of(conn);
+		return idem__outcome_of(conn);
 	}
 	conn->stats.reserves++;
 	if (rec->fresh)
@@ -1469,13 +1023,13 @@ commit_call(idem_conn *conn, const char *key, const idem_opts *opts,
 
 	idem__clear_error(conn);
 	if (check_key(conn, key) < 0)
-		return outcome_of(conn);
+		return idem__outcome_of(conn);
 	if (body_len > 0x7fffffff)
 		return idem__fail(conn, IDEM_ERR_TOO_LARGE,
 						  "response body of %zu bytes is too large",
 						  body_len);
 	if (begin_call(conn) < 0)
-		return outcome_of(conn);
+		return idem__outcome_of(conn);
 
 	snprintf(status_text, sizeof(status_text), "%d", status);
 	values[0] = key;
@@ -1492,9 +1046,9 @@ commit_call(idem_conn *conn, const char *key, const idem_opts *opts,
 	if (res == NULL)
 	{
 		check_fenced(conn, 0);
-		return outcome_of(conn);
+		return idem__outcome_of(conn);
 	}
-	stored = bool_result(res);
+	stored = idem__bool_result(res);
 	PQclear(res);
 	if (stored)
 	{
@@ -1530,7 +1084,7 @@ release_call(idem_conn *conn, const char *key, const idem_opts *opts)
 
 	idem__clear_error(conn);
 	if (check_key(conn, key) < 0 || begin_call(conn) < 0)
-		return outcome_of(conn);
+		return idem__outcome_of(conn);
 	values[0] = key;
 	values[1] = scope_of(opts);
 	values[2] = conn->owner;
@@ -1539,9 +1093,9 @@ release_call(idem_conn *conn, const char *key, const idem_opts *opts)
 	if (res == NULL)
 	{
 		check_fenced(conn, 0);
-		return outcome_of(conn);
+		return idem__outcome_of(conn);
 	}
-	dropped = bool_result(res);
+	dropped = idem__bool_result(res);
 	PQclear(res);
 	if (dropped)
 	{
@@ -1577,7 +1131,7 @@ extend_call(idem_conn *conn, const char *key, const idem_opts *opts,
 		*lease_expires_at = 0;
 	idem__clear_error(conn);
 	if (check_key(conn, key) < 0 || begin_call(conn) < 0)
-		return outcome_of(conn);
+		return idem__outcome_of(conn);
 	if (!conn->sess.owners)
 	{
 		idem__set_error(conn, IDEM_ERR_NO_EXTENSION,
@@ -1587,7 +1141,7 @@ extend_call(idem_conn *conn, const char *key, const idem_opts *opts,
 						"none");
 		snprintf(conn->errdetail, sizeof(conn->errdetail), "%s",
 				 "Run ALTER EXTENSION idempotency UPDATE.");
-		return outcome_of(conn);
+		return idem__outcome_of(conn);
 	}
 	values[0] = key;
 	values[1] = conn->owner;
@@ -1599,7 +1153,7 @@ extend_call(idem_conn *conn, const char *key, const idem_opts *opts,
 	if (res == NULL)
 	{
 		check_fenced(conn, 1);
-		return outcome_of(conn);
+		return idem__outcome_of(conn);
 	}
 	if (PQgetisnull(res, 0, 0) || PQgetlength(res, 0, 0) != 8)
 	{
@@ -1607,7 +1161,7 @@ extend_call(idem_conn *conn, const char *key, const idem_opts *opts,
 		return idem__fail(conn, IDEM_ERR_PROTOCOL,
 						  "idem_extend returned no lease_expires_at");
 	}
-	until = timestamptz_value(PQgetvalue(res, 0, 0));
+	until = idem__timestamptz_value(PQgetvalue(res, 0, 0));
 	PQclear(res);
 	if (lease_expires_at)
 		*lease_expires_at = until;
@@ -1643,16 +1197,16 @@ get_call(idem_conn *conn, const char *key, const idem_opts *opts,
 		*out = NULL;
 	idem__clear_error(conn);
 	if (check_key(conn, key) < 0 || begin_call(conn) < 0)
-		return outcome_of(conn);
+		return idem__outcome_of(conn);
 	values[0] = key;
 	values[1] = scope_of(opts);
 	res = exec_stmt(conn, IDEM_STMT_GET, 2, values, NULL, NULL);
 	if (res == NULL)
-		return outcome_of(conn);
-	rec = record_from_result(conn, res);
+		return idem__outcome_of(conn);
+	rec = idem__record_from_result(conn, res);
 	PQclear(res);
 	if (rec == NULL)
-		return outcome_of(conn);
+		return idem__outcome_of(conn);
 	if (rec->state == NULL)
 	{
 		idem_record_free(rec);
@@ -1696,7 +1250,7 @@ purge_call(idem_conn *conn, int batch_limit)
 	idem__clear_error(conn);
 	if (begin_call(conn) < 0)
 	{
-		outcome_of(conn);
+		idem__outcome_of(conn);
 		return -1;
 	}
 	snprintf(limit_text, sizeof(limit_text), "%d", batch_limit);
@@ -1704,7 +1258,7 @@ purge_call(idem_conn *conn, int batch_limit)
 	res = exec_stmt(conn, IDEM_STMT_PURGE, 1, values, NULL, NULL);
 	if (res == NULL)
 	{
-		outcome_of(conn);
+		idem__outcome_of(conn);
 		return -1;
 	}
 	if (PQgetisnull(res, 0, 0) || PQgetlength(res, 0, 0) != 8)
@@ -1712,10 +1266,10 @@ purge_call(idem_conn *conn, int batch_limit)
 		PQclear(res);
 		idem__set_error(conn, IDEM_ERR_PROTOCOL,
 						"idem_purge returned no count");
-		outcome_of(conn);
+		idem__outcome_of(conn);
 		return -1;
 	}
-	n = (int64_t) be64((const unsigned char *) PQgetvalue(res, 0, 0));
+	n = (int64_t) idem__be64((const unsigned char *) PQgetvalue(res, 0, 0));
 	PQclear(res);
 	return n;
 }

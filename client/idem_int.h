@@ -44,6 +44,9 @@ typedef enum idem_stmt
 /* the longest slice of a wait for a key in flight, in ms */
 #define IDEM_MAX_SLICE_MS 1000
 
+/* microseconds from 1970-01-01 to 2000-01-01, PostgreSQL's epoch */
+#define IDEM_PG_EPOCH_OFFSET_USEC INT64_C(946684800000000)
+
 /*
  * What the library learns about the server session once per connection
  * (see probe() in idem_conn.c); forgotten on reconnect.
@@ -175,16 +178,30 @@ typedef struct idem_call
 } idem_call;
 
 /* idem_conn.c */
+idem_conn  *idem__conn_new(PGconn *pg, int owned);
 void		idem__call_begin(idem_call *call);
 void		idem__call_record(idem_call *call, const idem_record *rec);
 void		idem__call_end(idem_conn *conn, const idem_call *call, idem_op op,
 						   idem_outcome outcome, const char *key,
 						   const char *scope);
+
+/* idem_decode.c */
+uint64_t	idem__be64(const unsigned char *p);
+int64_t		idem__timestamptz_value(const char *value);
+idem_record *idem__record_from_result(idem_conn *conn, const PGresult *res);
+int			idem__bool_result(const PGresult *res);
+
+/* idem_error.c */
 void		idem__clear_error(idem_conn *conn);
 void		idem__set_error(idem_conn *conn, idem_error err, const char *fmt,...)
 			__attribute__((format(printf, 3, 4)));
 idem_outcome idem__fail(idem_conn *conn, idem_error err, const char *fmt,...)
 			__attribute__((format(printf, 3, 4)));
+idem_outcome idem__outcome_of(idem_conn *conn);
+void		idem__set_client_message(idem_conn *conn, const char *msg);
+void		idem__copy_trimmed(char *dst, size_t size, const char *src);
+idem_error	idem__map_sqlstate(const char *sqlstate);
+void		idem__set_error_from_result(idem_conn *conn, const PGresult *res);
 
 /* idem_lease.c */
 int			idem__renew_start(idem_conn *conn, const char *key,

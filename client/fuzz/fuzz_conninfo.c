@@ -12,7 +12,7 @@
  * mapped from their SQLSTATE.  This harness checks all of it:
  *
  *	'M' + text: the text as a libpq error message through
- *	set_client_message and copy_trimmed (fixed 1024-byte buffers), and
+ *	set_client_message and idem__copy_trimmed (fixed 1024-byte buffers), and
  *	its first five bytes through map_sqlstate, against a reference.
  *
  *	anything else: line 1 is a conninfo, the other lines set variables of
@@ -27,11 +27,12 @@
  *	call on it must fail the same way without crashing, and
  *	idem_reconnect too.
  *
- * idem_conn.c is compiled into the harness to reach its static functions.
+ * The library is linked into the harness; the functions tried here are its
+ * internal ones of idem_error.c (idem__*, declared in idem_int.h).
  *
  *-------------------------------------------------------------------------
  */
-#include "../idem_conn.c"
+#include "idem_int.h"
 #include "fuzz.h"
 
 #define MAX_LINES 16
@@ -126,7 +127,7 @@ static void
 fuzz_message(const uint8_t *data, size_t size)
 {
 	char	   *msg = fuzz_strndup(data, size);
-	idem_conn  *conn = conn_new(NULL, 0);
+	idem_conn  *conn = idem__conn_new(NULL, 0);
 	size_t		first = strcspn(msg, "\n"),
 				n,
 				i;
@@ -136,7 +137,7 @@ fuzz_message(const uint8_t *data, size_t size)
 	FUZZ_CHECK(conn != NULL, "conn_new");
 
 	/* errmsg: the first line, cut to the buffer; errdetail: the rest */
-	set_client_message(conn, msg);
+	idem__set_client_message(conn, msg);
 	n = strlen(conn->errmsg);
 	FUZZ_CHECK(n < sizeof(conn->errmsg), "errmsg overflow");
 	FUZZ_CHECK(n == (first < sizeof(conn->errmsg) ? first : sizeof(conn->errmsg) - 1) &&
@@ -179,22 +180,22 @@ fuzz_message(const uint8_t *data, size_t size)
 	}
 
 	/* a NULL message */
-	set_client_message(conn, NULL);
+	idem__set_client_message(conn, NULL);
 	FUZZ_CHECK(conn->errmsg[0] == '\0', "NULL message");
 
 	/* copy_trimmed: a prefix, without trailing newlines or spaces */
-	copy_trimmed(buf, sizeof(buf), msg);
+	idem__copy_trimmed(buf, sizeof(buf), msg);
 	n = strlen(buf);
 	FUZZ_CHECK(n < sizeof(buf) && strncmp(buf, msg, n) == 0, "copy_trimmed prefix");
 	FUZZ_CHECK(n == 0 || (buf[n - 1] != '\n' && buf[n - 1] != ' '), "copy_trimmed trailing");
-	copy_trimmed(buf, sizeof(buf), NULL);
-	FUZZ_CHECK(buf[0] == '\0', "copy_trimmed(NULL)");
+	idem__copy_trimmed(buf, sizeof(buf), NULL);
+	FUZZ_CHECK(buf[0] == '\0', "idem__copy_trimmed(NULL)");
 
 	/* the SQLSTATE mapping */
 	memset(state, 0, sizeof(state));
 	for (i = 0; i < 5 && i < size; i++)
 		state[i] = (char) data[i];
-	FUZZ_CHECK(map_sqlstate(state) == ref_map(state), "map_sqlstate(\"%s\")", state);
+	FUZZ_CHECK(idem__map_sqlstate(state) == ref_map(state), "idem__map_sqlstate(\"%s\")", state);
 
 	/* idem__set_error with the text as an argument (never as a format) */
 	idem__set_error(conn, IDEM_ERR_SERVER, "%s", msg);

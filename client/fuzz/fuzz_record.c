@@ -13,8 +13,8 @@
  *
  * The harness builds such a result with libpq's own constructors
  * (PQmakeEmptyPGresult, PQsetResultAttrs, PQsetvalue) and runs the
- * library's record_from_result on it (idem_conn.c is compiled into the
- * harness to reach it).
+ * library's idem__record_from_result on it (idem_decode.c, linked into the
+ * harness with the rest of the library).
  *
  * Input: a byte choosing which of the eight columns exist, a byte rotating
  * their order, then for each column a 2-byte big-endian length (0xffff =
@@ -22,7 +22,7 @@
  *
  *-------------------------------------------------------------------------
  */
-#include "../idem_conn.c"
+#include "idem_int.h"
 #include "fuzz.h"
 
 #define NCOLS 8
@@ -123,9 +123,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 							  c->isnull ? -1 : c->len), "PQsetvalue");
 	}
 
-	conn = conn_new(NULL, 0);
+	conn = idem__conn_new(NULL, 0);
 	FUZZ_CHECK(conn != NULL, "conn_new");
-	rec = ncols > 0 ? record_from_result(conn, res) : NULL;
+	rec = ncols > 0 ? idem__record_from_result(conn, res) : NULL;
 
 	if (ncols == 0)
 		;
@@ -173,10 +173,10 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 				if (pg == INT64_MIN)
 					want = INT64_MIN;
-				else if (pg > INT64_MAX - PG_EPOCH_OFFSET_USEC)
+				else if (pg > INT64_MAX - IDEM_PG_EPOCH_OFFSET_USEC)
 					want = INT64_MAX;
 				else
-					want = pg + PG_EPOCH_OFFSET_USEC;
+					want = pg + IDEM_PG_EPOCH_OFFSET_USEC;
 			}
 			FUZZ_CHECK(got == want, "%s", col_names[i]);
 		}
@@ -213,7 +213,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		colval	   *c = &cv[order[0]];
 		int			want = !c->isnull && c->len == 1 && c->v[0] != 0;
 
-		FUZZ_CHECK(bool_result(res) == want, "bool_result");
+		FUZZ_CHECK(idem__bool_result(res) == want, "bool_result");
 	}
 
 	idem_free(conn);
