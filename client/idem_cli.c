@@ -17,8 +17,10 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <getopt.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -100,29 +102,134 @@ usage_error(const char *fmt, const char *arg)
 	exit(EXIT_USAGE);
 }
 
-/*
- * Matches argv[*i] against --name VALUE or --name=VALUE; advances *i past
- * the value.  Returns 1 and sets *value on a match.
- */
-static int
-take_value(int argc, char **argv, int *i, const char *name, const char **value)
+/* ---- options ----------------------------------------------------------- */
+
+/* getopt_long's values for the long options; 'h' is also -h */
+enum
 {
-	const char *a = argv[*i];
+	OPT_HELP = 'h',
+	OPT_DSN = 256,
+	OPT_VERSION,
+	OPT_KEY,
+	OPT_SCOPE,
+	OPT_TTL,
+	OPT_WAIT,
+	OPT_LEASE,
+	OPT_CACHE_FAILURES,
+	OPT_BODY,
+	OPT_LIMIT
+};
+
+static const struct option main_options[] = {
+	{"dsn", required_argument, NULL, OPT_DSN},
+	{"help", no_argument, NULL, OPT_HELP},
+	{"version", no_argument, NULL, OPT_VERSION},
+	{NULL, 0, NULL, 0}
+};
+
+static const struct option exec_options[] = {
+	{"key", required_argument, NULL, OPT_KEY},
+	{"scope", required_argument, NULL, OPT_SCOPE},
+	{"ttl", required_argument, NULL, OPT_TTL},
+	{"wait", required_argument, NULL, OPT_WAIT},
+	{"lease", required_argument, NULL, OPT_LEASE},
+	{"dsn", required_argument, NULL, OPT_DSN},
+	{"cache-failures", no_argument, NULL, OPT_CACHE_FAILURES},
+	{"help", no_argument, NULL, OPT_HELP},
+	{NULL, 0, NULL, 0}
+};
+
+static const struct option get_options[] = {
+	{"key", required_argument, NULL, OPT_KEY},
+	{"scope", required_argument, NULL, OPT_SCOPE},
+	{"dsn", required_argument, NULL, OPT_DSN},
+	{"body", no_argument, NULL, OPT_BODY},
+	{"help", no_argument, NULL, OPT_HELP},
+	{NULL, 0, NULL, 0}
+};
+
+static const struct option purge_options[] = {
+	{"limit", required_argument, NULL, OPT_LIMIT},
+	{"dsn", required_argument, NULL, OPT_DSN},
+	{"help", no_argument, NULL, OPT_HELP},
+	{NULL, 0, NULL, 0}
+};
+
+static const struct option stats_options[] = {
+	{"dsn", required_argument, NULL, OPT_DSN},
+	{"help", no_argument, NULL, OPT_HELP},
+	{NULL, 0, NULL, 0}
+};
+
+/* the long name of the option whose value is val */
+static const char *
+option_name(const struct option *options, int val)
+{
+	for (; options->name != NULL; options++)
+		if (options->val == val)
+			return options->name;
+	return "";
+}
+
+/*
+ * Whether arg spells the option of value val in full: "--name",
+ * "--name=VALUE", or "-h" for help.  getopt_long also takes unambiguous
+ * abbreviations and clusters of short options; idem never did.
+ */
+static bool
+spelled_out(const char *arg, const struct option *options, int val)
+{
+	const char *name = option_name(options, val);
 	size_t		n = strlen(name);
 
-	if (strncmp(a, name, n) != 0)
-		return 0;
-	if (a[n] == '=')
+	if (val == OPT_HELP && strcmp(arg, "-h") == 0)
+		return true;
+	return strncmp(arg, "--", 2) == 0 && strncmp(arg + 2, name, n) == 0 &&
+		(arg[2 + n] == '\0' || arg[2 + n] == '=');
+}
+
+/*
+ * The next option of one command's argv (argv[0] being the command), by
+ * getopt_long: its value, with optarg set, or -1 at the first argument that
+ * is not an option, which is argv[optind] (if optind < argc).  Parsing
+ * stops there, as it does after "--", which only exec takes (allow_dashdash;
+ * *dashdash is then set when "--" ended the options).  Anything else that
+ * begins with "-" is reported with unknown_fmt, and bad usage exits.
+ */
+static int
+next_option(int argc, char **argv, const struct option *options,
+			const char *unknown_fmt, bool allow_dashdash, bool *dashdash)
+{
+	int			first = optind;
+	int			c;
+	int			val;
+
+	opterr = 0;
+	c = getopt_long(argc, argv, "+:h", options, NULL);
+	if (c == -1)
 	{
-		*value = a + n + 1;
-		return 1;
+		bool		ended_by_dashdash = optind == first + 1 &&
+			strcmp(argv[first], "--") == 0;
+
+		if (ended_by_dashdash && !allow_dashdash)
+			usage_error(unknown_fmt, "--");
+		if (!ended_by_dashdash && optind < argc && argv[optind][0] == '-')
+			usage_error(unknown_fmt, argv[optind]);		/* a lone "-" */
+		if (dashdash)
+			*dashdash = ended_by_dashdash;
+		return -1;
 	}
-	if (a[n] != '\0')
-		return 0;
-	if (*i + 1 >= argc)
+	val = (c == ':') ? optopt : c;
+	if (c == '?' || !spelled_out(argv[first], options, val))
+		usage_error(unknown_fmt, argv[first]);
+	if (c == ':')
+	{
+		char		name[64];
+
+		snprintf(name, sizeof(name), "--%s", option_name(options, val));
 		usage_error("option %s needs a value", name);
-	*value = argv[++*i];
-	return 1;
+	}
+	return c;
 }
 
 /* ---- errors ------------------------------------------------------------ */
@@ -211,6 +318,16 @@ typedef struct exec_ctx
 	int			warned_lost;	/* told that the lease was lost */
 } exec_ctx;
 
+/* the signals passed on to CMD while it runs */
+static const int forwarded_signals[] = {SIGINT, SIGTERM, SIGHUP};
+#define N_FORWARDED (sizeof(forwarded_signals) / sizeof(forwarded_signals[0]))
+
+/* the handlers in place before CMD started, SIGPIPE's last */
+typedef struct saved_signals
+{
+	struct sigaction old[N_FORWARDED + 1];
+} saved_signals;
+
 static volatile sig_atomic_t child_pid;
 
 static void
@@ -220,41 +337,49 @@ forward_signal(int sig)
 		kill((pid_t) child_pid, sig);
 }
 
-/*
- * The handler: runs CMD with its stdout on a pipe, passes the output
- * through as it comes and keeps it in the response.  Stored when CMD exits
- * 0 (or always with --cache-failures).
- */
-static int
-run_command(idem_response *resp, void *arg)
+/* pass signals meant for us on to pid; keep reading if stdout closes */
+static void
+forward_signals_to(pid_t pid, saved_signals *saved)
 {
-	exec_ctx   *ctx = arg;
-	int			fds[2];
-	pid_t		pid;
-	char		buf[65536];
-	int			status;
-	int			stdout_ok = 1;
-	int			exited = 0;
-	struct sigaction sa,
-				old_int,
-				old_term,
-				old_hup,
-				old_pipe;
-	int			forwarded[] = {SIGINT, SIGTERM, SIGHUP};
-	struct sigaction *olds[] = {&old_int, &old_term, &old_hup};
+	struct sigaction sa;
 	size_t		i;
 
-	ctx->ran = 1;
-	if (idem_response_attempt(resp) > 1)
-		fprintf(stderr, "idem: key %s: the run that held it is gone (it died, "
-				"or its lease ran out); running again (attempt %d)\n",
-				idem_response_key(resp),
-				idem_response_attempt(resp));
+	child_pid = pid;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = forward_signal;
+	sigemptyset(&sa.sa_mask);
+	sa.sa_flags = SA_RESTART;
+	for (i = 0; i < N_FORWARDED; i++)
+		sigaction(forwarded_signals[i], &sa, &saved->old[i]);
+	sa.sa_handler = SIG_IGN;
+	sigaction(SIGPIPE, &sa, &saved->old[N_FORWARDED]);
+}
+
+static void
+restore_signals(const saved_signals *saved)
+{
+	size_t		i;
+
+	child_pid = 0;
+	for (i = 0; i < N_FORWARDED; i++)
+		sigaction(forwarded_signals[i], &saved->old[i], NULL);
+	sigaction(SIGPIPE, &saved->old[N_FORWARDED], NULL);
+}
+
+/*
+ * Starts CMD with its stdout on a pipe, whose reading end is *fd.  Returns
+ * its pid, or -1 (said on stderr) when it could not be started.
+ */
+static pid_t
+start_command(char **argv, int *fd)
+{
+	int			fds[2];
+	pid_t		pid;
+
 	if (pipe(fds) < 0)
 	{
 		fprintf(stderr, "idem: pipe: %s\n", strerror(errno));
-		ctx->exit_code = EXIT_SOFTWARE;
-		return 1;
+		return -1;
 	}
 	fflush(NULL);
 	pid = fork();
@@ -263,8 +388,7 @@ run_command(idem_response *resp, void *arg)
 		fprintf(stderr, "idem: fork: %s\n", strerror(errno));
 		close(fds[0]);
 		close(fds[1]);
-		ctx->exit_code = EXIT_SOFTWARE;
-		return 1;
+		return -1;
 	}
 	if (pid == 0)
 	{
@@ -274,32 +398,33 @@ run_command(idem_response *resp, void *arg)
 			dup2(fds[1], STDOUT_FILENO);
 			close(fds[1]);
 		}
-		execvp(ctx->argv[0], ctx->argv);
-		fprintf(stderr, "idem: cannot run %s: %s\n", ctx->argv[0],
+		execvp(argv[0], argv);
+		fprintf(stderr, "idem: cannot run %s: %s\n", argv[0],
 				strerror(errno));
 		_exit(errno == ENOENT ? 127 : 126);
 	}
 	close(fds[1]);
+	*fd = fds[0];
+	return pid;
+}
 
-	/* pass signals meant for us on to CMD; keep reading if stdout closes */
-	child_pid = pid;
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = forward_signal;
-	sigemptyset(&sa.sa_mask);
-	sa.sa_flags = SA_RESTART;
-	for (i = 0; i < sizeof(forwarded) / sizeof(forwarded[0]); i++)
-		sigaction(forwarded[i], &sa, olds[i]);
-	sa.sa_handler = SIG_IGN;
-	sigaction(SIGPIPE, &sa, &old_pipe);
+/*
+ * Passes CMD's output on fd through to our stdout as it comes and keeps it
+ * in the response, until CMD exits; returns its wait status.  A background
+ * process CMD started may keep the pipe open long after; what it wrote by
+ * then is kept, the rest is not waited for.
+ */
+static int
+capture_output(idem_response *resp, exec_ctx *ctx, pid_t pid, int fd)
+{
+	char		buf[65536];
+	int			status = 0;
+	int			stdout_ok = 1;
+	int			exited = 0;
 
-	/*
-	 * Capture until CMD exits.  A background process CMD started may keep
-	 * the pipe open long after; what it wrote by then is kept, the rest is
-	 * not waited for.
-	 */
 	for (;;)
 	{
-		struct pollfd pfd = {fds[0], POLLIN, 0};
+		struct pollfd pfd = {fd, POLLIN, 0};
 		ssize_t		n;
 		int			ready;
 
@@ -307,7 +432,7 @@ run_command(idem_response *resp, void *arg)
 		{
 			exited = 1;
 			/* drain what is already in the pipe, without waiting */
-			fcntl(fds[0], F_SETFL, fcntl(fds[0], F_GETFL) | O_NONBLOCK);
+			fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
 		}
 		if (!ctx->warned_lost && idem_response_lease_lost(resp))
 		{
@@ -322,7 +447,7 @@ run_command(idem_response *resp, void *arg)
 			break;
 		if (ready <= 0)
 			continue;
-		n = read(fds[0], buf, sizeof(buf));
+		n = read(fd, buf, sizeof(buf));
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0)
@@ -336,14 +461,41 @@ run_command(idem_response *resp, void *arg)
 		if (stdout_ok && write_all(STDOUT_FILENO, buf, (size_t) n) < 0)
 			stdout_ok = 0;
 	}
-	close(fds[0]);
 	if (!exited)
 		while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
 			;
-	child_pid = 0;
-	for (i = 0; i < sizeof(forwarded) / sizeof(forwarded[0]); i++)
-		sigaction(forwarded[i], olds[i], NULL);
-	sigaction(SIGPIPE, &old_pipe, NULL);
+	return status;
+}
+
+/*
+ * The handler: runs CMD, passing its stdout through and keeping it in the
+ * response.  Stored when CMD exits 0 (or always with --cache-failures).
+ */
+static int
+run_command(idem_response *resp, void *arg)
+{
+	exec_ctx   *ctx = arg;
+	saved_signals saved;
+	pid_t		pid;
+	int			fd;
+	int			status;
+
+	ctx->ran = 1;
+	if (idem_response_attempt(resp) > 1)
+		fprintf(stderr, "idem: key %s: the run that held it is gone (it died, "
+				"or its lease ran out); running again (attempt %d)\n",
+				idem_response_key(resp),
+				idem_response_attempt(resp));
+	pid = start_command(ctx->argv, &fd);
+	if (pid < 0)
+	{
+		ctx->exit_code = EXIT_SOFTWARE;
+		return 1;
+	}
+	forward_signals_to(pid, &saved);
+	status = capture_output(resp, ctx, pid, fd);
+	close(fd);
+	restore_signals(&saved);
 
 	if (WIFEXITED(status))
 		ctx->exit_code = WEXITSTATUS(status);
@@ -357,6 +509,59 @@ run_command(idem_response *resp, void *arg)
 	return (ctx->exit_code == 0 || ctx->cache_failures) ? 0 : 1;
 }
 
+/* a replay: the stored stdout, and the stored exit code to exit with */
+static int
+replay_record(const idem_record *rec, const char *key)
+{
+	size_t		len;
+	const void *body = idem_record_body(rec, &len);
+	int			status = idem_record_status(rec);
+
+	if (body && len && write_all(STDOUT_FILENO, body, len) < 0 &&
+		errno != EPIPE)
+		fprintf(stderr, "idem: writing stdout: %s\n", strerror(errno));
+	if (status < 0 || status > 255)
+	{
+		fprintf(stderr, "idem: the stored status %d of key %s is not an "
+				"exit code\n", status, key);
+		return EXIT_SOFTWARE;
+	}
+	return status;
+}
+
+/* the exit code of a run that neither ran CMD afresh nor replayed */
+static int
+exec_failed(const idem_conn *conn, idem_outcome o, const char *key,
+			const exec_ctx *ctx)
+{
+	if (o == IDEM_ERROR && idem_errcode(conn) == IDEM_ERR_HANDLER)
+	{
+		/* CMD failed; the key was released for a retry */
+		return ctx->exit_code;
+	}
+	if (o == IDEM_LEASE_LOST)
+	{
+		fprintf(stderr, "idem: key %s: the lease was lost: it ran out while "
+				"the command ran (exit code %d), and another run took the "
+				"key over; the result of this run was not stored\n",
+				key, ctx->exit_code);
+		if (*idem_errdetail(conn))
+			fprintf(stderr, "idem: DETAIL: %s\n", idem_errdetail(conn));
+		return EXIT_TEMPFAIL;
+	}
+	print_error(conn);
+	if (o == IDEM_MISMATCH)
+		fprintf(stderr, "idem: key %s was used with another command line\n",
+				key);
+	else if (o == IDEM_IN_FLIGHT)
+		fprintf(stderr, "idem: key %s is still running elsewhere "
+				"(see --wait)\n", key);
+	else if (ctx->ran)
+		fprintf(stderr, "idem: the command ran (exit code %d) but its result "
+				"could not be stored\n", ctx->exit_code);
+	return exit_code_for(conn, o);
+}
+
 static int
 cmd_exec(const char *dsn, int argc, char **argv)
 {
@@ -368,45 +573,49 @@ cmd_exec(const char *dsn, int argc, char **argv)
 	idem_conn  *conn;
 	idem_record *rec = NULL;
 	idem_outcome o;
-	int			i;
+	bool		dashdash;
+	int			c;
 	int			rc;
 
-	for (i = 0; i < argc; i++)
+	while ((c = next_option(argc, argv, exec_options,
+							"exec: unknown option %s", true, &dashdash)) != -1)
 	{
-		const char *a = argv[i];
-
-		if (strcmp(a, "--") == 0)
+		switch (c)
 		{
-			i++;
-			break;
+			case OPT_KEY:
+				key = optarg;
+				break;
+			case OPT_SCOPE:
+				opts.scope = optarg;
+				break;
+			case OPT_TTL:
+				opts.ttl = optarg;
+				break;
+			case OPT_WAIT:
+				opts.wait = optarg;
+				break;
+			case OPT_LEASE:
+				lease = optarg;
+				break;
+			case OPT_DSN:
+				dsn = optarg;
+				break;
+			case OPT_CACHE_FAILURES:
+				ctx.cache_failures = 1;
+				break;
+			case OPT_HELP:
+				fputs(usage_text, stdout);
+				return 0;
 		}
-		if (a[0] != '-')
-			break;
-		if (take_value(argc, argv, &i, "--key", &key) ||
-			take_value(argc, argv, &i, "--scope", &opts.scope) ||
-			take_value(argc, argv, &i, "--ttl", &opts.ttl) ||
-			take_value(argc, argv, &i, "--wait", &opts.wait) ||
-			take_value(argc, argv, &i, "--lease", &lease) ||
-			take_value(argc, argv, &i, "--dsn", &dsn))
-			continue;
-		if (strcmp(a, "--cache-failures") == 0)
-			ctx.cache_failures = 1;
-		else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0)
-		{
-			fputs(usage_text, stdout);
-			return 0;
-		}
-		else
-			usage_error("exec: unknown option %s", a);
 	}
 	if (key == NULL)
 		usage_error("exec: %s is required", "--key");
-	if (i >= argc)
+	if (optind >= argc)
 		usage_error("exec: no command given after %s", "--");
-	ctx.argv = argv + i;
+	ctx.argv = argv + optind;
 
 	/* the request hash is the command line, framed part by part */
-	if (idem_derive_key(hash, (size_t) (argc - i),
+	if (idem_derive_key(hash, (size_t) (argc - optind),
 						(const char *const *) ctx.argv) < 0)
 	{
 		fprintf(stderr, "idem: could not hash the command line\n");
@@ -422,62 +631,12 @@ cmd_exec(const char *dsn, int argc, char **argv)
 		return EXIT_SOFTWARE;
 	}
 	o = idem_run(conn, key, &opts, run_command, &ctx, &rec);
-	switch (o)
-	{
-		case IDEM_FRESH:
-			rc = ctx.exit_code;
-			break;
-		case IDEM_REPLAY:
-			{
-				size_t		len;
-				const void *body = idem_record_body(rec, &len);
-				int			status = idem_record_status(rec);
-
-				if (body && len && write_all(STDOUT_FILENO, body, len) < 0 &&
-					errno != EPIPE)
-					fprintf(stderr, "idem: writing stdout: %s\n",
-							strerror(errno));
-				if (status < 0 || status > 255)
-				{
-					fprintf(stderr, "idem: the stored status %d of key %s is "
-							"not an exit code\n", status, key);
-					rc = EXIT_SOFTWARE;
-				}
-				else
-					rc = status;
-				break;
-			}
-		default:
-			if (o == IDEM_ERROR && idem_errcode(conn) == IDEM_ERR_HANDLER)
-			{
-				/* CMD failed; the key was released for a retry */
-				rc = ctx.exit_code;
-				break;
-			}
-			if (o == IDEM_LEASE_LOST)
-			{
-				fprintf(stderr, "idem: key %s: the lease was lost: it ran "
-						"out while the command ran (exit code %d), and "
-						"another run took the key over; the result of this "
-						"run was not stored\n", key, ctx.exit_code);
-				if (*idem_errdetail(conn))
-					fprintf(stderr, "idem: DETAIL: %s\n", idem_errdetail(conn));
-				rc = EXIT_TEMPFAIL;
-				break;
-			}
-			print_error(conn);
-			if (o == IDEM_MISMATCH)
-				fprintf(stderr, "idem: key %s was used with another command "
-						"line\n", key);
-			else if (o == IDEM_IN_FLIGHT)
-				fprintf(stderr, "idem: key %s is still running elsewhere "
-						"(see --wait)\n", key);
-			else if (ctx.ran)
-				fprintf(stderr, "idem: the command ran (exit code %d) but "
-						"its result could not be stored\n", ctx.exit_code);
-			rc = exit_code_for(conn, o);
-			break;
-	}
+	if (o == IDEM_FRESH)
+		rc = ctx.exit_code;
+	else if (o == IDEM_REPLAY)
+		rc = replay_record(rec, key);
+	else
+		rc = exec_failed(conn, o, key, &ctx);
 	idem_record_free(rec);
 	idem_free(conn);
 	return rc;
@@ -504,6 +663,36 @@ format_time(char *buf, size_t size, int64_t usec)
 			 (int) (usec - (int64_t) secs * 1000000));
 }
 
+/* a record, field by field (the body only by its size) */
+static void
+print_record(const idem_record *rec, const char *key, const char *scope)
+{
+	size_t		len;
+	const void *body = idem_record_body(rec, &len);
+	char		created[48],
+				expires[48],
+				lease_end[48];
+
+	format_time(created, sizeof(created), idem_record_created_at(rec));
+	format_time(expires, sizeof(expires), idem_record_expires_at(rec));
+	format_time(lease_end, sizeof(lease_end),
+				idem_record_lease_expires_at(rec));
+	printf("key:        %s\n", key);
+	printf("scope:      %s\n", scope ? scope : "");
+	printf("state:      %s\n", idem_record_state(rec));
+	if (idem_record_status(rec) >= 0)
+		printf("status:     %d\n", idem_record_status(rec));
+	printf("attempt:    %d\n", idem_record_attempt(rec));
+	printf("created_at: %s\n", created);
+	printf("expires_at: %s\n", expires);
+	if (idem_record_lease_expires_at(rec) != 0)
+		printf("lease_expires_at: %s\n", lease_end);
+	if (idem_record_headers_json(rec))
+		printf("headers:    %s\n", idem_record_headers_json(rec));
+	if (body)
+		printf("body:       %zu bytes (idem get --body prints it)\n", len);
+}
+
 static int
 cmd_get(const char *dsn, int argc, char **argv)
 {
@@ -513,66 +702,48 @@ cmd_get(const char *dsn, int argc, char **argv)
 	idem_conn  *conn;
 	idem_record *rec = NULL;
 	idem_outcome o;
-	int			i;
+	int			c;
 	int			rc = 0;
 
-	for (i = 0; i < argc; i++)
+	while ((c = next_option(argc, argv, get_options,
+							"get: unknown argument %s", false, NULL)) != -1)
 	{
-		if (take_value(argc, argv, &i, "--key", &key) ||
-			take_value(argc, argv, &i, "--scope", &opts.scope) ||
-			take_value(argc, argv, &i, "--dsn", &dsn))
-			continue;
-		if (strcmp(argv[i], "--body") == 0)
-			body_only = 1;
-		else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
+		switch (c)
 		{
-			fputs(usage_text, stdout);
-			return 0;
+			case OPT_KEY:
+				key = optarg;
+				break;
+			case OPT_SCOPE:
+				opts.scope = optarg;
+				break;
+			case OPT_DSN:
+				dsn = optarg;
+				break;
+			case OPT_BODY:
+				body_only = 1;
+				break;
+			case OPT_HELP:
+				fputs(usage_text, stdout);
+				return 0;
 		}
-		else
-			usage_error("get: unknown argument %s", argv[i]);
 	}
+	if (optind < argc)
+		usage_error("get: unknown argument %s", argv[optind]);
 	if (key == NULL)
 		usage_error("get: %s is required", "--key");
 
 	conn = connect_or_exit(dsn);
 	o = idem_get(conn, key, &opts, &rec);
-	if (o == IDEM_REPLAY || o == IDEM_IN_FLIGHT)
+	if ((o == IDEM_REPLAY || o == IDEM_IN_FLIGHT) && body_only)
 	{
 		size_t		len;
 		const void *body = idem_record_body(rec, &len);
 
-		if (body_only)
-		{
-			if (body && len)
-				write_all(STDOUT_FILENO, body, len);
-		}
-		else
-		{
-			char		created[48],
-						expires[48],
-						lease_end[48];
-
-			format_time(created, sizeof(created), idem_record_created_at(rec));
-			format_time(expires, sizeof(expires), idem_record_expires_at(rec));
-			format_time(lease_end, sizeof(lease_end),
-						idem_record_lease_expires_at(rec));
-			printf("key:        %s\n", key);
-			printf("scope:      %s\n", opts.scope ? opts.scope : "");
-			printf("state:      %s\n", idem_record_state(rec));
-			if (idem_record_status(rec) >= 0)
-				printf("status:     %d\n", idem_record_status(rec));
-			printf("attempt:    %d\n", idem_record_attempt(rec));
-			printf("created_at: %s\n", created);
-			printf("expires_at: %s\n", expires);
-			if (idem_record_lease_expires_at(rec) != 0)
-				printf("lease_expires_at: %s\n", lease_end);
-			if (idem_record_headers_json(rec))
-				printf("headers:    %s\n", idem_record_headers_json(rec));
-			if (body)
-				printf("body:       %zu bytes (idem get --body prints it)\n", len);
-		}
+		if (body && len)
+			write_all(STDOUT_FILENO, body, len);
 	}
+	else if (o == IDEM_REPLAY || o == IDEM_IN_FLIGHT)
+		print_record(rec, key, opts.scope);
 	else if (o == IDEM_NOT_FOUND)
 	{
 		fprintf(stderr, "idem: no live record for key %s\n", key);
@@ -597,21 +768,27 @@ cmd_purge(const char *dsn, int argc, char **argv)
 	long		limit = 0;
 	idem_conn  *conn;
 	int64_t		n;
-	int			i;
+	int			c;
 	int			rc = 0;
 
-	for (i = 0; i < argc; i++)
+	while ((c = next_option(argc, argv, purge_options,
+							"purge: unknown argument %s", false, NULL)) != -1)
 	{
-		if (take_value(argc, argv, &i, "--limit", &limit_text) ||
-			take_value(argc, argv, &i, "--dsn", &dsn))
-			continue;
-		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
+		switch (c)
 		{
-			fputs(usage_text, stdout);
-			return 0;
+			case OPT_LIMIT:
+				limit_text = optarg;
+				break;
+			case OPT_DSN:
+				dsn = optarg;
+				break;
+			case OPT_HELP:
+				fputs(usage_text, stdout);
+				return 0;
 		}
-		usage_error("purge: unknown argument %s", argv[i]);
 	}
+	if (optind < argc)
+		usage_error("purge: unknown argument %s", argv[optind]);
 	if (limit_text)
 	{
 		char	   *end;
@@ -637,6 +814,13 @@ cmd_purge(const char *dsn, int argc, char **argv)
 
 /* ---- stats ------------------------------------------------------------- */
 
+/*
+ * The extension's schema as quote_ident() spells it (a name of at most 63
+ * bytes, each quote doubled, in quotes), and the statements naming it.
+ */
+#define SCHEMA_SIZE		(2 * 63 + 3)
+#define STATS_SQL_SIZE	(SCHEMA_SIZE + 512)
+
 /* prints every row of res as "column value" lines */
 static void
 print_rows(const PGresult *res)
@@ -654,65 +838,29 @@ print_rows(const PGresult *res)
 	}
 }
 
-static int
-query_failed(PGresult *res, ExecStatusType want)
-{
-	if (PQresultStatus(res) == want)
-		return 0;
-	fprintf(stderr, "idem: %s", PQresultErrorMessage(res));
-	return 1;
-}
-
 /*
- * The extension's version and settings, then what its idem_stats view (or
- * function) says: counters and the number of records by state.  The key
- * table itself is not readable by PUBLIC, and this tool does not try:
- * idem_stats is granted to pg_monitor.
+ * Prints the database, the extension's version and schema; sets *schema
+ * to the schema's name quoted for SQL, and *has_view to whether it has the
+ * idem_stats view (1.1 on).  Returns 0, or the exit code when the
+ * extension cannot be found.
  */
 static int
-cmd_stats(const char *dsn, int argc, char **argv)
+stats_extension(PGconn *pg, char *schema, size_t size, bool *has_view)
 {
-	idem_conn  *conn;
-	PGconn	   *pg;
 	PGresult   *res;
-	int			i;
-	char		sql[256];
-	char		kind;
-	int			rc = 0;
 
-	for (i = 0; i < argc; i++)
-	{
-		if (take_value(argc, argv, &i, "--dsn", &dsn))
-			continue;
-		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
-		{
-			fputs(usage_text, stdout);
-			return 0;
-		}
-		usage_error("stats: unknown argument %s", argv[i]);
-	}
-	conn = connect_or_exit(dsn);
-	pg = idem_pgconn(conn);
-
-	/* where the extension lives, and whether idem_stats is a view or a function */
 	res = PQexec(pg,
 				 "SELECT e.extversion, n.nspname, quote_ident(n.nspname), "
-				 "  CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_class c "
-				 "                    WHERE c.relname = 'idem_stats' "
-				 "                      AND c.relnamespace = e.extnamespace) "
-				 "       THEN 'v' "
-				 "       WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_proc p "
-				 "                    WHERE p.proname = 'idem_stats' "
-				 "                      AND p.pronamespace = e.extnamespace "
-				 "                      AND p.pronargs = 0) "
-				 "       THEN 'f' ELSE '-' END "
+				 "  EXISTS (SELECT 1 FROM pg_catalog.pg_class c "
+				 "          WHERE c.relname = 'idem_stats' "
+				 "            AND c.relnamespace = e.extnamespace) "
 				 "FROM pg_catalog.pg_extension e "
 				 "JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace "
 				 "WHERE e.extname = 'idempotency'");
-	if (query_failed(res, PGRES_TUPLES_OK))
+	if (PQresultStatus(res) != PGRES_TUPLES_OK)
 	{
+		fprintf(stderr, "idem: %s", PQresultErrorMessage(res));
 		PQclear(res);
-		idem_free(conn);
 		return EXIT_UNAVAILABLE;
 	}
 	if (PQntuples(res) == 0)
@@ -721,24 +869,32 @@ cmd_stats(const char *dsn, int argc, char **argv)
 				"database \"%s\"\nidem: DETAIL: Run CREATE EXTENSION "
 				"idempotency.\n", PQdb(pg));
 		PQclear(res);
-		idem_free(conn);
 		return EXIT_UNAVAILABLE;
 	}
 	printf("%-20s %s\n", "database", PQdb(pg));
 	printf("%-20s %s\n", "extension", PQgetvalue(res, 0, 0));
 	printf("%-20s %s\n", "schema", PQgetvalue(res, 0, 1));
-	kind = PQgetvalue(res, 0, 3)[0];
-	snprintf(sql, sizeof(sql), "SELECT * FROM %s.idem_stats%s",
-			 PQgetvalue(res, 0, 2), kind == 'f' ? "()" : "");
+	snprintf(schema, size, "%s", PQgetvalue(res, 0, 2));
+	*has_view = PQgetvalue(res, 0, 3)[0] == 't';
 	PQclear(res);
+	return 0;
+}
 
-	/* the module's settings exist once its library is loaded */
-	res = PQexec(pg,
-				 "SELECT idem_derive_key('idem stats'), "
-				 "  current_setting('idem.default_ttl', true) AS default_ttl, "
-				 "  current_setting('idem.wait_timeout', true) AS wait_timeout, "
-				 "  current_setting('idem.lease', true) AS lease, "
-				 "  current_setting('idem.max_body_bytes', true) AS max_body_bytes");
+/* the module's settings, which exist once its library is loaded */
+static void
+stats_settings(PGconn *pg, const char *schema)
+{
+	char		sql[STATS_SQL_SIZE];
+	PGresult   *res;
+
+	snprintf(sql, sizeof(sql),
+			 "SELECT %s.idem_derive_key('idem stats'), "
+			 "  pg_catalog.current_setting('idem.default_ttl', true) AS default_ttl, "
+			 "  pg_catalog.current_setting('idem.wait_timeout', true) AS wait_timeout, "
+			 "  pg_catalog.current_setting('idem.lease', true) AS lease, "
+			 "  pg_catalog.current_setting('idem.max_body_bytes', true) AS max_body_bytes",
+			 schema);
+	res = PQexec(pg, sql);
 	if (PQresultStatus(res) == PGRES_TUPLES_OK)
 	{
 		int			c;
@@ -748,14 +904,17 @@ cmd_stats(const char *dsn, int argc, char **argv)
 				printf("%-20s %s\n", PQfname(res, c), PQgetvalue(res, 0, c));
 	}
 	PQclear(res);
+}
 
-	if (kind == '-')
-	{
-		printf("\nrecord counts: not available (this version of the extension "
-			   "has no idem_stats)\n");
-		idem_free(conn);
-		return 0;
-	}
+/* the idem_stats view: counters and the number of records by state */
+static int
+stats_view(PGconn *pg, const char *schema)
+{
+	char		sql[STATS_SQL_SIZE];
+	PGresult   *res;
+	int			rc = 0;
+
+	snprintf(sql, sizeof(sql), "SELECT * FROM %s.idem_stats", schema);
 	res = PQexec(pg, sql);
 	if (PQresultStatus(res) == PGRES_TUPLES_OK)
 	{
@@ -773,6 +932,50 @@ cmd_stats(const char *dsn, int argc, char **argv)
 		rc = (state && strcmp(state, "42501") == 0) ? EXIT_NOPERM : EXIT_SOFTWARE;
 	}
 	PQclear(res);
+	return rc;
+}
+
+/*
+ * The extension's version and settings, then what its idem_stats view
+ * says.  The key table itself is not readable by PUBLIC, and this tool
+ * does not try: idem_stats is granted to pg_monitor.
+ */
+static int
+cmd_stats(const char *dsn, int argc, char **argv)
+{
+	idem_conn  *conn;
+	PGconn	   *pg;
+	char		schema[SCHEMA_SIZE];
+	bool		has_view;
+	int			c;
+	int			rc;
+
+	while ((c = next_option(argc, argv, stats_options,
+							"stats: unknown argument %s", false, NULL)) != -1)
+	{
+		switch (c)
+		{
+			case OPT_DSN:
+				dsn = optarg;
+				break;
+			case OPT_HELP:
+				fputs(usage_text, stdout);
+				return 0;
+		}
+	}
+	if (optind < argc)
+		usage_error("stats: unknown argument %s", argv[optind]);
+	conn = connect_or_exit(dsn);
+	pg = idem_pgconn(conn);
+
+	rc = stats_extension(pg, schema, sizeof(schema), &has_view);
+	if (rc == 0)
+		stats_settings(pg, schema);
+	if (rc == 0 && !has_view)
+		printf("\nrecord counts: not available (this version of the extension "
+			   "has no idem_stats)\n");
+	else if (rc == 0)
+		rc = stats_view(pg, schema);
 	idem_free(conn);
 	return rc;
 }
@@ -783,40 +986,47 @@ int
 main(int argc, char **argv)
 {
 	const char *dsn = NULL;
-	int			i;
+	const char *command;
+	int			c;
 
-	for (i = 1; i < argc; i++)
+	while ((c = next_option(argc, argv, main_options, "unknown option %s",
+							false, NULL)) != -1)
 	{
-		const char *a = argv[i];
-
-		if (take_value(argc, argv, &i, "--dsn", &dsn))
-			continue;
-		if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0 ||
-			strcmp(a, "help") == 0)
+		switch (c)
 		{
-			fputs(usage_text, stdout);
-			return 0;
+			case OPT_DSN:
+				dsn = optarg;
+				break;
+			case OPT_HELP:
+				fputs(usage_text, stdout);
+				return 0;
+			case OPT_VERSION:
+				printf("idem (libidem) %d.%d.%d\n", IDEM_VERSION_MAJOR,
+					   IDEM_VERSION_MINOR, IDEM_VERSION_PATCH);
+				return 0;
 		}
-		if (strcmp(a, "--version") == 0)
-		{
-			printf("idem (libidem) %d.%d.%d\n", IDEM_VERSION_MAJOR,
-				   IDEM_VERSION_MINOR, IDEM_VERSION_PATCH);
-			return 0;
-		}
-		if (a[0] == '-')
-			usage_error("unknown option %s", a);
-		break;
 	}
-	if (i >= argc)
+	if (optind >= argc)
 		usage_error("%s", "no command given (exec, get, purge or stats)");
-	if (strcmp(argv[i], "exec") == 0)
-		return cmd_exec(dsn, argc - i - 1, argv + i + 1);
-	if (strcmp(argv[i], "get") == 0)
-		return cmd_get(dsn, argc - i - 1, argv + i + 1);
-	if (strcmp(argv[i], "purge") == 0)
-		return cmd_purge(dsn, argc - i - 1, argv + i + 1);
-	if (strcmp(argv[i], "stats") == 0)
-		return cmd_stats(dsn, argc - i - 1, argv + i + 1);
-	usage_error("unknown command \"%s\"", argv[i]);
+	command = argv[optind];
+	if (strcmp(command, "help") == 0)
+	{
+		fputs(usage_text, stdout);
+		return 0;
+	}
+
+	/* the command parses its own options, from its name on */
+	argc -= optind;
+	argv += optind;
+	optind = 1;
+	if (strcmp(command, "exec") == 0)
+		return cmd_exec(dsn, argc, argv);
+	if (strcmp(command, "get") == 0)
+		return cmd_get(dsn, argc, argv);
+	if (strcmp(command, "purge") == 0)
+		return cmd_purge(dsn, argc, argv);
+	if (strcmp(command, "stats") == 0)
+		return cmd_stats(dsn, argc, argv);
+	usage_error("unknown command \"%s\"", command);
 	return EXIT_USAGE;
 }
