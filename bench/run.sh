@@ -5,12 +5,19 @@
 #   bench/run.sh               (or: make -C bench, make bench)
 #   BENCH_QUICK=1 bench/run.sh a smoke run of about a minute
 #
-# Starts a throwaway cluster of its own (tools/cluster.sh: default settings
-# except shared_buffers and max_connections; fsync on), loads the extension,
-# the PL/pgSQL baseline (plpgsql_baseline.sql) and the raw floor's table
-# (setup.sql), optionally a private Redis, and measures, alternating the
-# implementations round by round (A B C, then C B A, ...) so that drifts of
-# the machine fall on all of them alike:
+# Runs every workload under two server configurations, one after the other
+# in the same run (BENCH_CONFIGS):
+#
+#   stock   PostgreSQL's defaults: shared_buffers = 128MB, huge_pages = off
+#   tuned   shared_buffers a quarter of RAM (at most 8GB), in huge pages
+#           that the run reserves when it runs as root
+#
+# both with fsync on and max_connections = BENCH_MAX_CONNECTIONS.  For each,
+# it starts a throwaway cluster of its own (tools/cluster.sh), loads the
+# extension, the PL/pgSQL baseline (plpgsql_baseline.sql) and the raw
+# floor's table (setup.sql), and measures, alternating the implementations
+# round by round (A B C, then C B A, ...) so that drifts of the machine
+# fall on all of them alike (a private Redis, when there, serves both):
 #
 #   1  fresh    reserve + commit of a new key, autocommit      (pgbench)
 #   6  fresh    the same with the key tables unlogged          (pgbench)
@@ -19,13 +26,16 @@
 #   5  purge    reserve + commit while 1M expired keys are purged (pgbench)
 #   4  scale    per-operation cost at 10^4, 10^6, 10^7 keys    (idembench)
 #
-# The raw data go to bench/tmp/data (kept until the next run), the report
-# (results.md and the PNG plots) to bench/results/, written by report.py.
+# The raw data go to bench/tmp/data/CONFIG (kept until the next run, never
+# committed), the report (results.md, summary.csv and the PNG plots) to
+# bench/results/, written by report.py (make -C bench report writes it
+# again from the last run's data).
 # A benchmark measures: it never fails on speed.  It exits non-zero only
 # when it could not run (no server, a script error); a workload that fails
 # is reported as missing and the others go on.
 #
 # Settings (environment):
+#   BENCH_CONFIGS="stock tuned"       server configurations, in this order
 #   BENCH_SECONDS=10        length of each pgbench run (workloads 1, 2, 6)
 #   BENCH_ROUNDS=2          rounds per workload (each runs every implementation)
 #   BENCH_CLIENTS=8 BENCH_THREADS=2   pgbench -c / -j, idembench clients
@@ -46,11 +56,15 @@
 #   BENCH_PURGE_MAX=300     longest purge measured (pgbench then stops)
 #   BENCH_SCALE_SIZES="10000 1000000 10000000"  workload 4
 #   BENCH_SCALE_SECONDS=5   length of each idembench run of 4
-#   BENCH_SHARED_BUFFERS=(a quarter of RAM, at most 8GB) BENCH_MAX_CONNECTIONS=100
-#   BENCH_HUGE_PAGES=auto   as root, reserve huge pages for shared_buffers for
-#                           the run (vm.nr_hugepages, given back at the end);
-#                           0: leave the system's setting alone
-#   BENCH_CLUSTER_OPTS=     more postgresql.conf settings (see tools/cluster.sh)
+#   BENCH_SHARED_BUFFERS=(a quarter of RAM, at most 8GB)  of the tuned
+#                           configuration (stock: 128MB)
+#   BENCH_MAX_CONNECTIONS=100
+#   BENCH_HUGE_PAGES=auto   tuned: as root, reserve huge pages for
+#                           shared_buffers for the run (vm.nr_hugepages, given
+#                           back at the end); 0: leave the system's setting
+#                           alone (stock always runs with huge_pages = off)
+#   BENCH_CLUSTER_OPTS=     more postgresql.conf settings, both configurations
+#                           (see tools/cluster.sh)
 #   BENCH_INSTALL=1         build and install the extension from the working
 #                           tree first; head: from a clean export of git HEAD
 #                           (uncommitted edits left out); 0: measure the
@@ -98,6 +112,7 @@ SCALE_SECS=${BENCH_SCALE_SECONDS:-$d_scale_seconds}
 # from shared_buffers, as a tuned server would
 d_shared_buffers=$(awk '/MemTotal/ {mb = int($2 / 1024 / 4); if (mb > 8192) mb = 8192; print mb "MB"}' /proc/meminfo)
 SHARED_BUFFERS=${BENCH_SHARED_BUFFERS:-$d_shared_buffers}
+CONFIGS=${BENCH_CONFIGS:-stock tuned}
 HUGE_PAGES=${BENCH_HUGE_PAGES:-auto}
 MAX_CONNECTIONS=${BENCH_MAX_CONNECTIONS:-100}
 INSTALL=${BENCH_INSTALL:-1}
@@ -108,7 +123,9 @@ KEEP=${BENCH_KEEP:-0}
 HASH=6d1f1b6bbf2f5a3c4a7e0a5f2b8c9d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708
 KEY_STEP=100000
 CLUSTER=$TMP/cluster
-DATA=$TMP/data
+DATA_ROOT=$TMP/data
+DATA=
+CONFIG=
 IDEMBENCH=$BENCH_DIR/build/idembench
 REDIS_PORT=
 REDIS_PID=
@@ -127,7 +144,7 @@ die()
 
 # ---- preflight ------------------------------------------------------------
 
-PG_BINDIR=$(pg_config --bindir 2>/dev/null) || PG_BINDIR=
+PG_BINDIR=$("${PG_CONFIG:-pg_config}" --bindir 2>/dev/null) || PG_BINDIR=
 [[ -x $PG_BINDIR/pgbench ]] || PG_BINDIR=/usr/lib/postgresql/15/bin
 PATH=$PG_BINDIR:$PATH
 for tool in pgbench psql python3; do
@@ -223,22 +240,11 @@ cleanup()
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-rm -rf "$DATA"
-mkdir -p "$DATA" "$RESULTS"
-reserve_huge_pages
-log "starting a cluster in $CLUSTER (shared_buffers=$SHARED_BUFFERS, max_connections=$MAX_CONNECTIONS, fsync on)"
-start_cluster()
-{
-	CLUSTER_OPTS="shared_buffers=$SHARED_BUFFERS max_connections=$MAX_CONNECTIONS fsync=on
-${BENCH_CLUSTER_OPTS:-}" "$ROOT/tools/cluster.sh" start "$CLUSTER" >/dev/null
-}
-# (once more after a failure: the machine is shared, ports come and go)
-start_cluster || { sleep 2; start_cluster; } || die "could not start a cluster"
-# shellcheck disable=SC1091
-. "$CLUSTER/env"
+rm -rf "$DATA_ROOT"
+mkdir -p "$DATA_ROOT" "$RESULTS"
 
 if [[ $USE_REDIS == 1 ]]; then
-	REDIS_PORT=$((PGPORT + 1000))
+	REDIS_PORT=$((${CLUSTER_PORT:-54320} + 1000))
 	while (exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT") 2>/dev/null; do
 		REDIS_PORT=$((REDIS_PORT + 1))
 	done
@@ -261,54 +267,103 @@ psql_q()
 	psql -X -q -A -t -v ON_ERROR_STOP=1 "$@"
 }
 
-psql_q -c 'CREATE EXTENSION idempotency' -c 'CREATE EXTENSION pg_prewarm' -f "$BENCH_DIR/setup.sql" \
-	-f "$BENCH_DIR/plpgsql_baseline.sql" >/dev/null
+# start_config NAME: a new cluster with the settings of configuration NAME,
+# the extension and the baselines loaded; its raw data go to $DATA
+start_config()
+{
+	local sb opts
+	CONFIG=$1
+	DATA=$DATA_ROOT/$CONFIG
+	mkdir -p "$DATA"
+	case $CONFIG in
+		stock)
+			sb=128MB
+			opts="huge_pages=off"
+			;;
+		tuned)
+			sb=$SHARED_BUFFERS
+			opts="huge_pages=try"
+			reserve_huge_pages
+			;;
+		*) die "unknown configuration $CONFIG (stock, tuned)" ;;
+	esac
+	log "configuration $CONFIG: starting a cluster in $CLUSTER (shared_buffers=$sb, $opts, max_connections=$MAX_CONNECTIONS, fsync on)"
+	start_cluster()
+	{
+		CLUSTER_OPTS="shared_buffers=$sb $opts max_connections=$MAX_CONNECTIONS fsync=on
+${BENCH_CLUSTER_OPTS:-}" "$ROOT/tools/cluster.sh" start "$CLUSTER" >/dev/null
+	}
+	# (once more after a failure: the machine is shared, ports come and go)
+	start_cluster || { sleep 2; start_cluster; } || die "could not start a cluster"
+	# shellcheck disable=SC1091
+	. "$CLUSTER/env"
+	psql_q -c 'CREATE EXTENSION idempotency' -c 'CREATE EXTENSION pg_prewarm' -f "$BENCH_DIR/setup.sql" \
+		-f "$BENCH_DIR/plpgsql_baseline.sql" >/dev/null
+}
+
+# stop_config: stops and removes the cluster (with 10^7 keys per table it
+# holds gigabytes) and gives back the huge pages it had
+stop_config()
+{
+	"$ROOT/tools/cluster.sh" stop "$CLUSTER" >/dev/null 2>&1 || true
+	rm -rf "$CLUSTER"
+	if [[ -n $HUGE_BEFORE ]]; then
+		echo "$HUGE_BEFORE" >/proc/sys/vm/nr_hugepages 2>/dev/null || true
+		HUGE_BEFORE=
+	fi
+}
 
 # ---- what was measured, on what ---------------------------------------------
 
+describe_config()
 {
-	echo "date	$(date -u '+%Y-%m-%d %H:%M UTC')"
-	echo "cpu	$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -n 1)"
-	echo "cores	$(nproc)"
-	echo "ram	$(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
-	echo "kernel	$(uname -sr)"
-	echo "virt	$(lscpu 2>/dev/null | sed -n 's/^Hypervisor vendor:[[:space:]]*//p' | head -n 1)"
-	echo "pg	$(psql_q -c 'SHOW server_version')"
-	echo "huge	$(awk '/HugePages_Total/ {t = $2} /HugePages_Free/ {f = $2} /HugePages_Rsvd/ {r = $2} /Hugepagesize/ {z = $2}
-		END {if (t - f + r > 0) printf "in huge pages (%d of %d kB in use or reserved; huge_pages = try)", t - f + r, z;
-			 else printf "in normal pages (no huge pages; huge_pages = try)"}' /proc/meminfo)"
-	echo "settings	$(psql_q -F ' ' -c "SELECT string_agg(name || '=' || current_setting(name), ', ' ORDER BY name) FROM pg_settings WHERE name IN ('shared_buffers', 'max_connections', 'fsync', 'synchronous_commit', 'wal_level', 'max_wal_size', 'checkpoint_timeout', 'wal_sync_method', 'full_page_writes')")"
-	echo "ext	$(psql_q -c "SELECT extversion FROM pg_extension WHERE extname = 'idempotency'")"
-	case $INSTALL in
-		0) echo "commit	installed build, tree at $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)" ;;
-		head) echo "commit	$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)" ;;
-		*) echo "commit	$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet HEAD -- src sql 2>/dev/null || echo ' + uncommitted changes in src/ or sql/')" ;;
-	esac
-	echo "load_before	$(cut -d' ' -f1-3 /proc/loadavg)"
-	echo "seconds	$SECS"
-	echo "rounds	$ROUNDS"
-	echo "clients	$CLIENTS"
-	echo "threads	$THREADS"
-	echo "impls	$IMPLS"
-	echo "redis	$([[ $USE_REDIS == 1 ]] && redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p' || echo no)"
-	echo "fresh_keys	$FRESH_KEYS"
-	echo "replay_keys	$REPLAY_KEYS"
-	echo "hot_waiters	$HOT_WAITERS"
-	echo "hot_rounds	$HOT_ROUNDS"
-	echo "purge_keys	$PURGE_KEYS"
-	echo "purge_batch	$PURGE_BATCH"
-	echo "scale_sizes	$SCALE_SIZES"
-	echo "scale_seconds	$SCALE_SECS"
-	echo "quick	$QUICK"
-} >"$DATA/machine.tsv"
+	{
+		echo "config	$CONFIG"
+		echo "date	$(date -u '+%Y-%m-%d %H:%M UTC')"
+		echo "cpu	$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -n 1)"
+		echo "cores	$(nproc)"
+		echo "ram	$(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
+		echo "kernel	$(uname -sr)"
+		echo "virt	$(lscpu 2>/dev/null | sed -n 's/^Hypervisor vendor:[[:space:]]*//p' | head -n 1)"
+		echo "pg	$(psql_q -c 'SHOW server_version')"
+		if [[ $(psql_q -c 'SHOW huge_pages') == off ]]; then
+			echo "huge	in normal pages (huge_pages = off)"
+		else
+			echo "huge	$(awk '/HugePages_Total/ {t = $2} /HugePages_Free/ {f = $2} /HugePages_Rsvd/ {r = $2} /Hugepagesize/ {z = $2}
+				END {if (t - f + r > 0) printf "in huge pages (%d of %d kB in use or reserved; huge_pages = try)", t - f + r, z;
+					 else printf "in normal pages (no huge pages; huge_pages = try)"}' /proc/meminfo)"
+		fi
+		echo "settings	$(psql_q -F ' ' -c "SELECT string_agg(name || '=' || current_setting(name), ', ' ORDER BY name) FROM pg_settings WHERE name IN ('shared_buffers', 'huge_pages', 'max_connections', 'fsync', 'synchronous_commit', 'wal_level', 'max_wal_size', 'checkpoint_timeout', 'wal_sync_method', 'full_page_writes')")"
+		echo "ext	$(psql_q -c "SELECT extversion FROM pg_extension WHERE extname = 'idempotency'")"
+		case $INSTALL in
+			0) echo "commit	installed build, tree at $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)" ;;
+			head) echo "commit	$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)" ;;
+			*) echo "commit	$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet HEAD -- src sql 2>/dev/null || echo ' + uncommitted changes in src/ or sql/')" ;;
+		esac
+		echo "load_before	$(cut -d' ' -f1-3 /proc/loadavg)"
+		echo "seconds	$SECS"
+		echo "rounds	$ROUNDS"
+		echo "clients	$CLIENTS"
+		echo "threads	$THREADS"
+		echo "impls	$IMPLS"
+		echo "redis	$([[ $USE_REDIS == 1 ]] && redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p' || echo no)"
+		echo "fresh_keys	$FRESH_KEYS"
+		echo "replay_keys	$REPLAY_KEYS"
+		echo "hot_waiters	$HOT_WAITERS"
+		echo "hot_rounds	$HOT_ROUNDS"
+		echo "purge_keys	$PURGE_KEYS"
+		echo "purge_batch	$PURGE_BATCH"
+		echo "scale_sizes	$SCALE_SIZES"
+		echo "scale_seconds	$SCALE_SECS"
+		echo "quick	$QUICK"
+	} >"$DATA/machine.tsv"
+}
 
-# manifest: workload variant impl round tps file extra
-MANIFEST=$DATA/manifest.tsv
-: >"$MANIFEST"
+# manifest of the configuration: workload variant impl round tps file extra
 record()
 {
 	local IFS=$'\t'
-	echo "$*" >>"$MANIFEST"
+	echo "$*" >>"$DATA/manifest.tsv"
 }
 
 table_of()
@@ -340,18 +395,21 @@ all_impls=$IMPLS
 
 # workload 1 also measures the extension with idem.async_reserve = on (one
 # WAL flush per request instead of two), when the extension has it
-fresh_impls=$all_impls
-case ${BENCH_ASYNC:-auto} in
-	0) ;;
-	*)
-		if [[ " $IMPLS " == *" ext "* ]] &&
-			[[ $(psql_q -c "SELECT idem_get('x') IS NULL" -c "SELECT current_setting('idem.async_reserve', true) IS NOT NULL") == *t ]]; then
-			fresh_impls=${all_impls/ext/ext ext_async}
-		elif [[ ${BENCH_ASYNC:-auto} == 1 ]]; then
-			die "the installed extension has no setting idem.async_reserve"
-		fi
-		;;
-esac
+pick_fresh_impls()
+{
+	fresh_impls=$all_impls
+	case ${BENCH_ASYNC:-auto} in
+		0) ;;
+		*)
+			if [[ " $IMPLS " == *" ext "* ]] &&
+				[[ $(psql_q -c "SELECT idem_get('x') IS NULL" -c "SELECT current_setting('idem.async_reserve', true) IS NOT NULL") == *t ]]; then
+				fresh_impls=${all_impls/ext/ext ext_async}
+			elif [[ ${BENCH_ASYNC:-auto} == 1 ]]; then
+				die "the installed extension has no setting idem.async_reserve"
+			fi
+			;;
+	esac
+}
 
 # empties table t and stores keys 1..n (committed, live), then vacuums
 reload()
@@ -369,11 +427,19 @@ children_ticks()
 	awk '{print $16 + $17}' "/proc/$(head -n 1 "$CLUSTER/data/postmaster.pid")/stat"
 }
 
+# WAL records, full-page images, bytes and flushes (wal_sync: the fsyncs
+# of WAL by all the server's processes, the WAL writer's included) and the
+# transactions committed in this database, so far
+wal_counters()
+{
+	psql_q -F ' ' -c 'SELECT wal_records, wal_fpi, wal_bytes, wal_sync, (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()) FROM pg_stat_wal'
+}
+
 # pgbench_run NAME SCRIPT SECONDS [VAR=VALUE...]: runs pgbench with a
 # per-transaction log; prints the tps; the log lines go to $DATA/NAME.log,
-# and to $DATA/NAME.cpu the server's CPU time and WAL per transaction: the
-# CPU of the run's backends (read from the postmaster once they have
-# exited), which other work on the machine hardly disturbs
+# and to $DATA/NAME.cpu the server's CPU time, WAL and WAL flushes per
+# transaction: the CPU of the run's backends (read from the postmaster once
+# they have exited), which other work on the machine hardly disturbs
 pgbench_run()
 {
 	local name=$1 script=$2 secs=$3 out wal0 t0 t1 wal n
@@ -383,7 +449,7 @@ pgbench_run()
 	rm -f "$DATA/$name".pgb*
 	# (the backends of earlier sessions report their WAL when they exit)
 	sleep 0.3
-	wal0=$(psql_q -F ' ' -c 'SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal')
+	wal0=$(wal_counters)
 	sleep 0.3
 	t0=$(children_ticks)
 	if ! out=$(pgbench -n -M prepared -c "$CLIENTS" -j "$THREADS" -T "$secs" \
@@ -397,16 +463,19 @@ pgbench_run()
 	fi
 	sleep 0.3
 	t1=$(children_ticks)
-	wal=$(psql_q -F ' ' -c 'SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal')
+	wal=$(wal_counters)
 	cat "$DATA/$name".pgb* >"$DATA/$name.log"
 	rm -f "$DATA/$name".pgb*
 	n=$(wc -l <"$DATA/$name.log")
 	if ((n > 0)); then
-		# WAL of the whole cluster meanwhile: records, full-page images, bytes
+		# WAL of the whole cluster meanwhile: records, full-page images,
+		# bytes, flushes; and the commits (of the run, and of the few
+		# statements of wal_counters itself)
 		awk -v t=$((t1 - t0)) -v hz="$CLK_TCK" -v a="$wal0" -v b="$wal" -v n="$n" \
 			'BEGIN {split(a, x, " "); split(b, y, " ");
-				printf "cpu_us=%.2f;wal_rec=%.3f;wal_fpi=%.4f;wal=%.1f;n=%d\n", t / hz * 1e6 / n,
-					(y[1] - x[1]) / n, (y[2] - x[2]) / n, (y[3] - x[3]) / n, n}' \
+				printf "cpu_us=%.2f;wal_rec=%.3f;wal_fpi=%.4f;wal=%.1f;wal_sync=%.4f;commits=%.3f;n=%d\n", t / hz * 1e6 / n,
+					(y[1] - x[1]) / n, (y[2] - x[2]) / n, (y[3] - x[3]) / n, (y[4] - x[4]) / n,
+					(y[5] - x[5]) / n, n}' \
 			>"$DATA/$name.cpu"
 	fi
 	sed -n 's/^tps = \([0-9.]*\) (without.*/\1/p' <<<"$out"
@@ -691,37 +760,53 @@ w4()
 	done
 }
 
-failed=
-for w in $WORKLOADS; do
-	case $w in
-		1) log "workload 1: reserve + commit, fresh keys, logged" ;;
-		6) log "workload 6: reserve + commit, fresh keys, unlogged" ;;
-		2) log "workload 2: replay of committed keys" ;;
-		3) log "workload 3: hot key, $HOT_WAITERS waiters" ;;
-		5) log "workload 5: purge of $PURGE_KEYS expired keys while reserves run" ;;
-		4) log "workload 4: scale ($SCALE_SIZES keys)" ;;
-		*) die "unknown workload $w" ;;
-	esac
-	# each workload in a subshell of its own: one that fails is reported,
-	# and the others still run
-	set +e
-	(
+# run_workloads: every workload of BENCH_WORKLOADS on the running cluster
+run_workloads()
+{
+	local w rc failed t0=$(date +%s)
+	failed=
+	for w in $WORKLOADS; do
+		case $w in
+			1) log "workload 1: reserve + commit, fresh keys, logged" ;;
+			6) log "workload 6: reserve + commit, fresh keys, unlogged" ;;
+			2) log "workload 2: replay of committed keys" ;;
+			3) log "workload 3: hot key, $HOT_WAITERS waiters" ;;
+			5) log "workload 5: purge of $PURGE_KEYS expired keys while reserves run" ;;
+			4) log "workload 4: scale ($SCALE_SIZES keys)" ;;
+			*) die "unknown workload $w" ;;
+		esac
+		# each workload in a subshell of its own: one that fails is reported,
+		# and the others still run
+		set +e
+		(
+			set -e
+			"w$w"
+		)
+		rc=$?
 		set -e
-		"w$w"
-	)
-	rc=$?
-	set -e
-	if ((rc != 0)); then
-		log "workload $w failed (exit $rc); going on with the others"
-		failed="$failed $w"
-		[[ $w == 6 ]] && { set_logged true || true; }
-	fi
-done
-echo "failed	${failed# }" >>"$DATA/machine.tsv"
+		if ((rc != 0)); then
+			log "workload $w failed (exit $rc); going on with the others"
+			failed="$failed $w"
+			[[ $w == 6 ]] && { set_logged true || true; }
+		fi
+	done
+	echo "failed	${failed# }" >>"$DATA/machine.tsv"
 
-echo "load_after	$(cut -d' ' -f1-3 /proc/loadavg)" >>"$DATA/machine.tsv"
-echo "duration	$(($(date +%s) - T_START)) s" >>"$DATA/machine.tsv"
+	echo "load_after	$(cut -d' ' -f1-3 /proc/loadavg)" >>"$DATA/machine.tsv"
+	echo "duration	$(($(date +%s) - t0)) s" >>"$DATA/machine.tsv"
+}
+
+: >"$DATA_ROOT/configs.tsv"
+for cfg in $CONFIGS; do
+	start_config "$cfg"
+	describe_config
+	: >"$DATA/manifest.tsv"
+	pick_fresh_impls
+	run_workloads
+	echo "$cfg" >>"$DATA_ROOT/configs.tsv"
+	[[ $KEEP == 1 && $cfg == "${CONFIGS##* }" ]] || stop_config
+done
 
 log "writing the report to $RESULTS"
-python3 "$BENCH_DIR/report.py" --data "$DATA" --results "$RESULTS"
+python3 "$BENCH_DIR/report.py" --data "$DATA_ROOT" --results "$RESULTS"
 log "done: $RESULTS/results.md"
