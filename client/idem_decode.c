@@ -3,7 +3,8 @@
  * idem_decode.c
  *	  Decoding of the server's rows, which the calls ask for in binary
  *	  format: booleans, big-endian int4, int8 and timestamptz, bytea as
- *	  raw bytes, jsonb as a version byte followed by its text.
+ *	  raw bytes, jsonb as a version byte followed by its text, and the
+ *	  headers as a text[] of (name, value) pairs.
  *
  * A server of another version, a proxy or a bug may send anything in
  * those columns: nothing here reads beyond what libpq says a value's
@@ -17,6 +18,9 @@
 #include <libpq-fe.h>
 
 #include "idem_int.h"
+
+/* text's type OID (pg_type.h), the element type of the header pairs */
+#define TEXT_OID 25
 
 /* ---- binary result decoding -------------------------------------------- */
 
@@ -96,6 +100,78 @@ get_timestamptz(const PGresult *res, const char *name)
 }
 
 /*
+ * The header pairs of a record (see HEADER_PAIRS in idem_conn.c): a text[]
+ * in array_send's binary form, two-dimensional with rows of (name, value),
+ * or empty.  That form is: the number of dimensions, a has-nulls flag and
+ * the element type (int4, int4, oid), each dimension's length and lower
+ * bound (int4, int4), then each element as an int4 length (-1 for NULL)
+ * and that many bytes, row after row.  Returns 0 and the pairs, 1 when the
+ * value is not such an array of text without NULLs (nothing kept), -1 when
+ * out of memory.  A value with a NUL byte is cut there, as a C string is.
+ */
+int
+idem__decode_header_pairs(const char *value, size_t len, idem_hdr **hdrs_out,
+						  size_t *n_out)
+{
+	const unsigned char *p = (const unsigned char *) value;
+	const unsigned char *end = p + len;
+	idem_hdr   *hdrs;
+	size_t		rows,
+				i;
+
+	*hdrs_out = NULL;
+	*n_out = 0;
+	if (len < 12)
+		return 1;
+	if (be32(p + 8) != TEXT_OID)
+		return 1;
+	if (be32(p) == 0)
+		return len == 12 ? 0 : 1;
+	if (be32(p) != 2 || len < 28 || be32(p + 20) != 2)
+		return 1;
+	rows = be32(p + 12);
+	/* each element takes 4 bytes at least: no larger allocation than that */
+	if (rows > (len - 28) / 8)
+		return 1;
+	if (rows == 0)
+		return len == 28 ? 0 : 1;
+	hdrs = calloc(rows, sizeof(idem_hdr));
+	if (hdrs == NULL)
+		return -1;
+	for (p += 28, i = 0; i < 2 * rows; i++)
+	{
+		char	  **dst = i % 2 ? &hdrs[i / 2].value : &hdrs[i / 2].name;
+		uint32_t	elen;
+
+		if (end - p < 4)
+			goto bad;
+		elen = be32(p);
+		p += 4;
+		/* -1 is NULL: not in pairs the statement builds */
+		if (elen > (size_t) (end - p))
+			goto bad;
+		*dst = malloc((size_t) elen + 1);
+		if (*dst == NULL)
+		{
+			idem__free_hdrs(hdrs, rows);
+			return -1;
+		}
+		memcpy(*dst, p, elen);
+		(*dst)[elen] = '\0';
+		p += elen;
+	}
+	if (p != end)
+		goto bad;
+	*hdrs_out = hdrs;
+	*n_out = rows;
+	return 0;
+
+bad:
+	idem__free_hdrs(hdrs, rows);
+	return 1;
+}
+
+/*
  * Builds a record from the one row of a reserve/get result; returns NULL
  * with the error set on the handle when out of memory or malformed.  A row
  * whose state is NULL (idem_get of an absent key) gives a record whose
@@ -168,8 +244,27 @@ idem__record_from_result(idem_conn *conn, const PGresult *res)
 							"unknown jsonb binary version in headers");
 			return NULL;
 		}
-		if (idem__record_set_headers(rec, v + 1) < 0)
+		rec->headers_json = idem__strdup(v + 1);
+		if (rec->headers_json == NULL)
 			goto nomem;
+	}
+
+	col = column(res, "header_pairs", -1);
+	if (col >= 0)
+	{
+		int			rc = idem__decode_header_pairs(PQgetvalue(res, 0, col),
+												   (size_t) PQgetlength(res, 0, col),
+												   &rec->hdrs, &rec->nhdrs);
+
+		if (rc < 0)
+			goto nomem;
+		if (rc > 0)
+		{
+			idem_record_free(rec);
+			idem__set_error(conn, IDEM_ERR_PROTOCOL,
+							"malformed header pairs from the server");
+			return NULL;
+		}
 	}
 	return rec;
 

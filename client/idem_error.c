@@ -257,8 +257,7 @@ idem__set_error_from_result(idem_conn *conn, const PGresult *res)
 	if (conn->err == IDEM_ERR_NO_EXTENSION)
 		snprintf(conn->errdetail, sizeof(conn->errdetail), "%s",
 				 "The idempotency extension is not installed in this "
-				 "database or not on the search_path: run CREATE EXTENSION "
-				 "idempotency.");
+				 "database: run CREATE EXTENSION idempotency.");
 	else if (detail)
 		idem__copy_trimmed(conn->errdetail, sizeof(conn->errdetail), detail);
 }

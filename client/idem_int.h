@@ -44,6 +44,9 @@ typedef enum idem_stmt
 /* the longest slice of a wait for a key in flight, in ms */
 #define IDEM_MAX_SLICE_MS 1000
 
+/* room for a quoted schema name and a dot: NAMEDATALEN 64, quotes doubled */
+#define IDEM_SCHEMA_LEN (2 * 64 + 4)
+
 /* microseconds from 1970-01-01 to 2000-01-01, PostgreSQL's epoch */
 #define IDEM_PG_EPOCH_OFFSET_USEC INT64_C(946684800000000)
 
@@ -61,6 +64,9 @@ typedef struct idem_session
 	int64_t		wait_ms;		/* idem.wait_timeout */
 	int64_t		lease_ms;		/* idem.lease (0: session owners) */
 	char		extversion[32]; /* "" when not installed */
+	char		schema[IDEM_SCHEMA_LEN];	/* the extension's, quoted, and a
+										 * dot; "" when not installed */
+	char	   *sql[IDEM_NSTMTS];	/* the statements with that schema */
 } idem_session;
 
 /*
@@ -83,6 +89,7 @@ typedef struct idem_renewer
 	char	   *key;
 	char	   *scope;
 	char		owner[2 * IDEM_OWNER_BYTES + 1];
+	char		schema[IDEM_SCHEMA_LEN];	/* as in idem_session */
 	int			attempt;		/* of the reservation we hold */
 	int64_t		period_ms;
 	int			renewals;		/* successful idem_extend calls, this run */
@@ -179,6 +186,7 @@ typedef struct idem_call
 
 /* idem_conn.c */
 idem_conn  *idem__conn_new(PGconn *pg, int owned);
+void		idem__forget_session(idem_conn *conn);
 void		idem__call_begin(idem_call *call);
 void		idem__call_record(idem_call *call, const idem_record *rec);
 void		idem__call_end(idem_conn *conn, const idem_call *call, idem_op op,
@@ -188,6 +196,8 @@ void		idem__call_end(idem_conn *conn, const idem_call *call, idem_op op,
 /* idem_decode.c */
 uint64_t	idem__be64(const unsigned char *p);
 int64_t		idem__timestamptz_value(const char *value);
+int			idem__decode_header_pairs(const char *value, size_t len,
+									  idem_hdr **hdrs, size_t *n);
 idem_record *idem__record_from_result(idem_conn *conn, const PGresult *res);
 int			idem__bool_result(const PGresult *res);
 
@@ -212,8 +222,6 @@ void		idem__renewer_free(idem_renewer *r);
 
 /* idem_record.c */
 idem_record *idem__record_new(void);
-int			idem__record_set_headers(idem_record *rec, const char *json);
-int			idem__parse_headers(const char *json, idem_hdr **hdrs, size_t *n);
 void		idem__free_hdrs(idem_hdr *hdrs, size_t n);
 char	   *idem__strdup(const char *s);
 int			idem__strcaseeq(const char *a, const char *b);

@@ -38,11 +38,12 @@
 
 #include "idem_int.h"
 
+/* with the extension's schema for %s, as the handle's statements */
 #define EXTEND_SQL \
 	"SELECT pg_catalog.set_config('idem.wait_timeout', '0', true), " \
-	"idem_extend($1::text, $2::text, NULL::interval, $3::text)"
+	"%sidem_extend($1::text, $2::text, NULL::interval, $3::text)"
 #define CONFIRM_SQL \
-	"SELECT state, attempt FROM idem_get($1::text, $2::text)"
+	"SELECT state, attempt FROM %sidem_get($1::text, $2::text)"
 
 /* the shortest period between two renewals, and between two retries */
 #define MIN_PERIOD_MS 20
@@ -187,12 +188,14 @@ static int
 taken_over(idem_renewer *r, PGconn *pg)
 {
 	const char *values[2];
+	char		sql[sizeof(CONFIRM_SQL) + sizeof(r->schema)];
 	PGresult   *res;
 	int			rc = -1;
 
 	values[0] = r->key;
 	values[1] = r->scope;
-	res = PQexecParams(pg, CONFIRM_SQL, 2, NULL, values, NULL, NULL, 0);
+	snprintf(sql, sizeof(sql), CONFIRM_SQL, r->schema);
+	res = PQexecParams(pg, sql, 2, NULL, values, NULL, NULL, 0);
 	if (res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
 		rc = PQgetisnull(res, 0, 0) ||
 			strcmp(PQgetvalue(res, 0, 0), "in_flight") != 0 ||
@@ -207,6 +210,7 @@ extend_once(idem_renewer *r)
 {
 	PGconn	   *pg = renewal_connection(r);
 	const char *values[3];
+	char		sql[sizeof(EXTEND_SQL) + sizeof(r->schema)];
 	PGresult   *res;
 	const char *state;
 	int			rc = -1;
@@ -216,7 +220,8 @@ extend_once(idem_renewer *r)
 	values[0] = r->key;
 	values[1] = r->owner;
 	values[2] = r->scope;
-	res = PQexecParams(pg, EXTEND_SQL, 3, NULL, values, NULL, NULL, 0);
+	snprintf(sql, sizeof(sql), EXTEND_SQL, r->schema);
+	res = PQexecParams(pg, sql, 3, NULL, values, NULL, NULL, 0);
 	if (res && PQresultStatus(res) == PGRES_TUPLES_OK)
 	{
 		PQclear(res);
@@ -315,6 +320,7 @@ idem__renew_start(idem_conn *conn, const char *key, const char *scope,
 	if (r->key == NULL || r->scope == NULL)
 		return -1;
 	memcpy(r->owner, conn->owner, sizeof(r->owner));
+	memcpy(r->schema, conn->sess.schema, sizeof(r->schema));
 	r->attempt = attempt;
 	r->period_ms = lease_ms / 3;
 	if (r->period_ms < MIN_PERIOD_MS)

@@ -8,7 +8,9 @@
  * array of its values: {"Content-Type": ["text/plain"], "Vary": ["a", "b"]}.
  * An object of arrays keeps repeated headers and their order, which a
  * plain name -> value object would not.  Headers that would leak one
- * client's credentials to another on replay are never stored.
+ * client's credentials to another on replay are never stored.  The server
+ * hands them back as (name, value) pairs beside the JSON (HEADER_PAIRS in
+ * idem_conn.c, decoded in idem_decode.c): the library reads no JSON.
  *
  *-------------------------------------------------------------------------
  */
@@ -92,326 +94,6 @@ push_hdr(idem_hdr **hdrs, size_t *n, size_t *cap,
 	return 0;
 }
 
-/* ---- a small JSON reader for the header object ------------------------- */
-
-typedef struct jreader
-{
-	const char *p;
-	const char *end;
-} jreader;
-
-static void
-skip_ws(jreader *r)
-{
-	while (r->p < r->end &&
-		   (*r->p == ' ' || *r->p == '\t' || *r->p == '\n' || *r->p == '\r'))
-		r->p++;
-}
-
-static int
-hex4(const char *p, unsigned *out)
-{
-	unsigned	v = 0;
-	int			i;
-
-	for (i = 0; i < 4; i++)
-	{
-		char		c = p[i];
-
-		v <<= 4;
-		if (c >= '0' && c <= '9')
-			v |= (unsigned) (c - '0');
-		else if (c >= 'a' && c <= 'f')
-			v |= (unsigned) (c - 'a' + 10);
-		else if (c >= 'A' && c <= 'F')
-			v |= (unsigned) (c - 'A' + 10);
-		else
-			return -1;
-	}
-	*out = v;
-	return 0;
-}
-
-static size_t
-put_utf8(char *dst, unsigned cp)
-{
-	if (cp < 0x80)
-	{
-		dst[0] = (char) cp;
-		return 1;
-	}
-	if (cp < 0x800)
-	{
-		dst[0] = (char) (0xc0 | (cp >> 6));
-		dst[1] = (char) (0x80 | (cp & 0x3f));
-		return 2;
-	}
-	if (cp < 0x10000)
-	{
-		dst[0] = (char) (0xe0 | (cp >> 12));
-		dst[1] = (char) (0x80 | ((cp >> 6) & 0x3f));
-		dst[2] = (char) (0x80 | (cp & 0x3f));
-		return 3;
-	}
-	dst[0] = (char) (0xf0 | (cp >> 18));
-	dst[1] = (char) (0x80 | ((cp >> 12) & 0x3f));
-	dst[2] = (char) (0x80 | ((cp >> 6) & 0x3f));
-	dst[3] = (char) (0x80 | (cp & 0x3f));
-	return 4;
-}
-
-/*
- * Reads a JSON string at r->p into a new buffer (*out, *len).  Returns 0,
- * -1 when the string is malformed, or -2 when out of memory.  The decoded
- * text is never longer than the escaped one.
- */
-static int
-read_string(jreader *r, char **out, size_t *len)
-{
-	const char *start;
-	char	   *buf,
-			   *d;
-
-	if (r->p >= r->end || *r->p != '"')
-		return -1;
-	start = ++r->p;
-	while (r->p < r->end && *r->p != '"')
-		r->p += (*r->p == '\\' && r->p + 1 < r->end) ? 2 : 1;
-	if (r->p >= r->end)
-		return -1;
-	buf = malloc((size_t) (r->p - start) + 1);
-	if (buf == NULL)
-		return -2;
-	for (d = buf; start < r->p; start++)
-	{
-		unsigned	cp,
-					lo;
-
-		if (*start != '\\')
-		{
-			*d++ = *start;
-			continue;
-		}
-		switch (*++start)
-		{
-			case 'b':
-				*d++ = '\b';
-				break;
-			case 'f':
-				*d++ = '\f';
-				break;
-			case 'n':
-				*d++ = '\n';
-				break;
-			case 'r':
-				*d++ = '\r';
-				break;
-			case 't':
-				*d++ = '\t';
-				break;
-			case 'u':
-				if (r->p - start < 5 || hex4(start + 1, &cp) < 0)
-					goto bad;
-				start += 4;
-				if (cp >= 0xd800 && cp < 0xdc00 && r->p - start >= 7 &&
-					start[1] == '\\' && start[2] == 'u' &&
-					hex4(start + 3, &lo) == 0 && lo >= 0xdc00 && lo < 0xe000)
-				{
-					cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
-					start += 6;
-				}
-				d += put_utf8(d, cp);
-				break;
-			default:			/* \" \\ \/ */
-				*d++ = *start;
-				break;
-		}
-	}
-	*d = '\0';
-	*len = (size_t) (d - buf);
-	*out = buf;
-	r->p++;						/* the closing quote */
-	return 0;
-bad:
-	free(buf);
-	return -1;
-}
-
-/* skips any JSON value; 0 or -1 */
-static int
-skip_value(jreader *r)
-{
-	int			depth = 0;
-
-	skip_ws(r);
-	do
-	{
-		if (r->p >= r->end)
-			return -1;
-		if (*r->p == '"')
-		{
-			r->p++;
-			while (r->p < r->end && *r->p != '"')
-				r->p += (*r->p == '\\' && r->p + 1 < r->end) ? 2 : 1;
-			if (r->p >= r->end)
-				return -1;
-			r->p++;
-		}
-		else if (*r->p == '{' || *r->p == '[')
-		{
-			depth++;
-			r->p++;
-		}
-		else if (*r->p == '}' || *r->p == ']')
-		{
-			depth--;
-			r->p++;
-		}
-		else if (depth == 0)
-		{
-			/* a scalar: number, true, false, null */
-			while (r->p < r->end && *r->p != ',' && *r->p != '}' &&
-				   *r->p != ']' && *r->p != ' ' && *r->p != '\n' &&
-				   *r->p != '\t' && *r->p != '\r')
-				r->p++;
-		}
-		else
-			r->p++;
-	} while (depth > 0);
-	return 0;
-}
-
-/*
- * Reads one header value (string, or any JSON as its text) and pushes it.
- * Returns 0, 1 when the value is malformed (nothing pushed), or -1 when
- * out of memory.
- */
-static int
-read_header_value(jreader *r, const char *name, size_t name_len,
-				  idem_hdr **hdrs, size_t *n, size_t *cap)
-{
-	skip_ws(r);
-	if (r->p < r->end && *r->p == '"')
-	{
-		char	   *v;
-		size_t		vlen;
-		int			rc;
-
-		rc = read_string(r, &v, &vlen);
-		if (rc < 0)
-			return rc == -2 ? -1 : 1;
-		rc = push_hdr(hdrs, n, cap, name, name_len, v, vlen);
-		free(v);
-		return rc;
-	}
-	else
-	{
-		const char *start = r->p;
-
-		if (skip_value(r) < 0)
-			return 1;
-		return push_hdr(hdrs, n, cap, name, name_len, start,
-						(size_t) (r->p - start));
-	}
-}
-
-/*
- * Parses a header object into (name, value) pairs.  Returns 0, or -1 when
- * out of memory; JSON that is not an object gives no headers, and
- * malformed JSON the headers before the fault.
- */
-int
-idem__parse_headers(const char *json, idem_hdr **hdrs_out, size_t *n_out)
-{
-	jreader		r;
-	idem_hdr   *hdrs = NULL;
-	size_t		n = 0,
-				cap = 0;
-
-	*hdrs_out = NULL;
-	*n_out = 0;
-	r.p = json;
-	r.end = json + strlen(json);
-	skip_ws(&r);
-	if (r.p >= r.end || *r.p != '{')
-		return 0;
-	r.p++;
-	for (;;)
-	{
-		char	   *name;
-		size_t		name_len;
-		int			rc;
-
-		skip_ws(&r);
-		if (r.p < r.end && *r.p == '}')
-			break;
-		rc = read_string(&r, &name, &name_len);
-		if (rc == -2)
-			goto fail;
-		if (rc < 0)
-			break;
-		skip_ws(&r);
-		if (r.p >= r.end || *r.p != ':')
-		{
-			free(name);
-			break;
-		}
-		r.p++;
-		skip_ws(&r);
-		if (r.p < r.end && *r.p == '[')
-		{
-			r.p++;
-			for (;;)
-			{
-				skip_ws(&r);
-				if (r.p < r.end && *r.p == ']')
-				{
-					r.p++;
-					break;
-				}
-				rc = read_header_value(&r, name, name_len, &hdrs, &n, &cap);
-				if (rc != 0)
-				{
-					free(name);
-					if (rc < 0)
-						goto fail;
-					goto done;
-				}
-				skip_ws(&r);
-				if (r.p < r.end && *r.p == ',')
-					r.p++;
-				else if (r.p < r.end && *r.p == ']')
-					continue;
-				else
-				{
-					free(name);
-					goto done;
-				}
-			}
-		}
-		else if ((rc = read_header_value(&r, name, name_len, &hdrs, &n, &cap)) != 0)
-		{
-			free(name);
-			if (rc < 0)
-				goto fail;
-			goto done;
-		}
-		free(name);
-		skip_ws(&r);
-		if (r.p < r.end && *r.p == ',')
-			r.p++;
-		else
-			break;
-	}
-done:
-	*hdrs_out = hdrs;
-	*n_out = n;
-	return 0;
-fail:
-	idem__free_hdrs(hdrs, n);
-	return -1;
-}
-
 /* ---- records ----------------------------------------------------------- */
 
 idem_record *
@@ -422,15 +104,6 @@ idem__record_new(void)
 	if (rec)
 		rec->status = -1;
 	return rec;
-}
-
-int
-idem__record_set_headers(idem_record *rec, const char *json)
-{
-	rec->headers_json = idem__strdup(json);
-	if (rec->headers_json == NULL)
-		return -1;
-	return idem__parse_headers(json, &rec->hdrs, &rec->nhdrs);
 }
 
 void
@@ -538,14 +211,54 @@ idem_record_owner(const idem_record *rec)
 }
 
 /*
+ * The order in which a response's headers are stored: each name once,
+ * under its first spelling, with all its values (names compared without
+ * case).  Fills order[] with the indexes of resp->hdrs in that order and
+ * lead[] with the index of the first header of each one's name; 0, or -1
+ * when out of memory.
+ */
+static int
+group_headers(const idem_response *resp, size_t *order, size_t *lead)
+{
+	char	   *done = calloc(resp->nhdrs + 1, 1);
+	size_t		i,
+				j,
+				k = 0;
+
+	if (done == NULL)
+		return -1;
+	for (i = 0; i < resp->nhdrs; i++)
+	{
+		if (done[i])
+			continue;
+		for (j = i; j < resp->nhdrs; j++)
+		{
+			if (done[j] || !idem__strcaseeq(resp->hdrs[i].name,
+											resp->hdrs[j].name))
+				continue;
+			done[j] = 1;
+			order[k] = j;
+			lead[k++] = i;
+		}
+	}
+	free(done);
+	return 0;
+}
+
+/*
  * The record a runner returns for a response it just produced: the same
- * status, body and (encoded, then parsed back) headers a replay would get.
+ * status, body and headers (in the order they are stored) a replay would
+ * get.
  */
 idem_record *
 idem__record_from_response(const idem_response *resp, const char *state)
 {
 	idem_record *rec = idem__record_new();
 	const char *json;
+	size_t	   *order = NULL;
+	size_t	   *lead = NULL;
+	size_t		i,
+				cap = 0;
 
 	if (rec == NULL)
 		return NULL;
@@ -566,10 +279,28 @@ idem__record_from_response(const idem_response *resp, const char *state)
 		rec->body_len = resp->body_len;
 	}
 	json = idem_response_headers_json((idem_response *) resp);
-	if (json == NULL || idem__record_set_headers(rec, json) < 0)
+	if (json == NULL || (rec->headers_json = idem__strdup(json)) == NULL)
 		goto nomem;
+	order = malloc((resp->nhdrs + 1) * sizeof(size_t));
+	lead = malloc((resp->nhdrs + 1) * sizeof(size_t));
+	if (order == NULL || lead == NULL || group_headers(resp, order, lead) < 0)
+		goto nomem;
+	for (i = 0; i < resp->nhdrs; i++)
+	{
+		const idem_hdr *name = &resp->hdrs[lead[i]];
+		const idem_hdr *value = &resp->hdrs[order[i]];
+
+		if (push_hdr(&rec->hdrs, &rec->nhdrs, &cap, name->name,
+					 strlen(name->name), value->value,
+					 strlen(value->value)) < 0)
+			goto nomem;
+	}
+	free(order);
+	free(lead);
 	return rec;
 nomem:
+	free(order);
+	free(lead);
 	idem_record_free(rec);
 	return NULL;
 }
@@ -744,44 +475,40 @@ const char *
 idem_response_headers_json(idem_response *resp)
 {
 	sbuf		b = {NULL, 0, 0, 0};
-	char	   *done;
-	size_t		i,
-				j;
-	int			first = 1;
+	size_t	   *order;
+	size_t	   *lead;
+	size_t		i;
 
 	if (resp->json)
 		return resp->json;
-	done = calloc(resp->nhdrs + 1, 1);
-	if (done == NULL)
+	order = malloc((resp->nhdrs + 1) * sizeof(size_t));
+	lead = malloc((resp->nhdrs + 1) * sizeof(size_t));
+	if (order == NULL || lead == NULL || group_headers(resp, order, lead) < 0)
+	{
+		free(order);
+		free(lead);
 		return NULL;
+	}
 	sb_put(&b, "{", 1);
-	/* each name once, under its first spelling, with all its values */
 	for (i = 0; i < resp->nhdrs; i++)
 	{
-		int			first_value = 1;
-
-		if (done[i])
-			continue;
-		if (!first)
-			sb_put(&b, ", ", 2);
-		first = 0;
-		sb_json_string(&b, resp->hdrs[i].name);
-		sb_put(&b, ": [", 3);
-		for (j = i; j < resp->nhdrs; j++)
+		/* a name's first value opens its array, the next one closes it */
+		if (i == 0 || lead[i] != lead[i - 1])
 		{
-			if (done[j] || !idem__strcaseeq(resp->hdrs[i].name,
-											resp->hdrs[j].name))
-				continue;
-			done[j] = 1;
-			if (!first_value)
-				sb_put(&b, ", ", 2);
-			first_value = 0;
-			sb_json_string(&b, resp->hdrs[j].value);
+			if (i > 0)
+				sb_put(&b, "], ", 3);
+			sb_json_string(&b, resp->hdrs[lead[i]].name);
+			sb_put(&b, ": [", 3);
 		}
-		sb_put(&b, "]", 1);
+		else
+			sb_put(&b, ", ", 2);
+		sb_json_string(&b, resp->hdrs[order[i]].value);
 	}
+	if (resp->nhdrs > 0)
+		sb_put(&b, "]", 1);
 	sb_put(&b, "}", 1);
-	free(done);
+	free(order);
+	free(lead);
 	if (b.failed)
 	{
 		free(b.data);

@@ -120,4 +120,77 @@ fuzz_caseeq(const char *a, const char *b)
 	}
 }
 
+/*
+ * The reference reading of header pairs as the server sends them (a text[]
+ * of rows of two, array_send's binary form; an empty array for none),
+ * written from the format rather than from the library: 1 with the
+ * elements (*elems, *lens: 2 * *rows of them, pointing into data), or 0
+ * when data is not exactly such an array with no NULL element.
+ */
+static inline int
+fuzz_ref_pairs(const uint8_t *data, size_t size, const uint8_t ***elems,
+			   size_t **lens, size_t *rows)
+{
+	size_t		pos = 0,
+				k;
+	uint32_t	hdr[7];
+	int			nhdr;
+
+	*elems = NULL;
+	*lens = NULL;
+	*rows = 0;
+	for (nhdr = 0; nhdr < 7 && pos + 4 <= size; nhdr++, pos += 4)
+		hdr[nhdr] = (uint32_t) data[pos] << 24 | (uint32_t) data[pos + 1] << 16 |
+			(uint32_t) data[pos + 2] << 8 | data[pos + 3];
+	/* ndim, flags, element type (text: 25) */
+	if (nhdr < 3 || hdr[2] != 25)
+		return 0;
+	if (hdr[0] == 0)
+		return size == 12;
+	/* two dimensions, the second of length 2 */
+	if (hdr[0] != 2 || nhdr < 7 || hdr[5] != 2)
+		return 0;
+	if (hdr[3] == 0)
+		return size == 28;
+	if (hdr[3] > size / 8)
+		return 0;
+	*rows = hdr[3];
+	*elems = fuzz_xmalloc(sizeof(uint8_t *) * 2 * *rows);
+	*lens = fuzz_xmalloc(sizeof(size_t) * 2 * *rows);
+	pos = 28;
+	for (k = 0; k < 2 * *rows; k++)
+	{
+		uint32_t	len;
+
+		if (size - pos < 4)
+			goto bad;
+		len = (uint32_t) data[pos] << 24 | (uint32_t) data[pos + 1] << 16 |
+			(uint32_t) data[pos + 2] << 8 | data[pos + 3];
+		pos += 4;
+		if (len == 0xffffffffu || len > size - pos)
+			goto bad;
+		(*elems)[k] = data + pos;
+		(*lens)[k] = len;
+		pos += len;
+	}
+	if (pos == size)
+		return 1;
+bad:
+	free(*elems);
+	free(*lens);
+	*elems = NULL;
+	*lens = NULL;
+	*rows = 0;
+	return 0;
+}
+
+/* a C string is the bytes up to the first NUL */
+static inline int
+fuzz_cstr_is(const char *s, const uint8_t *p, size_t len)
+{
+	size_t		n = strnlen((const char *) p, len);
+
+	return s != NULL && strlen(s) == n && memcmp(s, p, n) == 0;
+}
+
 #endif							/* IDEM_FUZZ_H */

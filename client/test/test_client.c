@@ -2061,6 +2061,148 @@ test_old_extension(void)
 	admin_exec(sql);
 }
 
+/* ---- an extension outside the session's search_path ------------------------ */
+
+typedef struct schema_run
+{
+	const char *dsn;
+	const char *key;
+	int64_t		lease_at_start;
+	int64_t		lease_at_end;
+} schema_run;
+
+/* waits past a renewal and reads the lease from another handle */
+static int
+schema_handler(idem_response *resp, void *arg)
+{
+	schema_run *s = arg;
+	idem_conn  *other = idem_connect(s->dsn);
+	idem_record *rec = NULL;
+
+	if (idem_get(other, s->key, NULL, &rec) == IDEM_IN_FLIGHT)
+		s->lease_at_start = idem_record_lease_expires_at(rec);
+	idem_record_free(rec);
+	sleep_ms(900);
+	rec = NULL;
+	if (idem_get(other, s->key, NULL, &rec) == IDEM_IN_FLIGHT)
+		s->lease_at_end = idem_record_lease_expires_at(rec);
+	idem_record_free(rec);
+	idem_free(other);
+	idem_response_set_status(resp, 201);
+	idem_response_add_header(resp, "Location", "/x/1");
+	idem_response_add_header(resp, "Vary", "a");
+	idem_response_add_header(resp, "vary", "b");
+	return idem_response_set_body(resp, "made", 4);
+}
+
+static void
+test_schema(void)
+{
+	/* one of each kind of value, in the order jsonb keeps the keys */
+	static const char *const stored =
+		"{\"B\": [\"2\", \"3\"], \"A\": \"x\", \"Num\": [1, {\"k\": \"v\"}, "
+		"null, true], \"Esc\": [\"a\\\"b\\n\\u00e9\"], \"Empty\": []}";
+	static const char *const want_json =
+		"{\"A\": \"x\", \"B\": [\"2\", \"3\"], \"Esc\": [\"a\\\"b\\n\xc3\xa9\"], "
+		"\"Num\": [1, {\"k\": \"v\"}, null, true], \"Empty\": []}";
+	static const char *const want[][2] = {
+		{"A", "x"}, {"B", "2"}, {"B", "3"}, {"Esc", "a\"b\n\xc3\xa9"},
+		{"Num", "1"}, {"Num", "{\"k\": \"v\"}"}, {"Num", "null"},
+		{"Num", "true"},
+	};
+	size_t		nwant = sizeof(want) / sizeof(want[0]);
+	char		sql[256];
+	char		dsn[256];
+	idem_conn  *c;
+	idem_record *rec = NULL;
+	schema_run	run;
+	size_t		i;
+	int			same;
+
+	snprintf(sql, sizeof(sql), "CREATE DATABASE \"%s-schema\"", prefix);
+	if (admin_exec(sql) < 0)
+	{
+		CHECK(0, "CREATE DATABASE for the schema case");
+		return;
+	}
+	snprintf(dsn, sizeof(dsn), "dbname=%s-schema", prefix);
+	c = idem_connect(dsn);
+	{
+		PGresult   *res = PQexec(idem_pgconn(c),
+								 "CREATE SCHEMA \"Idem S\"; "
+								 "CREATE EXTENSION idempotency SCHEMA \"Idem S\"");
+
+		CHECK(PQresultStatus(res) == PGRES_COMMAND_OK,
+			  "the extension in a schema of its own");
+		PQclear(res);
+	}
+	idem_free(c);
+
+	/* sessions whose search_path does not name it */
+	snprintf(dsn, sizeof(dsn),
+			 "dbname=%s-schema options='-csearch_path=public'", prefix);
+	c = idem_connect(dsn);
+	CHECK(idem_reserve(c, "s-k", NULL, &rec) == IDEM_FRESH &&
+		  idem_record_owner(rec) != NULL,
+		  "reserve with the extension off the search_path (%s)", idem_errmsg(c));
+	idem_record_free(rec);
+	CHECK(idem_commit(c, "s-k", NULL, 200, "ok", 2, stored) == IDEM_FRESH,
+		  "commit too (%s)", idem_errmsg(c));
+	rec = NULL;
+	CHECK(idem_reserve(c, "s-k", NULL, &rec) == IDEM_REPLAY && body_is(rec, "ok", 2),
+		  "a replay (%s)", idem_errmsg(c));
+	CHECK(rec && strcmp(idem_record_headers_json(rec), want_json) == 0,
+		  "the headers' JSON as the server writes it: %s",
+		  rec ? idem_record_headers_json(rec) : "(none)");
+	same = rec && idem_record_header_count(rec) == nwant;
+	for (i = 0; same && i < nwant; i++)
+		same = strcmp(idem_record_header_name(rec, i), want[i][0]) == 0 &&
+			strcmp(idem_record_header_value(rec, i), want[i][1]) == 0;
+	CHECK(same, "the headers one by one: every value of a name, strings "
+		  "unescaped, other values as JSON, in the stored order (%zu)",
+		  rec ? idem_record_header_count(rec) : 0);
+	CHECK(rec && idem_record_header(rec, "num") != NULL &&
+		  strcmp(idem_record_header(rec, "num"), "1") == 0 &&
+		  idem_record_header(rec, "Empty") == NULL,
+		  "the first value by name; a name without values has none");
+	idem_record_free(rec);
+	rec = NULL;
+	CHECK(idem_get(c, "s-k", NULL, &rec) == IDEM_REPLAY && rec &&
+		  idem_record_header_count(rec) == nwant,
+		  "get (%s)", idem_errmsg(c));
+	idem_record_free(rec);
+	CHECK(idem_reserve(c, "s-r", NULL, NULL) == IDEM_FRESH &&
+		  idem_release(c, "s-r", NULL) == IDEM_FRESH && idem_purge(c, 0) >= 0,
+		  "release and purge (%s)", idem_errmsg(c));
+
+	/* a lease renewed from the renewal's own connection */
+	idem_set_lease(c, "600ms");
+	memset(&run, 0, sizeof(run));
+	run.dsn = dsn;
+	run.key = "s-run";
+	rec = NULL;
+	CHECK(idem_run(c, "s-run", NULL, schema_handler, &run, &rec) == IDEM_FRESH &&
+		  idem_extend(c, "s-run", NULL, NULL) == IDEM_NOT_FOUND,
+		  "a lease-owned run (%s)", idem_errmsg(c));
+	CHECK(run.lease_at_start != 0 && run.lease_at_end > run.lease_at_start,
+		  "its lease renewed while the handler ran");
+	CHECK(rec && idem_record_header_count(rec) == 3 &&
+		  strcmp(idem_record_header_value(rec, 1), "a") == 0 &&
+		  strcmp(idem_record_header_name(rec, 2), "Vary") == 0 &&
+		  strcmp(idem_record_header_value(rec, 2), "b") == 0,
+		  "the runner's record: values of a name together, first spelling");
+	idem_record_free(rec);
+	rec = NULL;
+	CHECK(idem_get(c, "s-run", NULL, &rec) == IDEM_REPLAY && rec &&
+		  idem_record_header_count(rec) == 3 &&
+		  strcmp(idem_record_header(rec, "location"), "/x/1") == 0,
+		  "and its replay");
+	idem_record_free(rec);
+	idem_free(c);
+	snprintf(sql, sizeof(sql), "DROP DATABASE \"%s-schema\" WITH (FORCE)", prefix);
+	admin_exec(sql);
+}
+
 /* ---- through a transaction pooler (IDEM_TEST_PROXY) --------------------- */
 
 typedef struct pooled
@@ -2367,6 +2509,7 @@ main(void)
 	test_lease_lost();
 	test_slices();
 	test_old_extension();
+	test_schema();
 	if (getenv("IDEM_TEST_PROXY"))
 		test_proxy(getenv("IDEM_TEST_PROXY"));
 
