@@ -99,13 +99,17 @@ need clang have clang
 need libclang-rt-14-dev compgen -G '/usr/lib/llvm-14/lib/clang/*/lib/linux/libclang_rt.fuzzer-*.a'
 need curl have curl
 need bc have bc
+# the HTTP example (examples/http): libmicrohttpd, json-c, and libcurl
+# (below) for its mail API client
 need libmicrohttpd-dev test -f /usr/include/microhttpd.h
+need libjson-c-dev test -f /usr/include/json-c/json.h
 need libipc-run-perl perl -MIPC::Run -e 1
 need perl have prove
 # tests in front of a connection pooler, and SQL fuzzing
 need pgbouncer test -x /usr/sbin/pgbouncer
 need sqlsmith have sqlsmith
-# building Citus from source for the scale-out suite (test/suites/citus.sh)
+# building Citus from source for the scale-out suite (test/suites/citus.sh);
+# libcurl also for the HTTP example
 need patch have patch
 need liblz4-dev test -f /usr/include/lz4.h
 need libzstd-dev test -f /usr/include/zstd.h

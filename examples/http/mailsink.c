@@ -21,6 +21,7 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <getopt.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
@@ -32,7 +33,7 @@
 
 #include <microhttpd.h>
 
-#include "json.h"
+#include "jsonout.h"
 
 #define MAX_BODY (64 * 1024)
 
@@ -41,7 +42,7 @@ typedef struct sent_mail
 	char	   *key;
 	char		id[32];
 	unsigned long calls;
-	strbuf		response;		/* the first response, replayed for the key */
+	size_t		accepted_bytes; /* by the first call: its answer is replayed */
 } sent_mail;
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -52,7 +53,7 @@ static unsigned long total_calls;
 
 typedef struct request
 {
-	strbuf		body;
+	size_t		body_len;		/* only counted */
 	int			too_large;
 } request;
 
@@ -75,6 +76,34 @@ answer(struct MHD_Connection *conn, unsigned status, const char *body,
 	return ret;
 }
 
+/* answers with obj's text, and frees obj */
+static enum MHD_Result
+answer_json(struct MHD_Connection *conn, unsigned status, json_object *obj,
+			int replayed)
+{
+	size_t		len;
+	char	   *text = jo_text(obj, &len);
+	enum MHD_Result ret;
+
+	json_object_put(obj);
+	ret = answer(conn, status, text ? text : "{}", replayed);
+	free(text);
+	return ret;
+}
+
+/* the answer of a send: the first one's, and whether this call sent */
+static json_object *
+send_answer(const sent_mail *m, int dup)
+{
+	json_object *obj = jo_new();
+
+	jo_add_string(obj, "id", m->id);
+	jo_add_string(obj, "key", m->key);
+	jo_add_int(obj, "accepted_bytes", (int64_t) m->accepted_bytes);
+	jo_add_bool(obj, "duplicate", dup);
+	return obj;
+}
+
 static sent_mail *
 find_mail(const char *key)
 {
@@ -86,6 +115,33 @@ find_mail(const char *key)
 	return NULL;
 }
 
+/* a new key's record, under lock; NULL when out of memory */
+static sent_mail *
+new_mail(const char *key, size_t accepted_bytes)
+{
+	sent_mail  *m;
+
+	if (nmails == cap_mails)
+	{
+		size_t		ncap = cap_mails ? cap_mails * 2 : 64;
+		sent_mail  *nm = realloc(mails, ncap * sizeof(sent_mail));
+
+		if (nm == NULL)
+			return NULL;
+		mails = nm;
+		cap_mails = ncap;
+	}
+	m = &mails[nmails];
+	memset(m, 0, sizeof(*m));
+	m->key = strdup(key);
+	if (m->key == NULL)
+		return NULL;
+	nmails++;
+	snprintf(m->id, sizeof(m->id), "msg_%zu", nmails);
+	m->accepted_bytes = accepted_bytes;
+	return m;
+}
+
 static enum MHD_Result
 do_send(struct MHD_Connection *conn, request *req)
 {
@@ -94,8 +150,7 @@ do_send(struct MHD_Connection *conn, request *req)
 	const char *failhdr = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
 													  "X-Test-Fail");
 	sent_mail  *m;
-	strbuf		out = {0};
-	enum MHD_Result ret;
+	json_object *out;
 	int			dup;
 
 	if (failhdr && strcmp(failhdr, "1") == 0)
@@ -109,85 +164,47 @@ do_send(struct MHD_Connection *conn, request *req)
 	total_calls++;
 	m = find_mail(key);
 	dup = m != NULL;
-	if (m == NULL)
+	if (m == NULL && (m = new_mail(key, req->body_len)) == NULL)
 	{
-		if (nmails == cap_mails)
-		{
-			size_t		ncap = cap_mails ? cap_mails * 2 : 64;
-			sent_mail  *nm = realloc(mails, ncap * sizeof(sent_mail));
-
-			if (nm == NULL)
-			{
-				pthread_mutex_unlock(&lock);
-				return answer(conn, 500, "{\"error\": \"out of memory\"}\n", 0);
-			}
-			mails = nm;
-			cap_mails = ncap;
-		}
-		m = &mails[nmails];
-		memset(m, 0, sizeof(*m));
-		m->key = strdup(key);
-		if (m->key == NULL)
-		{
-			pthread_mutex_unlock(&lock);
-			return answer(conn, 500, "{\"error\": \"out of memory\"}\n", 0);
-		}
-		nmails++;
-		snprintf(m->id, sizeof(m->id), "msg_%zu", nmails);
-		sb_puts(&m->response, "{\"id\": ");
-		sb_json_string(&m->response, m->id);
-		sb_puts(&m->response, ", \"key\": ");
-		sb_json_string(&m->response, key);
-		sb_printf(&m->response, ", \"accepted_bytes\": %zu}\n", req->body.len);
+		pthread_mutex_unlock(&lock);
+		return answer(conn, 500, "{\"error\": \"out of memory\"}\n", 0);
 	}
 	m->calls++;
-	/* the first response, with "duplicate" saying whether this call sent */
-	sb_append(&out, m->response.buf ? m->response.buf : "{}\n",
-			  m->response.buf ? m->response.len - 2 : 1);
-	sb_printf(&out, ", \"duplicate\": %s}\n", dup ? "true" : "false");
+	out = send_answer(m, dup);
 	printf("mailsink: %s %s key=%s calls=%lu\n", dup ? "duplicate" : "sent",
 		   m->id, key, m->calls);
 	fflush(stdout);
 	pthread_mutex_unlock(&lock);
 
-	ret = answer(conn, 202, out.oom ? "{}" : out.buf, dup);
-	free(out.buf);
-	return ret;
+	return answer_json(conn, 202, out, dup);
 }
 
 static enum MHD_Result
 do_stats(struct MHD_Connection *conn, const char *key)
 {
-	strbuf		out = {0};
-	enum MHD_Result ret;
+	json_object *out = jo_new();
 	unsigned	status = 200;
 
 	pthread_mutex_lock(&lock);
 	if (key == NULL)
-		sb_printf(&out, "{\"calls\": %lu, \"sent\": %zu, \"keys\": %zu}\n",
-				  total_calls, nmails, nmails);
+	{
+		jo_add_int(out, "calls", (int64_t) total_calls);
+		jo_add_int(out, "sent", (int64_t) nmails);
+		jo_add_int(out, "keys", (int64_t) nmails);
+	}
 	else
 	{
 		sent_mail  *m = find_mail(key);
 
-		sb_puts(&out, "{\"key\": ");
-		sb_json_string(&out, key);
-		if (m)
-		{
-			sb_printf(&out, ", \"calls\": %lu, \"sent\": 1, \"id\": ", m->calls);
-			sb_json_string(&out, m->id);
-			sb_puts(&out, "}\n");
-		}
-		else
-		{
-			sb_puts(&out, ", \"calls\": 0, \"sent\": 0, \"id\": null}\n");
+		jo_add_string(out, "key", key);
+		jo_add_int(out, "calls", m ? (int64_t) m->calls : 0);
+		jo_add_int(out, "sent", m ? 1 : 0);
+		jo_add_string(out, "id", m ? m->id : NULL);
+		if (m == NULL)
 			status = 404;
-		}
 	}
 	pthread_mutex_unlock(&lock);
-	ret = answer(conn, status, out.oom ? "{}" : out.buf, 0);
-	free(out.buf);
-	return ret;
+	return answer_json(conn, status, out, 0);
 }
 
 static enum MHD_Result
@@ -199,6 +216,7 @@ handle(void *cls, struct MHD_Connection *conn, const char *url,
 
 	(void) cls;
 	(void) version;
+	(void) upload_data;			/* the body is only counted */
 	if (req == NULL)
 	{
 		req = calloc(1, sizeof(request));
@@ -209,10 +227,10 @@ handle(void *cls, struct MHD_Connection *conn, const char *url,
 	}
 	if (*upload_data_size)
 	{
-		if (req->body.len + *upload_data_size > MAX_BODY)
+		if (req->body_len + *upload_data_size > MAX_BODY)
 			req->too_large = 1;
 		else
-			sb_append(&req->body, upload_data, *upload_data_size);
+			req->body_len += *upload_data_size;
 		*upload_data_size = 0;
 		return MHD_YES;
 	}
@@ -240,7 +258,6 @@ completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	(void) toe;
 	if (req)
 	{
-		free(req->body.buf);
 		free(req);
 		*con_cls = NULL;
 	}
@@ -264,25 +281,38 @@ main(int argc, char **argv)
 	const union MHD_DaemonInfo *info;
 	sigset_t	sigs;
 	int			sig,
-				i;
+				c;
+	static const struct option options[] = {
+		{"listen", required_argument, NULL, 'l'},
+		{"port", required_argument, NULL, 'p'},
+		{"port-file", required_argument, NULL, 'f'},
+		{NULL, 0, NULL, 0}
+	};
 
-	for (i = 1; i < argc; i++)
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, "+", options, NULL)) != -1)
 	{
-		if (strcmp(argv[i], "--listen") == 0 && i + 1 < argc)
-			listen_addr = argv[++i];
-		else if (strcmp(argv[i], "--port") == 0 && i + 1 < argc)
-		{
-			char	   *end;
+		char	   *end;
 
-			port = strtol(argv[++i], &end, 10);
-			if (*end || port < 0 || port > 65535)
+		switch (c)
+		{
+			case 'l':
+				listen_addr = optarg;
+				break;
+			case 'p':
+				port = strtol(optarg, &end, 10);
+				if (*end || port < 0 || port > 65535)
+					usage();
+				break;
+			case 'f':
+				port_file = optarg;
+				break;
+			default:
 				usage();
 		}
-		else if (strcmp(argv[i], "--port-file") == 0 && i + 1 < argc)
-			port_file = argv[++i];
-		else
-			usage();
 	}
+	if (optind < argc)
+		usage();
 
 	memset(&sa, 0, sizeof(sa));
 	sa.sin_family = AF_INET;
@@ -334,10 +364,7 @@ main(int argc, char **argv)
 	MHD_stop_daemon(d);
 	printf("mailsink: stopped (%lu calls, %zu sent)\n", total_calls, nmails);
 	for (size_t k = 0; k < nmails; k++)
-	{
 		free(mails[k].key);
-		free(mails[k].response.buf);
-	}
 	free(mails);
 	return 0;
 }
