@@ -14,6 +14,8 @@ OBJS = \
 	src/idem_hash.o \
 	src/idem_lock.o \
 	src/idem_ops.o \
+	src/idem_owner.o \
+	src/idem_purge.o \
 	src/idem_route.o \
 	src/idem_stats.o \
 	src/idem_storage.o \

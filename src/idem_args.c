@@ -99,9 +99,9 @@ idem_arg_hash(FunctionCallInfo fcinfo, int arg, const IdemKey *k)
 		user_error(
 				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
 				 errmsg("request hash is too long"),
-				 errdetail("Key \"%s\" in scope \"%s\" was given a request hash of %d bytes; the limit is %d bytes.",
-						   k->key, k->scope, (int) VARSIZE_ANY_EXHDR(t),
-						   IDEM_MAX_HASH_BYTES)));
+				 KEY_DETAIL(k, " was given a request hash of %d bytes; the limit is %d bytes.",
+							(int) VARSIZE_ANY_EXHDR(t),
+							IDEM_MAX_HASH_BYTES)));
 	return text_to_cstring(t);
 }
 
@@ -148,15 +148,15 @@ check_period(const IdemKey *k, const char *what, const Interval *iv,
 		user_error(
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s is longer than idem.max_ttl", what),
-				 errdetail("Key \"%s\" in scope \"%s\" was given %s %s; idem.max_ttl is %d seconds.",
-						   k->key, k->scope, what, idem_interval_text(iv),
-						   idem_max_ttl)));
+				 KEY_DETAIL(k, " was given %s %s; idem.max_ttl is %d seconds.",
+							what, idem_interval_text(iv),
+							idem_max_ttl)));
 	if (idem_add_interval(now, iv) <= now)
 		user_error(
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s must be positive", what),
-				 errdetail("Key \"%s\" in scope \"%s\" was given %s %s.",
-						   k->key, k->scope, what, idem_interval_text(iv))));
+				 KEY_DETAIL(k, " was given %s %s.",
+							what, idem_interval_text(iv))));
 }
 
 /*
@@ -187,15 +187,14 @@ idem_arg_token(FunctionCallInfo fcinfo, int arg, const IdemKey *k,
 		user_error(
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("owner token must not be empty"),
-				 errdetail("Key \"%s\" in scope \"%s\" was given an empty owner token.",
-						   k->key, k->scope),
+				 KEY_DETAIL(k, " was given an empty owner token."),
 				 errhint("Pass NULL to have idem_reserve make a token.")));
 	if (len > IDEM_MAX_TOKEN_BYTES)
 		user_error(
 				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
 				 errmsg("owner token is too long"),
-				 errdetail("Key \"%s\" in scope \"%s\" was given an owner token of %d bytes; the limit is %d bytes.",
-						   k->key, k->scope, len, IDEM_MAX_TOKEN_BYTES)));
+				 KEY_DETAIL(k, " was given an owner token of %d bytes; the limit is %d bytes.",
+							len, IDEM_MAX_TOKEN_BYTES)));
 	return text_to_cstring(t);
 }
 
@@ -206,7 +205,7 @@ idem_require_leases(const IdemKey *k)
 		user_error(
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("lease owners need version 1.2 of extension \"idempotency\""),
-				 KEY_DETAIL(k),
+				 KEY_DETAIL(k, "."),
 				 errhint("Run ALTER EXTENSION idempotency UPDATE.")));
 }
 
@@ -248,8 +247,8 @@ idem_arg_owner(FunctionCallInfo fcinfo, int tokenarg, int leasearg,
 			user_error(
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("lease must not be negative"),
-					 errdetail("Key \"%s\" in scope \"%s\" was given lease %s.",
-							   k->key, k->scope, idem_interval_text(iv)),
+					 KEY_DETAIL(k, " was given lease %s.",
+								idem_interval_text(iv)),
 					 errhint("A lease of zero makes a session owner.")));
 		if (us > 0)
 		{
@@ -317,8 +316,8 @@ idem_arg_wait(FunctionCallInfo fcinfo, int arg, const IdemKey *k)
 		user_error(
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("wait_timeout must not be negative"),
-				 errdetail("Key \"%s\" in scope \"%s\" was given wait_timeout %s.",
-						   k->key, k->scope, idem_interval_text(w))));
+				 KEY_DETAIL(k, " was given wait_timeout %s.",
+							idem_interval_text(w))));
 	return wait_us;
 }
 

@@ -77,8 +77,8 @@ check_hash(const IdemKey *k, const IdemRecord *rec, const char *given)
 		user_error(
 				(errcode(ERRCODE_IDEM_HASH_MISMATCH),
 				 errmsg("idempotency key was used with a different request"),
-				 errdetail("Key \"%s\" in scope \"%s\" was reserved with request hash \"%s\", not \"%s\".",
-						   k->key, k->scope, rec->request_hash, given),
+				 KEY_DETAIL(k, " was reserved with request hash \"%s\", not \"%s\".",
+							rec->request_hash, given),
 				 errhint("Use a new idempotency key for a different request.")));
 	}
 }
@@ -108,7 +108,7 @@ classify(const IdemRecord *rec, TimestampTz now, bool check_owner,
 		return rec->expires_at <= now ? REC_ABSENT : REC_COMMITTED;
 	if (rec->has_lease)
 	{
-		bool		live = rec->lease_expires_at > GetCurrentTimestamp();
+		bool		live = idem_lease_alive(rec->lease_expires_at);
 
 		/* a lease that ran out: ttl applies as to a gone owner's record */
 		if (!live && rec->expires_at <= now)
@@ -118,8 +118,7 @@ classify(const IdemRecord *rec, TimestampTz now, bool check_owner,
 			return REC_MINE;
 		return live ? REC_OTHER : REC_ORPHAN;
 	}
-	if (rec->has_owner && rec->owner_pid == MyProcPid &&
-		rec->owner_started == MyStartTimestamp)
+	if (rec->has_owner && idem_owner_is_me(rec->owner_pid, rec->owner_started))
 		return tokens_equal(rec->owner_token, token) ? REC_MINE :
 			REC_OTHER_TOKEN;
 	/*
@@ -162,7 +161,7 @@ prevent_in_recovery(const IdemKey *k, const char *what)
 		user_error(
 				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
 				 errmsg("cannot %s an idempotency key during recovery", what),
-				 KEY_DETAIL(k),
+				 KEY_DETAIL(k, "."),
 				 errhint("Send the request to the primary server.")));
 }
 
@@ -177,8 +176,7 @@ report_other_token(const IdemKey *k)
 	user_error(
 			(errcode(ERRCODE_IDEM_IN_FLIGHT),
 			 errmsg("idempotency key is reserved in this session under another owner token"),
-			 errdetail("Key \"%s\" in scope \"%s\" was reserved by a session owner with another token.",
-					   k->key, k->scope),
+			 KEY_DETAIL(k, " was reserved by a session owner with another token."),
 			 errhint("Several clients share this server session, as behind a transaction-mode connection pooler: use lease owners there (the lease argument of idem_reserve, or the setting idem.lease).")));
 }
 
@@ -194,18 +192,17 @@ report_not_owner(const IdemKey *k, const IdemRecord *rec)
 		user_error(
 				(errcode(ERRCODE_IDEM_IN_FLIGHT),
 				 errmsg("idempotency key is owned by another owner"),
-				 errdetail("Key \"%s\" in scope \"%s\" is in flight, attempt %d, under another owner's lease until %s.",
-						   k->key, k->scope, rec->attempt,
-						   timestamptz_to_str(rec->lease_expires_at)),
+				 KEY_DETAIL(k, " is in flight, attempt %d, under another owner's lease until %s.",
+							rec->attempt,
+							timestamptz_to_str(rec->lease_expires_at)),
 				 errhint("If this owner's lease ran out, another request has taken the key over: this owner's work must not be committed.")));
 	user_error(
 			(errcode(ERRCODE_IDEM_IN_FLIGHT),
 			 errmsg("idempotency key is owned by another session"),
 			 rec->has_owner ?
-			 errdetail("Key \"%s\" in scope \"%s\" is in flight in the session with PID %d.",
-					   k->key, k->scope, rec->owner_pid) :
-			 errdetail("Key \"%s\" in scope \"%s\" is being taken over by another session.",
-					   k->key, k->scope)));
+			 KEY_DETAIL(k, " is in flight in the session with PID %d.",
+						rec->owner_pid) :
+			 KEY_DETAIL(k, " is being taken over by another session.")));
 }
 
 /* The caller's reservation was taken over and committed by another owner */
@@ -215,8 +212,8 @@ report_fenced(const IdemKey *k, const IdemRecord *rec)
 	user_error(
 			(errcode(ERRCODE_IDEM_IN_FLIGHT),
 			 errmsg("idempotency key was committed by another owner"),
-			 errdetail("Key \"%s\" in scope \"%s\" was committed by another owner token, attempt %d.",
-					   k->key, k->scope, rec->attempt),
+			 KEY_DETAIL(k, " was committed by another owner token, attempt %d.",
+						rec->attempt),
 			 errhint("If this owner's lease ran out, another request took the key over and committed it: this owner's work must not be committed.")));
 }
 
@@ -321,36 +318,33 @@ report_in_flight(const IdemKey *k, const IdemRecord *rec, int waited_ms)
 		user_error(
 				(errcode(ERRCODE_IDEM_IN_FLIGHT),
 				 errmsg("timed out waiting for in-flight idempotency key"),
-				 errdetail("Key \"%s\" in scope \"%s\" is still in flight after %d ms, under a lease until %s.",
-						   k->key, k->scope, waited_ms,
-						   timestamptz_to_str(rec->lease_expires_at)),
+				 KEY_DETAIL(k, " is still in flight after %d ms, under a lease until %s.",
+							waited_ms,
+							timestamptz_to_str(rec->lease_expires_at)),
 				 errhint("Retry later, or raise wait_timeout.")));
 	if (waited_ms > 0)
 		user_error(
 				(errcode(ERRCODE_IDEM_IN_FLIGHT),
 				 errmsg("timed out waiting for in-flight idempotency key"),
 				 rec->has_owner ?
-				 errdetail("Key \"%s\" in scope \"%s\" is still in flight in the session with PID %d after %d ms.",
-						   k->key, k->scope, rec->owner_pid, waited_ms) :
-				 errdetail("Key \"%s\" in scope \"%s\" is still in flight after %d ms.",
-						   k->key, k->scope, waited_ms),
+				 KEY_DETAIL(k, " is still in flight in the session with PID %d after %d ms.",
+							rec->owner_pid, waited_ms) :
+				 KEY_DETAIL(k, " is still in flight after %d ms.", waited_ms),
 				 errhint("Retry later, or raise wait_timeout.")));
 	if (rec->has_lease)
 		user_error(
 				(errcode(ERRCODE_IDEM_IN_FLIGHT),
 				 errmsg("idempotency key is in flight"),
-				 errdetail("Key \"%s\" in scope \"%s\" is in flight under a lease until %s.",
-						   k->key, k->scope,
-						   timestamptz_to_str(rec->lease_expires_at)),
+				 KEY_DETAIL(k, " is in flight under a lease until %s.",
+							timestamptz_to_str(rec->lease_expires_at)),
 				 errhint("Retry later, or wait with a wait_timeout above zero.")));
 	user_error(
 			(errcode(ERRCODE_IDEM_IN_FLIGHT),
 			 errmsg("idempotency key is in flight"),
 			 rec->has_owner ?
-			 errdetail("Key \"%s\" in scope \"%s\" is in flight in the session with PID %d.",
-					   k->key, k->scope, rec->owner_pid) :
-			 errdetail("Key \"%s\" in scope \"%s\" is being reserved by another session.",
-					   k->key, k->scope),
+			 KEY_DETAIL(k, " is in flight in the session with PID %d.",
+						rec->owner_pid) :
+			 KEY_DETAIL(k, " is being reserved by another session."),
 			 errhint("Retry later, or wait with a wait_timeout above zero.")));
 }
 
@@ -623,7 +617,7 @@ reserve(FunctionCallInfo fcinfo, bool may_route)
 				ereport(ERROR,
 						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 						 errmsg("could not serialize access to idempotency key"),
-						 KEY_DETAIL(&k),
+						 KEY_DETAIL(&k, "."),
 						 errhint("The transaction might succeed if retried.")));
 			continue;
 		}
@@ -804,8 +798,7 @@ report_no_reservation(const IdemKey *k)
 	user_error(
 			(errcode(ERRCODE_IDEM_NOT_FOUND),
 			 errmsg("idempotency key has no live reservation"),
-			 errdetail("Key \"%s\" in scope \"%s\" is absent or expired.",
-					   k->key, k->scope),
+			 KEY_DETAIL(k, " is absent or expired."),
 			 errhint("Call idem_reserve before idem_commit.")));
 }
 
@@ -833,9 +826,9 @@ commit(FunctionCallInfo fcinfo, bool may_route)
 			user_error(
 					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 					 errmsg("response body is too large"),
-					 errdetail("Key \"%s\" in scope \"%s\": the body is %zu bytes; idem.max_body_bytes is %d bytes.",
-							   k.key, k.scope, VARSIZE_ANY_EXHDR(body),
-							   idem_max_body_bytes)));
+					 KEY_DETAIL(&k, ": the body is %zu bytes; idem.max_body_bytes is %d bytes.",
+								VARSIZE_ANY_EXHDR(body),
+								idem_max_body_bytes)));
 	}
 	if (!PG_ARGISNULL(4))
 	{
@@ -844,14 +837,14 @@ commit(FunctionCallInfo fcinfo, bool may_route)
 			user_error(
 					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 					 errmsg("response headers are too large"),
-					 errdetail("Key \"%s\" in scope \"%s\": the headers take %zu bytes; idem.max_header_bytes is %d bytes.",
-							   k.key, k.scope, (Size) (VARSIZE(headers) - VARHDRSZ),
-							   idem_max_header_bytes)));
+					 KEY_DETAIL(&k, ": the headers take %zu bytes; idem.max_header_bytes is %d bytes.",
+								(Size) (VARSIZE(headers) - VARHDRSZ),
+								idem_max_header_bytes)));
 		if (!JB_ROOT_IS_OBJECT(headers) || JB_ROOT_IS_SCALAR(headers))
 			user_error(
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("response headers must be a JSON object"),
-					 KEY_DETAIL(&k)));
+					 KEY_DETAIL(&k, ".")));
 	}
 	else
 		headers = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
@@ -1025,9 +1018,9 @@ check_extendable(const IdemKey *k, const IdemRecord *rec, RecordState st,
 		user_error(
 				(errcode(ERRCODE_IDEM_NOT_FOUND),
 				 errmsg("idempotency key has no reservation to extend"),
-				 errdetail("Key \"%s\" in scope \"%s\" is %s.", k->key, k->scope,
-						   st == REC_COMMITTED ? "committed" :
-						   "absent or expired")));
+				 KEY_DETAIL(k, " is %s.",
+							st == REC_COMMITTED ? "committed" :
+							"absent or expired")));
 	if (st == REC_OTHER_TOKEN)
 		report_other_token(k);
 	if (st != REC_MINE)
@@ -1036,8 +1029,7 @@ check_extendable(const IdemKey *k, const IdemRecord *rec, RecordState st,
 		user_error(
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("idempotency key is not reserved under a lease"),
-				 errdetail("Key \"%s\" in scope \"%s\" is owned by this session, not by a lease.",
-						   k->key, k->scope),
+				 KEY_DETAIL(k, " is owned by this session, not by a lease."),
 				 errhint("A session owner keeps its reservation while its session lasts; reserve with a lease to have one to extend.")));
 }
 
@@ -1080,7 +1072,7 @@ extend(FunctionCallInfo fcinfo, bool may_route)
 		user_error(
 				(errcode(ERRCODE_IDEM_IN_FLIGHT),
 				 errmsg("idempotency key is being changed by another session"),
-				 KEY_DETAIL(&k),
+				 KEY_DETAIL(&k, "."),
 				 errhint("Try again.")));
 	idem_storage_read(&k, &rec);
 	check_extendable(&k, &rec, classify(&rec, now, true, renewed.token),
@@ -1185,7 +1177,7 @@ idem_purge(PG_FUNCTION_ARGS)
 
 	/* a confined role purges its own scopes only */
 	scopes = idem_confined_scopes();
-	n = idem_storage_purge(limit, GetCurrentTransactionStartTimestamp(),
+	n = idem_purge_expired(limit, GetCurrentTransactionStartTimestamp(),
 						   scopes);
 
 	/* on Citus's coordinator, the workers purge their shards too */

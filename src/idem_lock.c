@@ -11,10 +11,10 @@
  * statement_timeout and pg_cancel_backend() all apply to them.
  *
  * The lock alone does not say who owns a key: pg_advisory_unlock_all() and
- * DISCARD ALL drop it too.  The record names its owner (backend PID and
- * start time); idem_owner_alive() tells a live owner from a gone one, and
- * DISCARD ALL, which ends the owner's logical session, marks the session's
- * records as abandoned before the locks go (idem_abandon_all).
+ * DISCARD ALL drop it too.  The record names its owner, and idem_owner.c
+ * tells a live owner from a gone one and abandons the session's records
+ * at DISCARD ALL before their locks go.  This file neither reads nor
+ * writes records.
  *
  * Each key this session has locked is remembered in OwnedKeys with the
  * (sub)transaction that acquired it and the one that finished it (commit or
@@ -33,8 +33,6 @@
 #include "miscadmin.h"
 #include "storage/lmgr.h"
 #include "storage/proc.h"
-#include "storage/procarray.h"
-#include "utils/backend_status.h"
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
@@ -286,66 +284,44 @@ idem_own_holds(const IdemKey *k)
 }
 
 /*
- * Is the session that made a reservation still there?  A backend with that
- * PID and that start time must exist.  refresh = false lets a caller that
- * checks many owners in a row (idem_purge) reuse one snapshot of the
- * backend status array.
+ * The keys this session holds the lock of, palloc'd in the caller's memory
+ * context: *n of them.
  */
-bool
-idem_owner_alive(int32 pid, TimestampTz started, bool refresh)
+IdemKey *
+idem_own_keys(int *n)
 {
-	int			n;
+	HASH_SEQ_STATUS status;
+	OwnedKey   *entry;
+	IdemKey    *keys;
+	int			i = 0;
 
-	if (pid == MyProcPid)
-		return started == MyStartTimestamp;
-	if (BackendPidGetProc(pid) == NULL)
-		return false;
-
-	if (refresh)
-		pgstat_clear_backend_activity_snapshot();
-	n = pgstat_fetch_stat_numbackends();
-	for (int i = 1; i <= n; i++)
+	*n = OwnedKeys == NULL ? 0 : (int) hash_get_num_entries(OwnedKeys);
+	if (*n == 0)
+		return NULL;
+	keys = palloc(sizeof(IdemKey) * *n);
+	hash_seq_init(&status, OwnedKeys);
+	while ((entry = (OwnedKey *) hash_seq_search(&status)) != NULL)
 	{
-		LocalPgBackendStatus *local = pgstat_fetch_stat_local_beentry(i);
-
-		/*
-		 * The same backend, and in this database: a copy of the record
-		 * restored into another database is not owned by the session that
-		 * still works on the original.
-		 */
-		if (local != NULL && local->backendStatus.st_procpid == pid)
-			return local->backendStatus.st_proc_start_timestamp == started &&
-				local->backendStatus.st_databaseid == MyDatabaseId;
+		keys[i].scope = pstrdup(entry->tag.scope);
+		keys[i].scope_len = strlen(entry->tag.scope);
+		keys[i].key = pstrdup(entry->tag.key);
+		keys[i].key_len = strlen(entry->tag.key);
+		i++;
 	}
-	return false;
+	return keys;
 }
 
 /*
- * DISCARD ALL is about to drop every advisory lock of this session: a
- * connection pooler's client has left, so the session's reservations are
- * given up.  Mark them abandoned so that waiters take them over at once.
+ * Drops every lock of this session's keys now, and forgets them.
  */
 void
-idem_abandon_all(void)
+idem_own_release_all(void)
 {
 	HASH_SEQ_STATUS status;
 	OwnedKey   *entry;
 
-	if (OwnedKeys == NULL || hash_get_num_entries(OwnedKeys) == 0)
+	if (OwnedKeys == NULL)
 		return;
-
-	hash_seq_init(&status, OwnedKeys);
-	while ((entry = (OwnedKey *) hash_seq_search(&status)) != NULL)
-	{
-		IdemKey		k;
-
-		k.scope = entry->tag.scope;
-		k.scope_len = strlen(entry->tag.scope);
-		k.key = entry->tag.key;
-		k.key_len = strlen(entry->tag.key);
-		idem_storage_abandon(&k);
-	}
-
 	hash_seq_init(&status, OwnedKeys);
 	while ((entry = (OwnedKey *) hash_seq_search(&status)) != NULL)
 	{

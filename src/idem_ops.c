@@ -54,8 +54,7 @@ idem_evict(PG_FUNCTION_ARGS)
 			ereport(ERROR,
 					(errcode(ERRCODE_IDEM_IN_FLIGHT),
 					 errmsg("idempotency key is in use"),
-					 errdetail("Key \"%s\" in scope \"%s\" is locked by another session.",
-							   k.key, k.scope),
+					 KEY_DETAIL(&k, " is locked by another session."),
 					 errhint("Try again; an in-flight key cannot be evicted.")));
 		idem_own_acquired(&k, &tag, true);
 		idem_own_finished(&k);
@@ -68,17 +67,15 @@ idem_evict(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_IDEM_IN_FLIGHT),
 				 errmsg("cannot evict an in-flight idempotency key"),
-				 errdetail("Key \"%s\" in scope \"%s\" is in flight under a lease until %s.",
-						   k.key, k.scope,
-						   timestamptz_to_str(rec.lease_expires_at)),
+				 KEY_DETAIL(&k, " is in flight under a lease until %s.",
+							timestamptz_to_str(rec.lease_expires_at)),
 				 errhint("Release it with its owner token, or let its lease run out so that the next request takes it over.")));
 	if (!rec.committed)
 		ereport(ERROR,
 				(errcode(ERRCODE_IDEM_IN_FLIGHT),
 				 errmsg("cannot evict an in-flight idempotency key"),
-				 errdetail("Key \"%s\" in scope \"%s\" is in flight%s.",
-						   k.key, k.scope,
-						   rec.has_owner ? psprintf(" in the session with PID %d",
+				 KEY_DETAIL(&k, " is in flight%s.",
+							rec.has_owner ? psprintf(" in the session with PID %d",
 													rec.owner_pid) : ""),
 				 errhint("Release it from its session, or end that session with pg_terminate_backend() so that the next request takes it over.")));
 

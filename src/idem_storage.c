@@ -244,7 +244,7 @@ static const struct
  * A table that holds records: the key table, or, when Citus distributes
  * it, one of its shards placed on this node.
  */
-typedef struct KeyTable
+struct KeyTable
 {
 	int64		shardid;		/* hash key; 0 for the key table itself */
 	Oid			relid;			/* InvalidOid: the shard is elsewhere */
@@ -254,9 +254,8 @@ typedef struct KeyTable
 								 * skip: see check_key_table */
 	char	   *name;			/* schema-qualified, quoted */
 	SPIPlanPtr	plans[NUM_QUERIES];
-	BlockNumber purge_next;		/* where this backend's next purge of it
-								 * starts */
-} KeyTable;
+};
+typedef struct KeyTable KeyTable;
 
 /* The hash range of one shard of a distributed key table */
 typedef struct ShardRange
@@ -784,14 +783,8 @@ get_plan(KeyTable *t, StorageQuery q)
  * Brackets for every storage call: SPI connected, running as the owner of
  * the table.  An error in between is cleaned up by the transaction's abort.
  */
-typedef struct StorageCall
-{
-	Oid			save_userid;
-	int			save_sec_context;
-} StorageCall;
-
-static void
-storage_begin(StorageCall *call)
+void
+idem_storage_begin(IdemStorageCall *call)
 {
 	Assert(cache.valid || cache.schema != NULL);
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -801,8 +794,8 @@ storage_begin(StorageCall *call)
 						   call->save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
 }
 
-static void
-storage_end(StorageCall *call)
+void
+idem_storage_end(IdemStorageCall *call)
 {
 	SetUserIdAndSecContext(call->save_userid, call->save_sec_context);
 	if (SPI_finish() != SPI_OK_FINISH)
@@ -947,14 +940,14 @@ fill_record(const Datum *v, const bool *n, IdemRecord *rec)
 static void
 read_by_query(KeyTable *t, const IdemKey *k, IdemRecord *rec)
 {
-	StorageCall call;
+	IdemStorageCall call;
 	MemoryContext callercxt = CurrentMemoryContext;
 	Datum		values[2];
 
 	values[0] = text_datum(k->scope, k->scope_len);
 	values[1] = text_datum(k->key, k->key_len);
 
-	storage_begin(&call);
+	idem_storage_begin(&call);
 	run(t, Q_READ, values, NULL, true, SPI_OK_SELECT);
 	if (SPI_processed > 0)
 	{
@@ -969,7 +962,7 @@ read_by_query(KeyTable *t, const IdemKey *k, IdemRecord *rec)
 		fill_record(v, n, rec);
 		MemoryContextSwitchTo(spicxt);
 	}
-	storage_end(&call);
+	idem_storage_end(&call);
 }
 
 void
@@ -1090,13 +1083,13 @@ static bool
 write_one(KeyTable *t, StorageQuery q, Datum *values, const char *nulls,
 		  int expected)
 {
-	StorageCall call;
+	IdemStorageCall call;
 	bool		done;
 
-	storage_begin(&call);
+	idem_storage_begin(&call);
 	run(t, q, values, nulls, false, expected);
 	done = (SPI_processed == 1);
-	storage_end(&call);
+	idem_storage_end(&call);
 	return done;
 }
 
@@ -1301,13 +1294,13 @@ idem_storage_commit_mine(const IdemKey *k, const char *request_hash,
 			mine = token != NULL &&
 				text_equals(v[Anum_owner_token - 1],
 							n[Anum_owner_token - 1], token) &&
-				(DatumGetTimestampTz(v[Anum_lease_expires_at - 1]) > GetCurrentTimestamp() ||
+				(idem_lease_alive(DatumGetTimestampTz(v[Anum_lease_expires_at - 1])) ||
 				 DatumGetTimestampTz(v[Anum_expires_at - 1]) > now);
 		}
 		else
 			mine = !n[Anum_owner_pid - 1] && !n[Anum_owner_started - 1] &&
-				DatumGetInt32(v[Anum_owner_pid - 1]) == MyProcPid &&
-				DatumGetTimestampTz(v[Anum_owner_started - 1]) == MyStartTimestamp &&
+				idem_owner_is_me(DatumGetInt32(v[Anum_owner_pid - 1]),
+								 DatumGetTimestampTz(v[Anum_owner_started - 1])) &&
 				(cache.has_leases ?
 				 text_equals(v[Anum_owner_token - 1],
 							 n[Anum_owner_token - 1], token) :
@@ -1430,7 +1423,7 @@ idem_storage_evict(const IdemKey *k)
 void
 idem_storage_abandon(const IdemKey *k)
 {
-	StorageCall call;
+	IdemStorageCall call;
 	KeyTable   *t = local_table(k);
 	Datum		values[4];
 
@@ -1439,200 +1432,135 @@ idem_storage_abandon(const IdemKey *k)
 	values[2] = Int32GetDatum(MyProcPid);
 	values[3] = TimestampTzGetDatum(MyStartTimestamp);
 
-	storage_begin(&call);
+	idem_storage_begin(&call);
 	run(t, Q_ABANDON, values, NULL, false, SPI_OK_UPDATE);
-	storage_end(&call);
+	idem_storage_end(&call);
 }
 
-#define PURGE_BATCH 1000
-
+/*
+ * The tables that may hold records on this node: the key table, or, when
+ * Citus distributes it, each of its shards.
+ */
+int
+idem_storage_ntables(void)
+{
+	if (!cache.valid)
+		refresh_cache();
+	return cache.distributed ? cache.nshards : 1;
+}
 
 /*
- * Deletes up to limit (< 0: all) expired records of the given scopes whose
- * tuples lie in blocks [from, to), as idem_storage_purge says.  Adds what
- * it deleted to *deleted; returns true when it ran out of records.
+ * The i-th of them (i < idem_storage_ntables()), NULL when it is a shard
+ * placed on another node.
  */
-static bool
-purge_range(KeyTable *t, BlockNumber from, BlockNumber to, int64 limit,
-			TimestampTz now,
-			ArrayType *scopes, ItemPointer tids, int64 *deleted,
-			bool *first_check)
+IdemTable *
+idem_storage_table(int i)
 {
-	Portal		portal;
-	Datum		scan_values[4];
-	char		scan_nulls[4] = "    ";
+	if (!cache.distributed)
+		return &cache.main;
+	return shard_table(i);
+}
+
+Oid
+idem_storage_table_relid(const IdemTable *t)
+{
+	return t->relid;
+}
+
+/*
+ * Opens a scan of t's records that expired by now, of the given scopes
+ * (NULL: all), whose tuples lie in blocks [from, to), for
+ * idem_storage_expired_fetch.  Inside idem_storage_begin/end.
+ */
+struct PortalData *
+idem_storage_expired_open(IdemTable *t, TimestampTz now, ArrayType *scopes,
+						  BlockNumber from, BlockNumber to)
+{
+	Datum		values[4];
+	char		nulls[4] = "    ";
 	ItemPointerData lo;
 	ItemPointerData hi;
-	bool		exhausted = false;
 
 	ItemPointerSet(&lo, from, 0);
 	ItemPointerSet(&hi, to, 0);
-	scan_values[0] = TimestampTzGetDatum(now);
-	scan_values[1] = PointerGetDatum(scopes);
+	values[0] = TimestampTzGetDatum(now);
+	values[1] = PointerGetDatum(scopes);
 	if (scopes == NULL)
-		scan_nulls[1] = 'n';
-	scan_values[2] = PointerGetDatum(&lo);
-	scan_values[3] = PointerGetDatum(&hi);
+		nulls[1] = 'n';
+	values[2] = PointerGetDatum(&lo);
+	values[3] = PointerGetDatum(&hi);
 
-	portal = SPI_cursor_open(NULL, get_plan(t, Q_PURGE_SCAN), scan_values,
-							 scan_nulls, true);
-
-	while (limit < 0 || *deleted < limit)
-	{
-		int			ntids = 0;
-		int			want = PURGE_BATCH;
-		uint64		nrows;
-
-		/* give the CPU and the WAL back to the requests between batches */
-		if (*deleted > 0 && idem_purge_delay > 0)
-		{
-			CHECK_FOR_INTERRUPTS();
-			pg_usleep((long) idem_purge_delay * 1000L);
-		}
-
-		if (limit >= 0 && limit - *deleted < want)
-			want = (int) (limit - *deleted);
-
-		SPI_cursor_fetch(portal, true, want);
-		nrows = SPI_processed;
-		if (nrows == 0)
-		{
-			exhausted = true;
-			break;
-		}
-
-		for (uint64 i = 0; i < nrows; i++)
-		{
-			HeapTuple	tup = SPI_tuptable->vals[i];
-			TupleDesc	desc = SPI_tuptable->tupdesc;
-			bool		isnull;
-			bool		committed;
-			Datum		pid;
-			Datum		started;
-			bool		started_null;
-			ItemPointer tid;
-
-			tid = (ItemPointer) DatumGetPointer(SPI_getbinval(tup, desc, 1, &isnull));
-			/* the next call goes on from here */
-			t->purge_next = ItemPointerGetBlockNumber(tid);
-
-			committed = DatumGetBool(SPI_getbinval(tup, desc, 2, &isnull));
-			if (!committed)
-			{
-				Datum		lease_end = SPI_getbinval(tup, desc, 5, &isnull);
-
-				/* a lease owner is alive while its lease runs */
-				if (!isnull)
-				{
-					if (DatumGetTimestampTz(lease_end) > GetCurrentTimestamp())
-						continue;
-					tids[ntids++] = *tid;
-					continue;
-				}
-				pid = SPI_getbinval(tup, desc, 3, &isnull);
-				started = SPI_getbinval(tup, desc, 4, &started_null);
-				if (!isnull && !started_null &&
-					idem_owner_alive(DatumGetInt32(pid),
-									 DatumGetTimestampTz(started),
-									 *first_check))
-				{
-					*first_check = false;
-					continue;
-				}
-				*first_check = false;
-			}
-			tids[ntids++] = *tid;
-		}
-		SPI_freetuptable(SPI_tuptable);
-
-		if (ntids > 0)
-		{
-			Datum		del_values[2];
-			Datum	   *elems = palloc(sizeof(Datum) * ntids);
-			ArrayType  *arr;
-
-			for (int i = 0; i < ntids; i++)
-				elems[i] = PointerGetDatum(&tids[i]);
-			arr = construct_array(elems, ntids, TIDOID, sizeof(ItemPointerData),
-								  false, TYPALIGN_SHORT);
-			del_values[0] = PointerGetDatum(arr);
-			del_values[1] = TimestampTzGetDatum(now);
-			run(t, Q_PURGE_DELETE, del_values, NULL, false, SPI_OK_DELETE);
-			*deleted += SPI_processed;
-			pfree(arr);
-			pfree(elems);
-		}
-	}
-
-	SPI_cursor_close(portal);
-	return exhausted;
+	return SPI_cursor_open(NULL, get_plan(t, Q_PURGE_SCAN), values, nulls,
+						   true);
 }
 
 /*
- * Purges one table (or shard).  Its scan starts where this backend's last
- * purge of it stopped, the block after the last one an earlier call looked
- * at, and wraps around at the end of the table, by TID range (a TID range
- * scan reads only the blocks in range): a purge in batches
- * (idem_purge(10000) in a loop, the purge worker) then walks the table
- * once instead of reading again, every call, the blocks whose records
- * earlier calls deleted.
+ * Up to want more rows of the scan, into rows; returns how many (0 at the
+ * end).
  */
-static void
-purge_table(KeyTable *t, int64 limit, TimestampTz now, ArrayType *scopes,
-			ItemPointer tids, int64 *deleted, bool *first_check)
+int
+idem_storage_expired_fetch(struct PortalData *scan, int want,
+						   IdemExpired *rows)
 {
-	BlockNumber start = t->purge_next;
+	int			nrows;
 
-	/* from where the last purge stopped to the end, then the beginning */
-	if (purge_range(t, start, InvalidBlockNumber, limit, now, scopes, tids,
-					deleted, first_check))
+	SPI_cursor_fetch(scan, true, want);
+	nrows = (int) SPI_processed;
+	for (int i = 0; i < nrows; i++)
 	{
-		t->purge_next = 0;
-		if (start > 0 &&
-			purge_range(t, 0, start, limit, now, scopes, tids, deleted,
-						first_check))
-			t->purge_next = start;
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		IdemExpired *row = &rows[i];
+		bool		isnull;
+		bool		started_null;
+		Datum		d;
+
+		row->tid = *(ItemPointer) DatumGetPointer(SPI_getbinval(tup, desc, 1,
+																&isnull));
+		row->committed = DatumGetBool(SPI_getbinval(tup, desc, 2, &isnull));
+		row->owner_pid = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
+		row->owner_started = DatumGetTimestampTz(SPI_getbinval(tup, desc, 4,
+															   &started_null));
+		row->has_owner = !isnull && !started_null;
+		d = SPI_getbinval(tup, desc, 5, &isnull);
+		row->has_lease = !isnull;
+		row->lease_expires_at = isnull ? 0 : DatumGetTimestampTz(d);
 	}
+	SPI_freetuptable(SPI_tuptable);
+	return nrows;
+}
+
+void
+idem_storage_expired_close(struct PortalData *scan)
+{
+	SPI_cursor_close(scan);
 }
 
 /*
- * Deletes up to limit (< 0: all) expired records of the given scopes (NULL:
- * all): committed ones, and in-flight ones whose owner is gone.  A record
- * renewed meanwhile has a new ctid and a new expiry, and is left alone.
- * When Citus distributes the key table, this purges the shards placed on
- * this node.
+ * Deletes the records of t at the given TIDs that are still expired by now
+ * (one renewed meanwhile has a new ctid and a new expiry, and is left
+ * alone).  Returns how many went.  Inside idem_storage_begin/end.
  */
-int64
-idem_storage_purge(int64 limit, TimestampTz now, ArrayType *scopes)
+uint64
+idem_storage_delete_expired(IdemTable *t, const ItemPointerData *tids,
+							int ntids, TimestampTz now)
 {
-	StorageCall call;
-	int64		deleted = 0;
-	bool		first_check = true;
-	ItemPointer tids;
+	Datum		values[2];
+	Datum	   *elems = palloc(sizeof(Datum) * ntids);
+	ArrayType  *arr;
+	uint64		n;
 
-	if (!cache.valid)
-		refresh_cache();
-	storage_begin(&call);
-	tids = palloc(sizeof(ItemPointerData) * PURGE_BATCH);
-
-	if (!cache.distributed)
-		purge_table(&cache.main, limit, now, scopes, tids, &deleted,
-					&first_check);
-	else
-	{
-		for (int i = 0; i < cache.nshards && (limit < 0 || deleted < limit); i++)
-		{
-			KeyTable   *t = shard_table(i);
-
-			if (t != NULL)
-				purge_table(t, limit, now, scopes, tids, &deleted,
-							&first_check);
-		}
-	}
-
-	pfree(tids);
-	storage_end(&call);
-	return deleted;
+	for (int i = 0; i < ntids; i++)
+		elems[i] = PointerGetDatum(&tids[i]);
+	arr = construct_array(elems, ntids, TIDOID, sizeof(ItemPointerData),
+						  false, TYPALIGN_SHORT);
+	values[0] = PointerGetDatum(arr);
+	values[1] = TimestampTzGetDatum(now);
+	run(t, Q_PURGE_DELETE, values, NULL, false, SPI_OK_DELETE);
+	n = SPI_processed;
+	pfree(arr);
+	pfree(elems);
+	return n;
 }
 
 /*
@@ -1641,20 +1569,20 @@ idem_storage_purge(int64 limit, TimestampTz now, ArrayType *scopes)
 void
 idem_storage_set_logged(bool logged)
 {
-	StorageCall call;
+	IdemStorageCall call;
 	char	   *sql;
 	int			rc;
 
 	if (!cache.valid)
 		refresh_cache();
-	storage_begin(&call);
+	idem_storage_begin(&call);
 	sql = psprintf("ALTER TABLE %s.idem_keys SET %s", cache.schema,
 				   logged ? "LOGGED" : "UNLOGGED");
 	rc = SPI_execute(sql, false, 0);
 	if (rc != SPI_OK_UTILITY)
 		elog(ERROR, "SPI_execute failed for \"%s\": %s",
 			 sql, SPI_result_code_string(rc));
-	storage_end(&call);
+	idem_storage_end(&call);
 }
 
 /*
@@ -1665,7 +1593,7 @@ idem_storage_set_logged(bool logged)
 char **
 idem_storage_confined_scopes(Oid role, int *n, Oid *confinement_relid)
 {
-	StorageCall call;
+	IdemStorageCall call;
 	MemoryContext callercxt = CurrentMemoryContext;
 	Datum		values[1];
 	char	  **scopes = NULL;
@@ -1678,7 +1606,7 @@ idem_storage_confined_scopes(Oid role, int *n, Oid *confinement_relid)
 		return NULL;
 
 	values[0] = ObjectIdGetDatum(role);
-	storage_begin(&call);
+	idem_storage_begin(&call);
 	run(&cache.main, Q_CONFINED, values, NULL, true, SPI_OK_SELECT);
 	if (SPI_processed > 0)
 	{
@@ -1693,6 +1621,6 @@ idem_storage_confined_scopes(Oid role, int *n, Oid *confinement_relid)
 			scopes[i] = MemoryContextStrdup(callercxt, TextDatumGetCString(d));
 		}
 	}
-	storage_end(&call);
+	idem_storage_end(&call);
 	return scopes;
 }

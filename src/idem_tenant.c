@@ -103,8 +103,7 @@ idem_check_scope(const char *scope)
 	for (int i = 0; i < tenant.nscopes; i++)
 		if (strcmp(tenant.scopes[i], scope) == 0)
 			return;
-	idem_count(IDEM_C_ERRORS, 1);
-	ereport(ERROR,
+	user_error(
 			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 			 errmsg("permission denied for idempotency scope \"%s\"", scope),
 			 errdetail("Role \"%s\" is confined to its own scopes.",

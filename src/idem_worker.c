@@ -439,7 +439,7 @@ purge_batch(int64 *n)
 	else if (!OidIsValid(get_extension_oid("idempotency", true)))
 		result = BATCH_NO_EXTENSION;
 	else
-		*n = idem_storage_purge(idem_purge_batch_size,
+		*n = idem_purge_expired(idem_purge_batch_size,
 								GetCurrentTransactionStartTimestamp(), NULL);
 
 	PopActiveSnapshot();
@@ -451,6 +451,33 @@ purge_batch(int64 *n)
 }
 
 /*
+ * An IdemPurgeBatch: one batch of a purge worker, in its own transaction.
+ * There may be more after a full batch, unless a reload turned the purge
+ * off.
+ */
+static bool
+worker_batch(int want, void *arg, int64 *deleted)
+{
+	BatchResult *result = (BatchResult *) arg;
+	int64		n;
+
+	*result = purge_batch(&n);
+	*deleted += n;
+	if (*result != BATCH_DONE || n < want)
+		return false;
+
+	CHECK_FOR_INTERRUPTS();
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+		if (idem_purge_interval == 0)
+			return false;
+	}
+	return true;
+}
+
+/*
  * A purge worker: the database's OID in main_arg.  Started by the
  * launcher, never restarted: a failure waits for the next round.
  */
@@ -459,8 +486,7 @@ idem_purge_worker_main(Datum main_arg)
 {
 	Oid			dboid = DatumGetObjectId(main_arg);
 	bool		warn = MyBgworkerEntry->bgw_extra[0] == WORKER_WARN;
-	BatchResult result;
-	int64		n;
+	BatchResult result = BATCH_DONE;
 	int64		total = 0;
 	char	   *dbname;
 
@@ -480,30 +506,8 @@ idem_purge_worker_main(Datum main_arg)
 	CommitTransactionCommand();
 
 	/* batches until one comes back short */
-	for (;;)
-	{
-		result = purge_batch(&n);
-		total += n;
-		if (result != BATCH_DONE || n < idem_purge_batch_size)
-			break;
-
-		CHECK_FOR_INTERRUPTS();
-		if (ConfigReloadPending)
-		{
-			ConfigReloadPending = false;
-			ProcessConfigFile(PGC_SIGHUP);
-			if (idem_purge_interval == 0)
-				break;
-		}
-		if (idem_purge_delay > 0)
-		{
-			(void) WaitLatch(MyLatch,
-							 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-							 idem_purge_delay, PG_WAIT_EXTENSION);
-			ResetLatch(MyLatch);
-			CHECK_FOR_INTERRUPTS();
-		}
-	}
+	(void) idem_purge_batches(-1, idem_purge_batch_size, worker_batch,
+							  &result, &total);
 
 	if (result == BATCH_NO_EXTENSION)
 		ereport(warn ? LOG : DEBUG1,

@@ -10,6 +10,8 @@
 
 #include "datatype/timestamp.h"
 #include "fmgr.h"
+#include "storage/block.h"
+#include "storage/itemptr.h"
 #include "storage/lock.h"
 #include "access/tupdesc.h"
 #include "utils/jsonb.h"
@@ -99,8 +101,13 @@ typedef struct IdemOwner
 		ereport(ERROR, rest); \
 	} while (0)
 
-#define KEY_DETAIL(k) \
-	errdetail("Key \"%s\" in scope \"%s\".", (k)->key, (k)->scope)
+/*
+ * The detail of an error about one key: "Key "k" in scope "s"", then the
+ * rest of the sentence (a format, "." for none) with its arguments.
+ */
+#define KEY_DETAIL(k, rest, ...) \
+	errdetail("Key \"%s\" in scope \"%s\"" rest, (k)->key, (k)->scope, \
+			  ##__VA_ARGS__)
 
 /* idem_stats.c: counters in shared memory (only when preloaded) */
 typedef enum IdemCounter
@@ -182,12 +189,56 @@ extern bool idem_storage_commit_mine(const IdemKey *k, const char *request_hash,
 extern bool idem_storage_delete(const IdemKey *k);
 extern bool idem_storage_evict(const IdemKey *k);
 extern void idem_storage_abandon(const IdemKey *k);
-extern int64 idem_storage_purge(int64 limit, TimestampTz now,
-								 struct ArrayType *scopes);
 extern char **idem_storage_confined_scopes(Oid role, int *n,
 										  Oid *confinement_relid);
 extern void idem_storage_set_logged(bool logged);
 
+/* idem_storage.c, for the purge: the tables, their expired records */
+typedef struct KeyTable IdemTable;
+
+/* SPI connected, running as the owner of the key table */
+typedef struct IdemStorageCall
+{
+	Oid			save_userid;
+	int			save_sec_context;
+} IdemStorageCall;
+
+/* A record that expired, as the purge sees it */
+typedef struct IdemExpired
+{
+	ItemPointerData tid;
+	bool		committed;
+	bool		has_owner;		/* owner_pid / owner_started are set */
+	int32		owner_pid;
+	TimestampTz owner_started;
+	bool		has_lease;		/* lease_expires_at is set */
+	TimestampTz lease_expires_at;
+} IdemExpired;
+
+extern void idem_storage_begin(IdemStorageCall *call);
+extern void idem_storage_end(IdemStorageCall *call);
+extern int	idem_storage_ntables(void);
+extern IdemTable *idem_storage_table(int i);
+extern Oid	idem_storage_table_relid(const IdemTable *t);
+extern struct PortalData *idem_storage_expired_open(IdemTable *t,
+													TimestampTz now,
+													struct ArrayType *scopes,
+													BlockNumber from,
+													BlockNumber to);
+extern int	idem_storage_expired_fetch(struct PortalData *scan, int want,
+									   IdemExpired *rows);
+extern void idem_storage_expired_close(struct PortalData *scan);
+extern uint64 idem_storage_delete_expired(IdemTable *t,
+										  const ItemPointerData *tids,
+										  int ntids, TimestampTz now);
+
+/* idem_purge.c: deleting expired records, in batches */
+typedef bool (*IdemPurgeBatch) (int want, void *arg, int64 *deleted);
+extern bool idem_purge_batches(int64 limit, int batch_size,
+							   IdemPurgeBatch batch, void *arg,
+							   int64 *deleted);
+extern int64 idem_purge_expired(int64 limit, TimestampTz now,
+								struct ArrayType *scopes);
 /* idem_tenant.c */
 extern void idem_check_scope(const char *scope);
 extern struct ArrayType *idem_confined_scopes(void);
@@ -204,7 +255,13 @@ extern void idem_own_finished(const IdemKey *k);
 extern void idem_own_for_transaction(const IdemKey *k);
 extern void idem_own_forget(const IdemKey *k);
 extern bool idem_own_holds(const IdemKey *k);
+extern IdemKey *idem_own_keys(int *n);
+extern void idem_own_release_all(void);
+
+/* idem_owner.c: whether owners are there; DISCARD ALL */
+extern bool idem_owner_is_me(int32 pid, TimestampTz started);
 extern bool idem_owner_alive(int32 pid, TimestampTz started, bool refresh);
+extern bool idem_lease_alive(TimestampTz lease_expires_at);
 extern void idem_abandon_all(void);
 
 /* idem_funcs.c */
