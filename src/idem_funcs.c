@@ -363,13 +363,18 @@ ms_left(TimestampTz deadline)
 	return Max(1, (int) ((us + 999) / 1000));
 }
 
+/* Microseconds since a moment */
+static int64
+elapsed_us(TimestampTz since)
+{
+	return Max(GetCurrentTimestamp() - since, 0);
+}
+
 /* Milliseconds since a moment, for messages */
 static int
 waited_ms(TimestampTz since)
 {
-	int64		us = GetCurrentTimestamp() - since;
-
-	return (int) Min(Max(us, 0) / 1000, INT_MAX);
+	return (int) Min(elapsed_us(since) / 1000, INT_MAX);
 }
 
 /*
@@ -441,16 +446,15 @@ make_fresh(const IdemKey *k, const char *hash, const Interval *ttl,
  * re-entrant reserve), and whether and how long it waited.
  */
 static void
-count_reserve(int outcome, TimestampTz wait_started)
+count_reserve(int outcome, TimestampTz first_wait)
 {
 	idem_count(IDEM_C_RESERVES, 1);
 	if (outcome >= 0)
 		idem_count((IdemCounter) outcome, 1);
-	if (wait_started != 0)
+	if (first_wait != 0)
 	{
 		idem_count(IDEM_C_WAITS, 1);
-		idem_count(IDEM_C_WAIT_US,
-				   (uint64) Max(0, GetCurrentTimestamp() - wait_started));
+		idem_count(IDEM_C_WAIT_US, (uint64) elapsed_us(first_wait));
 	}
 }
 
@@ -485,6 +489,336 @@ write_lock_wait_ms(void)
 	return Max(idem_wait_timeout, 1000);
 }
 
+/* Bounds of a reserve's loop */
+#define RESERVE_MAX_RETRIES		3	/* reads again of a record that changed
+									 * under our lock */
+#define RESERVE_MAX_PASSING		1000	/* wait 0: tries again when only
+										 * waiters passing through held the
+										 * lock */
+#define RESERVE_MAX_BACKOFF_MS	50	/* longest sleep for a live owner whose
+									 * lock is gone */
+
+/* Whether a reserve holds the key's lock */
+typedef enum KeyLock
+{
+	KEY_UNLOCKED,
+	KEY_HELD,					/* held when the call began: this transaction
+								 * committed or released the key, or wrote a
+								 * lease owner's record of it */
+	KEY_TAKEN					/* taken in this call */
+} KeyLock;
+
+/* What a reserve does after a look at the record */
+typedef enum ReserveStep
+{
+	STEP_LOOK_AGAIN,			/* read the record again */
+	STEP_REPLAY,				/* answer the committed response */
+	STEP_REENTERED,				/* answer the caller's own reservation */
+	STEP_FRESH,					/* answer a new reservation */
+	STEP_TAKEN_OVER				/* answer a reservation taken over */
+} ReserveStep;
+
+/* One call of idem_reserve, from its arguments to its answer */
+typedef struct ReserveCall
+{
+	FunctionCallInfo fcinfo;
+	IdemKey		k;
+	char	   *hash;
+	Interval	ttl;
+	int64		wait_us;
+	IdemOwner	owner;
+	TimestampTz now;			/* the transaction's start */
+	TimestampTz began;			/* when the call began: wait_timeout runs
+								 * from here */
+	TimestampTz deadline;		/* ... until here */
+	TimestampTz first_wait;		/* when it first waited, or 0 */
+	LOCKTAG		tag;
+	KeyLock		lock;
+	IdemWaiter	waiter;
+	IdemRecord	rec;
+	int			retries;		/* reads again under our lock */
+	int			passing;		/* see RESERVE_MAX_PASSING */
+	int			backoff_ms;		/* next sleep for an owner with no lock */
+} ReserveCall;
+
+/* The call waits from now on, if it did not before */
+static void
+start_waiting(ReserveCall *rc)
+{
+	if (rc->first_wait == 0)
+		rc->first_wait = GetCurrentTimestamp();
+}
+
+/* The call's wait_timeout is over: IK409, with how long it waited */
+static void
+wait_is_over(ReserveCall *rc)
+{
+	report_in_flight(&rc->k, &rc->rec,
+					 rc->wait_us > 0 ? waited_ms(rc->began) : 0);
+}
+
+/*
+ * Milliseconds left of the call's wait_timeout (at least 1); when none is
+ * left, the wait is over.
+ */
+static int
+wait_left(ReserveCall *rc)
+{
+	int			left = ms_left(rc->deadline);
+
+	if (left == 0)
+		wait_is_over(rc);
+	return left;
+}
+
+/* A record that changed under our lock: read it again, a few times */
+static ReserveStep
+look_again_under_lock(ReserveCall *rc, bool lease)
+{
+	if (++rc->retries > RESERVE_MAX_RETRIES)
+	{
+		if (lease)
+			elog(ERROR, "lease of key \"%s\" in scope \"%s\" changed under its lock",
+				 rc->k.key, rc->k.scope);
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("could not serialize access to idempotency key"),
+				 KEY_DETAIL(&rc->k, "."),
+				 errhint("The transaction might succeed if retried.")));
+	}
+	return STEP_LOOK_AGAIN;
+}
+
+/*
+ * A session owner reserving again: re-entrant; take the lock back if
+ * something dropped it.
+ */
+static ReserveStep
+reenter_session(ReserveCall *rc)
+{
+	if (rc->lock == KEY_UNLOCKED)
+		(void) LockAcquire(&rc->tag, ExclusiveLock, true, false);
+	idem_own_acquired(&rc->k, &rc->tag, false);
+	return STEP_REENTERED;
+}
+
+/*
+ * A lease owner reserving again, under the key's lock: re-entrant, with its
+ * lease renewed (for as long as it was taken, unless given a lease).
+ */
+static ReserveStep
+reenter_lease(ReserveCall *rc)
+{
+	IdemOwner	renewed = rc->owner;
+
+	renewed.lease = true;
+	if (!rc->owner.lease)
+		renewed.lease_len = rc->rec.lease;
+	renewed.lease_expires_at = idem_add_interval(rc->now, &renewed.lease_len);
+	if (!idem_storage_extend(&rc->k, &renewed))
+	{
+		/* cannot change under our lock, but read it again to be sure */
+		return look_again_under_lock(rc, true);
+	}
+	if (rc->lock == KEY_TAKEN)
+		idem_own_for_transaction(&rc->k);
+	rc->rec.lease = renewed.lease_len;
+	rc->rec.lease_expires_at = renewed.lease_expires_at;
+	return STEP_REENTERED;
+}
+
+/*
+ * Under the key's lock, a record that is absent or whose owner is gone:
+ * make the reservation.
+ */
+static ReserveStep
+reserve_fresh(ReserveCall *rc, RecordState st)
+{
+	if (!make_fresh(&rc->k, rc->hash, &rc->ttl, rc->now, st, &rc->owner,
+					&rc->rec))
+	{
+		/* the record changed under us (a purge): read it again */
+		return look_again_under_lock(rc, false);
+	}
+	if (rc->owner.lease)
+		idem_own_for_transaction(&rc->k);
+	else
+		idem_own_acquired(&rc->k, &rc->tag, false);
+	return st == REC_ORPHAN ? STEP_TAKEN_OVER : STEP_FRESH;
+}
+
+/*
+ * A live lease owner holds no lock to queue on: sleep until its commit or
+ * release wakes us, its lease runs out, or our wait does.  When this
+ * transaction holds the lock, it wrote the record itself, under another
+ * token: nobody else can change it before we are done.
+ */
+static ReserveStep
+wait_for_lease(ReserveCall *rc)
+{
+	int			left;
+
+	if (rc->lock == KEY_HELD)
+		report_in_flight(&rc->k, &rc->rec, 0);
+	if (rc->lock == KEY_TAKEN)
+	{
+		idem_own_forget(&rc->k);
+		rc->lock = KEY_UNLOCKED;
+	}
+	left = wait_left(rc);
+	if (idem_waiter_prepare(&rc->waiter))
+		return STEP_LOOK_AGAIN; /* on the wait list now: look once more */
+	start_waiting(rc);
+	idem_waiter_sleep(&rc->waiter,
+					  Min(left, Max(1, ms_left(rc->rec.lease_expires_at))));
+	return STEP_LOOK_AGAIN;
+}
+
+/*
+ * In flight with a live owner whose lock is gone: a stray
+ * pg_advisory_unlock_all() in the owner's session, or a DISCARD ALL whose
+ * abandoning is not committed yet.  There is no lock to wait on; look
+ * again shortly.
+ */
+static ReserveStep
+wait_for_lockless_owner(ReserveCall *rc)
+{
+	int			left;
+
+	idem_own_forget(&rc->k);
+	rc->lock = KEY_UNLOCKED;
+	left = wait_left(rc);
+	start_waiting(rc);
+	pg_usleep(Min(rc->backoff_ms, left) * 1000L);
+	rc->backoff_ms = Min(rc->backoff_ms * 2, RESERVE_MAX_BACKOFF_MS);
+	return STEP_LOOK_AGAIN;
+}
+
+/*
+ * Not holding the key's lock: take it if it is free, else wait for it.
+ */
+static ReserveStep
+lock_or_wait(ReserveCall *rc, RecordState st)
+{
+	int			left;
+
+	if (idem_lock_try(&rc->tag, ExclusiveLock))
+	{
+		idem_own_acquired(&rc->k, &rc->tag, true);
+		rc->lock = KEY_TAKEN;
+
+		/*
+		 * The common case, a new key: insert at once, without reading
+		 * again.  If a record appeared between our read and the lock, the
+		 * insert does nothing and we read it under the lock.
+		 */
+		if (st == REC_ABSENT && !rc->rec.found &&
+			make_fresh(&rc->k, rc->hash, &rc->ttl, rc->now, st, &rc->owner,
+					   &rc->rec))
+		{
+			if (rc->owner.lease)
+				idem_own_for_transaction(&rc->k);
+			return STEP_FRESH;
+		}
+		return STEP_LOOK_AGAIN;
+	}
+
+	left = ms_left(rc->deadline);
+	if (left == 0)
+	{
+		/*
+		 * Only other waiters passing through hold it in share mode?  Then
+		 * nobody owns the key; try again at once, a bounded number of times.
+		 */
+		if (rc->wait_us == 0 && ++rc->passing <= RESERVE_MAX_PASSING &&
+			idem_lock_try(&rc->tag, ShareLock))
+		{
+			idem_lock_release(&rc->tag, ShareLock);
+			return STEP_LOOK_AGAIN;
+		}
+		wait_is_over(rc);
+	}
+
+	/*
+	 * Wait for the owner.  Waiters for a known owner queue in share mode, so
+	 * that a commit wakes them all at once; when the record looked absent or
+	 * orphaned (or is a lease owner's own, to be renewed), whoever is ahead
+	 * is about to write it, and we queue for the exclusive lock behind them.
+	 */
+	start_waiting(rc);
+	if (st == REC_OTHER)
+	{
+		if (idem_lock_wait(&rc->tag, ShareLock, left))
+			idem_lock_release(&rc->tag, ShareLock);
+	}
+	else if (idem_lock_wait(&rc->tag, ExclusiveLock, left))
+	{
+		idem_own_acquired(&rc->k, &rc->tag, true);
+		rc->lock = KEY_TAKEN;
+	}
+	return STEP_LOOK_AGAIN;
+}
+
+/*
+ * One look at the record, and what follows from it.
+ */
+static ReserveStep
+reserve_look(ReserveCall *rc)
+{
+	bool		locked = (rc->lock != KEY_UNLOCKED);
+	RecordState st;
+
+	CHECK_FOR_INTERRUPTS();
+
+	idem_storage_read(&rc->k, &rc->rec);
+	st = classify(&rc->rec, rc->now, locked, rc->owner.token);
+	if (st != REC_ABSENT)
+		check_hash(&rc->k, &rc->rec, rc->hash);
+	if (st == REC_COMMITTED)
+		return STEP_REPLAY;
+
+	/* on a standby only a committed response can be answered */
+	prevent_in_recovery(&rc->k, "reserve");
+	if (st == REC_OTHER_TOKEN)
+		report_other_token(&rc->k);
+
+	if (st == REC_MINE && !rc->rec.has_lease)
+		return reenter_session(rc);
+	if (st == REC_MINE && locked)
+		return reenter_lease(rc);
+	if (locked && (st == REC_ABSENT || st == REC_ORPHAN))
+		return reserve_fresh(rc, st);
+	if (st == REC_OTHER && rc->rec.has_lease)
+		return wait_for_lease(rc);
+	if (rc->lock == KEY_HELD)
+		elog(ERROR, "key \"%s\" in scope \"%s\" is locked by this session but owned by another",
+			 rc->k.key, rc->k.scope);
+	if (locked)
+		return wait_for_lockless_owner(rc);
+	return lock_or_wait(rc, st);
+}
+
+/*
+ * The answer of a reserve, counted.
+ */
+static Datum
+reserve_answer(ReserveCall *rc, ReserveStep step)
+{
+	int			outcome = -1;	/* re-entrant: counted as a reserve only */
+
+	if (step == STEP_REPLAY && rc->lock == KEY_TAKEN)
+		idem_own_forget(&rc->k);
+	idem_waiter_done(&rc->waiter);
+	if (step == STEP_REPLAY)
+		outcome = IDEM_C_REPLAYS;
+	else if (step == STEP_FRESH)
+		outcome = IDEM_C_FRESH;
+	else if (step == STEP_TAKEN_OVER)
+		outcome = IDEM_C_TAKEOVERS;
+	count_reserve(outcome, rc->first_wait);
+	return make_reservation(rc->fcinfo, step != STEP_REPLAY, &rc->rec);
+}
+
 /*
  * idem_reserve, and idem_shard_reserve (may_route = false) on the node of
  * the key's shard.
@@ -492,251 +826,34 @@ write_lock_wait_ms(void)
 static Datum
 reserve(FunctionCallInfo fcinfo, bool may_route)
 {
-	IdemKey		k;
-	char	   *hash;
-	Interval	ttl;
-	int64		wait_us;
-	IdemOwner	owner;
-	TimestampTz now = GetCurrentTransactionStartTimestamp();
-	TimestampTz started_waiting = GetCurrentTimestamp();
-	TimestampTz deadline;
-	LOCKTAG		tag;
-	IdemRecord	rec;
-	IdemWaiter	waiter;
-	bool		held;			/* we hold the key's lock */
-	bool		took = false;	/* ... and took it in this call */
-	int			backoff_ms = 1;
-	TimestampTz wait_started = 0;	/* when we first waited, or 0 */
-	int			retries = 0;
-	int			passing = 0;	/* wait 0: times only waiters held the lock */
+	ReserveCall rc;
+	ReserveStep step;
 
-	idem_arg_key(fcinfo, 0, 4, &k);
-	hash = idem_arg_hash(fcinfo, 1, &k);
+	memset(&rc, 0, sizeof(rc));
+	rc.fcinfo = fcinfo;
+	rc.now = GetCurrentTransactionStartTimestamp();
+	rc.began = GetCurrentTimestamp();
+	idem_arg_key(fcinfo, 0, 4, &rc.k);
+	rc.hash = idem_arg_hash(fcinfo, 1, &rc.k);
+	idem_arg_ttl(fcinfo, 2, &rc.k, rc.now, &rc.ttl);
+	rc.wait_us = idem_arg_wait(fcinfo, 3, &rc.k);
+	idem_arg_owner(fcinfo, 5, 6, &rc.k, rc.now, &rc.owner);
+	if (may_route && idem_storage_is_remote(&rc.k))
+		return idem_route_reserve(fcinfo, &rc.k, rc.hash, &rc.ttl, rc.wait_us,
+								  &rc.owner);
 
-	idem_arg_ttl(fcinfo, 2, &k, now, &ttl);
-	wait_us = idem_arg_wait(fcinfo, 3, &k);
-	idem_arg_owner(fcinfo, 5, 6, &k, now, &owner);
-	if (may_route && idem_storage_is_remote(&k))
-		return idem_route_reserve(fcinfo, &k, hash, &ttl, wait_us, &owner);
-	deadline = started_waiting + Min(wait_us, PG_INT64_MAX - started_waiting);
-
-	idem_key_locktag(&k, &tag);
-	idem_waiter_init(&waiter, &k);
+	rc.deadline = rc.began + Min(rc.wait_us, PG_INT64_MAX - rc.began);
+	rc.backoff_ms = 1;
+	idem_key_locktag(&rc.k, &rc.tag);
+	idem_waiter_init(&rc.waiter, &rc.k);
 	(void) idem_reservation_tupdesc(fcinfo);
+	if (LockHeldByMe(&rc.tag, ExclusiveLock))
+		rc.lock = KEY_HELD;
 
-	/*
-	 * We may hold the lock already: this transaction committed or released
-	 * the key, or wrote a lease owner's record of it, and the lock goes when
-	 * the transaction does.
-	 */
-	held = LockHeldByMe(&tag, ExclusiveLock);
-
-	for (;;)
-	{
-		RecordState st;
-		int			left;
-
-		CHECK_FOR_INTERRUPTS();
-
-		idem_storage_read(&k, &rec);
-		st = classify(&rec, now, held, owner.token);
-
-		if (st != REC_ABSENT)
-			check_hash(&k, &rec, hash);
-
-		if (st == REC_COMMITTED)
-		{
-			if (took)
-				idem_own_forget(&k);
-			idem_waiter_done(&waiter);
-			count_reserve(IDEM_C_REPLAYS, wait_started);
-			PG_RETURN_DATUM(make_reservation(fcinfo, false, &rec));
-		}
-
-		/* on a standby only a committed response can be answered */
-		prevent_in_recovery(&k, "reserve");
-
-		if (st == REC_OTHER_TOKEN)
-			report_other_token(&k);
-
-		if (st == REC_MINE && !rec.has_lease)
-		{
-			/* re-entrant; take the lock back if something dropped it */
-			if (!held)
-				(void) LockAcquire(&tag, ExclusiveLock, true, false);
-			idem_own_acquired(&k, &tag, false);
-			idem_waiter_done(&waiter);
-			count_reserve(-1, wait_started);
-			PG_RETURN_DATUM(make_reservation(fcinfo, true, &rec));
-		}
-
-		if (st == REC_MINE && held)
-		{
-			IdemOwner	renewed = owner;
-
-			/*
-			 * A lease owner reserving again: re-entrant, with its lease
-			 * renewed (for as long as it was taken, unless given a lease).
-			 */
-			renewed.lease = true;
-			if (!owner.lease)
-				renewed.lease_len = rec.lease;
-			renewed.lease_expires_at = idem_add_interval(now, &renewed.lease_len);
-			if (idem_storage_extend(&k, &renewed))
-			{
-				if (took)
-					idem_own_for_transaction(&k);
-				rec.lease = renewed.lease_len;
-				rec.lease_expires_at = renewed.lease_expires_at;
-				idem_waiter_done(&waiter);
-				count_reserve(-1, wait_started);
-				PG_RETURN_DATUM(make_reservation(fcinfo, true, &rec));
-			}
-			/* cannot change under our lock, but read it again to be sure */
-			if (++retries > 3)
-				elog(ERROR, "lease of key \"%s\" in scope \"%s\" changed under its lock",
-					 k.key, k.scope);
-			continue;
-		}
-
-		if (held && (st == REC_ABSENT || st == REC_ORPHAN))
-		{
-			if (make_fresh(&k, hash, &ttl, now, st, &owner, &rec))
-			{
-				if (owner.lease)
-					idem_own_for_transaction(&k);
-				else
-					idem_own_acquired(&k, &tag, false);
-				idem_waiter_done(&waiter);
-				count_reserve(st == REC_ORPHAN ? IDEM_C_TAKEOVERS : IDEM_C_FRESH,
-							  wait_started);
-				PG_RETURN_DATUM(make_reservation(fcinfo, true, &rec));
-			}
-			/* the record changed under us (a purge): read it again */
-			if (++retries > 3)
-				ereport(ERROR,
-						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-						 errmsg("could not serialize access to idempotency key"),
-						 KEY_DETAIL(&k, "."),
-						 errhint("The transaction might succeed if retried.")));
-			continue;
-		}
-
-		if (st == REC_OTHER && rec.has_lease)
-		{
-			/*
-			 * A live lease owner holds no lock to queue on: sleep until its
-			 * commit or release wakes us, its lease runs out, or our wait
-			 * does.  When this transaction holds the lock, it wrote the
-			 * record itself, under another token: nobody else can change
-			 * it before we are done.
-			 */
-			if (held && !took)
-				report_in_flight(&k, &rec, 0);
-			if (took)
-			{
-				idem_own_forget(&k);
-				held = took = false;
-			}
-			left = ms_left(deadline);
-			if (left == 0)
-				report_in_flight(&k, &rec, wait_us > 0 ?
-								 waited_ms(started_waiting) : 0);
-			if (idem_waiter_prepare(&waiter))
-				continue;		/* on the wait list now: look once more */
-			if (wait_started == 0)
-				wait_started = GetCurrentTimestamp();
-			idem_waiter_sleep(&waiter,
-							  Min(left, Max(1, ms_left(rec.lease_expires_at))));
-			continue;
-		}
-
-		if (held && !took)
-			elog(ERROR, "key \"%s\" in scope \"%s\" is locked by this session but owned by another",
-				 k.key, k.scope);
-
-		if (held)
-		{
-			/*
-			 * In flight with a live owner whose lock is gone: a stray
-			 * pg_advisory_unlock_all() in the owner's session, or a DISCARD
-			 * ALL whose abandoning is not committed yet.  There is no lock
-			 * to wait on; look again shortly.
-			 */
-			idem_own_forget(&k);
-			held = took = false;
-			left = ms_left(deadline);
-			if (left == 0)
-				report_in_flight(&k, &rec, wait_us > 0 ?
-								 waited_ms(started_waiting) : 0);
-			if (wait_started == 0)
-				wait_started = GetCurrentTimestamp();
-			pg_usleep(Min(backoff_ms, left) * 1000L);
-			backoff_ms = Min(backoff_ms * 2, 50);
-			continue;
-		}
-
-		/* Not holding the lock: take it if it is free, else wait */
-		if (idem_lock_try(&tag, ExclusiveLock))
-		{
-			idem_own_acquired(&k, &tag, true);
-			held = took = true;
-
-			/*
-			 * The common case, a new key: insert at once, without reading
-			 * again.  If a record appeared between our read and the lock,
-			 * the insert does nothing and we read it under the lock.
-			 */
-			if (st == REC_ABSENT && !rec.found &&
-				make_fresh(&k, hash, &ttl, now, st, &owner, &rec))
-			{
-				if (owner.lease)
-					idem_own_for_transaction(&k);
-				idem_waiter_done(&waiter);
-				count_reserve(IDEM_C_FRESH, wait_started);
-				PG_RETURN_DATUM(make_reservation(fcinfo, true, &rec));
-			}
-			continue;
-		}
-
-		left = ms_left(deadline);
-		if (left == 0)
-		{
-			/*
-			 * Only other waiters passing through hold it in share mode?
-			 * Then nobody owns the key; try again at once, a bounded number
-			 * of times.
-			 */
-			if (wait_us == 0 && ++passing <= 1000 &&
-				idem_lock_try(&tag, ShareLock))
-			{
-				idem_lock_release(&tag, ShareLock);
-				continue;
-			}
-			report_in_flight(&k, &rec, wait_us > 0 ?
-							 waited_ms(started_waiting) : 0);
-		}
-
-		/*
-		 * Wait for the owner.  Waiters for a known owner queue in share mode,
-		 * so that a commit wakes them all at once; when the record looked
-		 * absent or orphaned (or is a lease owner's own, to be renewed),
-		 * whoever is ahead is about to write it, and we queue for the
-		 * exclusive lock behind them.
-		 */
-		if (wait_started == 0)
-			wait_started = GetCurrentTimestamp();
-		if (st == REC_OTHER)
-		{
-			if (idem_lock_wait(&tag, ShareLock, left))
-				idem_lock_release(&tag, ShareLock);
-		}
-		else if (idem_lock_wait(&tag, ExclusiveLock, left))
-		{
-			idem_own_acquired(&k, &tag, true);
-			held = took = true;
-		}
-	}
+	do
+		step = reserve_look(&rc);
+	while (step == STEP_LOOK_AGAIN);
+	return reserve_answer(&rc, step);
 }
 
 /*
