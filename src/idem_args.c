@@ -278,7 +278,6 @@ idem_arg_owner(FunctionCallInfo fcinfo, int tokenarg, int leasearg,
 
 	check_period(k, "lease", &owner->lease_len, now);
 	idem_require_leases(k);
-	owner->lease_expires_at = idem_add_interval(now, &owner->lease_len);
 }
 
 /*

@@ -405,38 +405,26 @@ make_fresh(const IdemKey *k, const char *hash, const Interval *ttl,
 		   TimestampTz now, RecordState st, IdemOwner *owner,
 		   IdemRecord *rec)
 {
-	TimestampTz expires_at = idem_add_interval(now, ttl);
-	int32		attempt = (st == REC_ORPHAN) ? rec->attempt + 1 : 1;
-
 	if (owner->lease && owner->token == NULL)
 		owner->token = idem_new_token();
 
 	if (!rec->found)
 	{
-		if (!idem_storage_insert(k, hash, ttl, now, expires_at, owner))
+		if (!idem_storage_insert(k, hash, ttl, now, owner, rec))
 			return false;
 	}
 	else
 	{
+		int32		attempt = (st == REC_ORPHAN) ? rec->attempt + 1 : 1;
+
 		/* a takeover keeps the first request's hash unless given one */
 		const char *newhash = hash;
 
 		if (st == REC_ORPHAN && newhash == NULL)
 			newhash = rec->request_hash;
-		if (!idem_storage_renew(k, newhash, attempt, ttl, now, expires_at,
-								owner))
+		if (!idem_storage_renew(k, newhash, attempt, ttl, now, owner, rec))
 			return false;
 	}
-
-	memset(rec, 0, sizeof(IdemRecord));
-	rec->found = true;
-	rec->attempt = attempt;
-	rec->created_at = now;
-	rec->expires_at = expires_at;
-	rec->owner_token = (char *) owner->token;
-	rec->has_lease = owner->lease;
-	rec->lease = owner->lease_len;
-	rec->lease_expires_at = owner->lease_expires_at;
 	maybe_commit_async();
 	return true;
 }
@@ -614,8 +602,7 @@ reenter_lease(ReserveCall *rc)
 	renewed.lease = true;
 	if (!rc->owner.lease)
 		renewed.lease_len = rc->rec.lease;
-	renewed.lease_expires_at = idem_add_interval(rc->now, &renewed.lease_len);
-	if (!idem_storage_extend(&rc->k, &renewed))
+	if (!idem_storage_extend(&rc->k, &renewed, rc->now))
 	{
 		/* cannot change under our lock, but read it again to be sure */
 		return look_again_under_lock(rc, true);
@@ -1025,8 +1012,7 @@ commit(FunctionCallInfo fcinfo, bool may_route)
 	}
 
 	if (!idem_storage_commit(&k, hash, token, PG_ARGISNULL(2),
-							 PG_GETARG_INT32(2), headers, body, now,
-							 idem_add_interval(now, &rec.ttl)))
+							 PG_GETARG_INT32(2), headers, body, now))
 		elog(ERROR, "in-flight record of key \"%s\" in scope \"%s\" vanished",
 			 k.key, k.scope);
 	if (rec.has_lease)
@@ -1197,8 +1183,7 @@ extend(FunctionCallInfo fcinfo, bool may_route)
 
 	if (!lease_given)
 		renewed.lease_len = rec.lease;
-	renewed.lease_expires_at = idem_add_interval(now, &renewed.lease_len);
-	if (!idem_storage_extend(&k, &renewed))
+	if (!idem_storage_extend(&k, &renewed, now))
 		elog(ERROR, "lease of key \"%s\" in scope \"%s\" vanished",
 			 k.key, k.scope);
 	PG_RETURN_TIMESTAMPTZ(renewed.lease_expires_at);

@@ -1,8 +1,11 @@
 /*-------------------------------------------------------------------------
  *
  * idem_storage.c
- *	  Access to the key table: reads probe the primary key directly,
- *	  writes go through SPI with plans kept per backend.
+ *	  Access to the key table: reads probe the primary key directly; every
+ *	  write of one record takes one path, to the heap and the primary key
+ *	  directly when nothing else is to be maintained, through SPI
+ *	  otherwise; the bulk work (the purge's scan and deletes, the scopes of
+ *	  a confined role, SET LOGGED) goes through SPI.
  *
  * Every query is prepared once per backend (and again only after the table
  * or the extension is dropped and created anew), fully schema-qualified,
@@ -53,16 +56,64 @@
 
 #include "idempotency.h"
 
+/*
+ * The columns of the key table, in order, as the install scripts create
+ * them (version 1.2 added the four from owner_token on): the numbers of
+ * the columns, the list the table is checked against, and the column lists
+ * of the queries below are all made from this one list.
+ */
+#define KEY_COLUMNS(COLUMN) \
+	COLUMN(scope, TEXTOID) \
+	COLUMN(key, TEXTOID) \
+	COLUMN(state, TEXTOID) \
+	COLUMN(request_hash, TEXTOID) \
+	COLUMN(status, INT4OID) \
+	COLUMN(headers, JSONBOID) \
+	COLUMN(body, BYTEAOID) \
+	COLUMN(attempt, INT4OID) \
+	COLUMN(ttl, INTERVALOID) \
+	COLUMN(created_at, TIMESTAMPTZOID) \
+	COLUMN(expires_at, TIMESTAMPTZOID) \
+	COLUMN(committed_at, TIMESTAMPTZOID) \
+	COLUMN(owner_pid, INT4OID) \
+	COLUMN(owner_started, TIMESTAMPTZOID) \
+	COLUMN(owner_token, TEXTOID) \
+	COLUMN(lease, INTERVALOID) \
+	COLUMN(lease_expires_at, TIMESTAMPTZOID) \
+	COLUMN(fenced_tokens, TEXTARRAYOID)
+
+/* Anum_scope = 1, Anum_key, ... */
+enum
+{
+	Anum_none = 0,
+#define COLUMN_ANUM(name, type) Anum_##name,
+	KEY_COLUMNS(COLUMN_ANUM)
+#undef COLUMN_ANUM
+	Anum_end
+};
+
+#define NUM_KEY_COLUMNS		(Anum_end - 1)
+
+/* columns before version 1.2, which added the lease columns */
+#define NUM_LEGACY_COLUMNS	Anum_owner_started
+
+static const struct
+{
+	const char *name;
+	Oid			type;
+}			key_columns[NUM_KEY_COLUMNS] = {
+#define COLUMN_DEF(name, type) {#name, type},
+	KEY_COLUMNS(COLUMN_DEF)
+#undef COLUMN_DEF
+};
+
+/*
+ * The queries of this file that are not the write of one record (those
+ * are made from the columns they set: see write_query).
+ */
 typedef enum StorageQuery
 {
 	Q_READ,
-	Q_INSERT,
-	Q_RENEW,
-	Q_COMMIT,
-	Q_EXTEND,
-	Q_DELETE,
-	Q_ABANDON,
-	Q_EVICT,
 	Q_PURGE_SCAN,
 	Q_PURGE_DELETE,
 	Q_CONFINED,
@@ -78,89 +129,20 @@ typedef struct QueryDef
 {
 	const char *sql;			/* {schema} = the extension's schema, quoted;
 								 * {lease} = lease_part or legacy_part;
-								 * {table} = the table (or shard), qualified */
+								 * {table} = the table (or shard), qualified;
+								 * {columns} = the key table's columns */
 	const char *lease_part;
 	const char *legacy_part;
 	int			nargs;
-	Oid			argtypes[12];
+	Oid			argtypes[4];
 } QueryDef;
 
 #define EQ " OPERATOR(pg_catalog.=) "
 
 static const QueryDef query_defs[NUM_QUERIES] = {
-	/* reads and inserts when the table cannot be accessed directly */
+	/* reads when the table cannot be accessed directly */
 	[Q_READ] = {
-		"SELECT * FROM {table} WHERE scope" EQ "$1 AND key" EQ "$2",
-		"", "",
-		2, {TEXTOID, TEXTOID}
-	},
-	[Q_INSERT] = {
-		"INSERT INTO {table} (scope, key, state, request_hash, attempt,"
-		" ttl, created_at, expires_at, owner_pid, owner_started{lease}"
-		" ON CONFLICT DO NOTHING",
-		", owner_token, lease, lease_expires_at)"
-		" VALUES ($1, $2, 'in_flight', $3, 1, $4, $5, $6, $7, $8, $9, $10, $11)",
-		") VALUES ($1, $2, 'in_flight', $3, 1, $4, $5, $6, $7, $8)",
-		11, {TEXTOID, TEXTOID, TEXTOID, INTERVALOID, TIMESTAMPTZOID,
-			TIMESTAMPTZOID, INT4OID, TIMESTAMPTZOID, TEXTOID, INTERVALOID,
-		TIMESTAMPTZOID}
-	},
-	[Q_RENEW] = {
-		"UPDATE {table} SET state = 'in_flight', request_hash = $3, status = NULL,"
-		" headers = NULL, body = NULL, attempt = $4, ttl = $5,"
-		" created_at = $6, expires_at = $7, committed_at = NULL,"
-		" owner_pid = $8, owner_started = $9{lease}"
-		" WHERE scope" EQ "$1 AND key" EQ "$2",
-		", owner_token = $10, lease = $11, lease_expires_at = $12,"
-		/*
-		 * a takeover fences the lease owner it replaces (the last
-		 * FENCED_KEPT of them are kept), a new start forgets them all, and
-		 * the new owner is not fenced
-		 */
-		" fenced_tokens = pg_catalog.array_remove(CASE"
-		" WHEN $4 OPERATOR(pg_catalog.=) 1 THEN NULL"
-		" WHEN lease_expires_at IS NOT NULL AND owner_token IS NOT NULL THEN"
-		" (pg_catalog.array_append(fenced_tokens, owner_token))"
-		"[GREATEST(1, COALESCE(pg_catalog.cardinality(fenced_tokens), 0) - 6):]"
-		" ELSE fenced_tokens END, $10)", "",
-		12, {TEXTOID, TEXTOID, TEXTOID, INT4OID, INTERVALOID, TIMESTAMPTZOID,
-			TIMESTAMPTZOID, INT4OID, TIMESTAMPTZOID, TEXTOID, INTERVALOID,
-		TIMESTAMPTZOID}
-	},
-	[Q_COMMIT] = {
-		"UPDATE {table} SET state = 'committed',"
-		" request_hash = COALESCE(request_hash, $3),"
-		" status = $4, headers = $5, body = $6, committed_at = $7,"
-		" expires_at = $8, owner_pid = NULL, owner_started = NULL{lease}"
-		" WHERE scope" EQ "$1 AND key" EQ "$2 AND state" EQ "'in_flight'",
-		", owner_token = COALESCE($9, owner_token), lease = NULL,"
-		" lease_expires_at = NULL", "",
-		9, {TEXTOID, TEXTOID, TEXTOID, INT4OID, JSONBOID, BYTEAOID,
-		TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID}
-	},
-	[Q_EXTEND] = {
-		"UPDATE {table} SET lease = $4, lease_expires_at = $5"
-		" WHERE scope" EQ "$1 AND key" EQ "$2 AND state" EQ "'in_flight'"
-		" AND owner_token" EQ "$3 AND lease_expires_at IS NOT NULL",
-		"", "",
-		5, {TEXTOID, TEXTOID, TEXTOID, INTERVALOID, TIMESTAMPTZOID}
-	},
-	[Q_DELETE] = {
-		"DELETE FROM {table}"
-		" WHERE scope" EQ "$1 AND key" EQ "$2 AND state" EQ "'in_flight'",
-		"", "",
-		2, {TEXTOID, TEXTOID}
-	},
-	[Q_ABANDON] = {
-		"UPDATE {table} SET owner_pid = NULL, owner_started = NULL"
-		" WHERE scope" EQ "$1 AND key" EQ "$2 AND state" EQ "'in_flight'"
-		" AND owner_pid" EQ "$3 AND owner_started" EQ "$4",
-		"", "",
-		4, {TEXTOID, TEXTOID, INT4OID, TIMESTAMPTZOID}
-	},
-	[Q_EVICT] = {
-		"DELETE FROM {table}"
-		" WHERE scope" EQ "$1 AND key" EQ "$2 AND state" EQ "'committed'",
+		"SELECT {columns} FROM {table} WHERE scope" EQ "$1 AND key" EQ "$2",
 		"", "",
 		2, {TEXTOID, TEXTOID}
 	},
@@ -186,59 +168,16 @@ static const QueryDef query_defs[NUM_QUERIES] = {
 	},
 };
 
-/*
- * Columns of the key table, as the install script creates them; checked
- * against the catalog when the table is looked up.
- */
-enum
+/* Writes of one record through SPI (see write_query) */
+typedef enum WriteKind
 {
-	Anum_scope = 1,
-	Anum_key,
-	Anum_state,
-	Anum_request_hash,
-	Anum_status,
-	Anum_headers,
-	Anum_body,
-	Anum_attempt,
-	Anum_ttl,
-	Anum_created_at,
-	Anum_expires_at,
-	Anum_committed_at,
-	Anum_owner_pid,
-	Anum_owner_started,
-	Anum_owner_token,			/* from version 1.2 on */
-	Anum_lease,
-	Anum_lease_expires_at,
-	Anum_fenced_tokens			/* lease owners that takeovers replaced */
-};
+	WRITE_INSERT,
+	WRITE_UPDATE,
+	WRITE_DELETE
+} WriteKind;
 
-/* columns before version 1.2, which added the lease columns */
-#define NUM_LEGACY_COLUMNS	Anum_owner_started
-
-static const struct
-{
-	const char *name;
-	Oid			type;
-}			key_columns[] = {
-	{"scope", TEXTOID},
-	{"key", TEXTOID},
-	{"state", TEXTOID},
-	{"request_hash", TEXTOID},
-	{"status", INT4OID},
-	{"headers", JSONBOID},
-	{"body", BYTEAOID},
-	{"attempt", INT4OID},
-	{"ttl", INTERVALOID},
-	{"created_at", TIMESTAMPTZOID},
-	{"expires_at", TIMESTAMPTZOID},
-	{"committed_at", TIMESTAMPTZOID},
-	{"owner_pid", INT4OID},
-	{"owner_started", TIMESTAMPTZOID},
-	{"owner_token", TEXTOID},
-	{"lease", INTERVALOID},
-	{"lease_expires_at", TIMESTAMPTZOID},
-	{"fenced_tokens", TEXTARRAYOID},
-};
+/* the kinds of writes there are, with the columns each sets */
+#define MAX_WRITE_PLANS 8
 
 /*
  * A table that holds records: the key table, or, when Citus distributes
@@ -254,6 +193,13 @@ struct KeyTable
 								 * skip: see check_key_table */
 	char	   *name;			/* schema-qualified, quoted */
 	SPIPlanPtr	plans[NUM_QUERIES];
+	int			nwrites;
+	struct
+	{
+		int			kind;		/* WriteKind */
+		uint32		mask;		/* the columns set, bit attnum - 1 */
+		SPIPlanPtr	plan;
+	}			writes[MAX_WRITE_PLANS];
 };
 typedef struct KeyTable KeyTable;
 
@@ -290,6 +236,13 @@ static struct
 } cache;
 
 static bool callback_registered = false;
+
+/* How many of the columns the key table has */
+static inline int
+num_columns(void)
+{
+	return cache.has_leases ? NUM_KEY_COLUMNS : NUM_LEGACY_COLUMNS;
+}
 
 static void refresh_cache(void);
 static KeyTable *shard_table(int i);
@@ -360,7 +313,7 @@ check_key_table(Oid relid, KeyTable *t)
 	Relation	rel = table_open(relid, AccessShareLock);
 	TupleDesc	desc = RelationGetDescr(rel);
 	Oid			pkey = RelationGetPrimaryKeyIndex(rel);
-	int			ncols = lengthof(key_columns);
+	int			ncols = NUM_KEY_COLUMNS;
 	List	   *indexes;
 
 	if (desc->natts < ncols)
@@ -429,6 +382,9 @@ forget_table(KeyTable *t)
 			SPI_freeplan(t->plans[i]);
 		t->plans[i] = NULL;
 	}
+	for (int i = 0; i < t->nwrites; i++)
+		SPI_freeplan(t->writes[i].plan);
+	t->nwrites = 0;
 	if (t->name != NULL)
 		pfree(t->name);
 	t->name = NULL;
@@ -559,7 +515,7 @@ refresh_cache(void)
 						get_namespace_name(nspid))));
 
 	ncols = check_key_table(relid, &cache.main);
-	cache.has_leases = (ncols == lengthof(key_columns));
+	cache.has_leases = (ncols == NUM_KEY_COLUMNS);
 
 	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
 	if (!HeapTupleIsValid(tuple))
@@ -750,10 +706,79 @@ query_text(const char *sql, const char *lease_part, const char *table)
 			appendStringInfoString(&buf, table);
 			sql += 7;
 		}
+		else if (strncmp(sql, "{columns}", 9) == 0)
+		{
+			for (int i = 0; i < num_columns(); i++)
+				appendStringInfo(&buf, "%s%s", i > 0 ? ", " : "",
+								 key_columns[i].name);
+			sql += 9;
+		}
 		else
 			appendStringInfoChar(&buf, *sql++);
 	}
 	return buf.data;
+}
+
+static SPIPlanPtr
+prepare_kept(const char *sql, int nargs, Oid *argtypes)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed for \"%s\": %s",
+			 sql, SPI_result_code_string(SPI_result));
+	if (SPI_keepplan(plan) != 0)
+		elog(ERROR, "SPI_keepplan failed");
+	return plan;
+}
+
+/*
+ * The query of a write of one record through SPI, made from the columns
+ * it sets: params are the columns of its parameters, $1 the scope and $2
+ * the key, then the columns set.
+ *	INSERT INTO t (scope, key, c3, ...) VALUES ($1, $2, $3, ...)
+ *		ON CONFLICT DO NOTHING
+ *	UPDATE t SET c3 = $3, ... WHERE scope = $1 AND key = $2
+ *	DELETE FROM t WHERE scope = $1 AND key = $2
+ */
+static SPIPlanPtr
+write_query(KeyTable *t, WriteKind kind, int nparams, const int *params)
+{
+	StringInfoData buf;
+	Oid			argtypes[NUM_KEY_COLUMNS];
+	SPIPlanPtr	plan;
+
+	for (int i = 0; i < nparams; i++)
+		argtypes[i] = key_columns[params[i] - 1].type;
+	initStringInfo(&buf);
+	switch (kind)
+	{
+		case WRITE_INSERT:
+			appendStringInfo(&buf, "INSERT INTO %s (", t->name);
+			for (int i = 0; i < nparams; i++)
+				appendStringInfo(&buf, "%s%s", i > 0 ? ", " : "",
+								 key_columns[params[i] - 1].name);
+			appendStringInfoString(&buf, ") VALUES (");
+			for (int i = 0; i < nparams; i++)
+				appendStringInfo(&buf, "%s$%d", i > 0 ? ", " : "", i + 1);
+			appendStringInfoString(&buf, ") ON CONFLICT DO NOTHING");
+			break;
+		case WRITE_UPDATE:
+			appendStringInfo(&buf, "UPDATE %s SET ", t->name);
+			for (int i = 2; i < nparams; i++)
+				appendStringInfo(&buf, "%s%s = $%d", i > 2 ? ", " : "",
+								 key_columns[params[i] - 1].name, i + 1);
+			appendStringInfoString(&buf, " WHERE scope" EQ "$1 AND key" EQ "$2");
+			break;
+		case WRITE_DELETE:
+			appendStringInfo(&buf, "DELETE FROM %s WHERE scope" EQ "$1"
+							 " AND key" EQ "$2", t->name);
+			nparams = 2;
+			break;
+	}
+	plan = prepare_kept(buf.data, nparams, argtypes);
+	pfree(buf.data);
+	return plan;
 }
 
 static SPIPlanPtr
@@ -765,15 +790,8 @@ get_plan(KeyTable *t, StorageQuery q)
 		char	   *sql = query_text(def->sql,
 									 cache.has_leases ? def->lease_part :
 									 def->legacy_part, t->name);
-		SPIPlanPtr	plan;
 
-		plan = SPI_prepare(sql, def->nargs, (Oid *) def->argtypes);
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed for \"%s\": %s",
-				 sql, SPI_result_code_string(SPI_result));
-		if (SPI_keepplan(plan) != 0)
-			elog(ERROR, "SPI_keepplan failed");
-		t->plans[q] = plan;
+		t->plans[q] = prepare_kept(sql, def->nargs, (Oid *) def->argtypes);
 		pfree(sql);
 	}
 	return t->plans[q];
@@ -810,9 +828,9 @@ idem_storage_end(IdemStorageCall *call)
  * that a record the transaction cannot see raises a serialization failure
  * (40001, retryable) instead of silently updating nothing.
  */
-static int
-run(KeyTable *t, StorageQuery q, Datum *values, const char *nulls,
-	bool read_only, int expected)
+static void
+run_plan(SPIPlanPtr plan, Datum *values, const char *nulls, bool read_only,
+		 int expected)
 {
 	int			rc;
 	Snapshot	snapshot = InvalidSnapshot;
@@ -825,12 +843,18 @@ run(KeyTable *t, StorageQuery q, Datum *values, const char *nulls,
 		snapshot = GetLatestSnapshot();
 		crosscheck = GetTransactionSnapshot();
 	}
-	rc = SPI_execute_snapshot(get_plan(t, q), values, nulls, snapshot,
-							  crosscheck, read_only, !read_only, 0);
+	rc = SPI_execute_snapshot(plan, values, nulls, snapshot, crosscheck,
+							  read_only, !read_only, 0);
 	if (rc != expected)
-		elog(ERROR, "idempotency storage query %d failed: %s",
-			 (int) q, SPI_result_code_string(rc));
-	return rc;
+		elog(ERROR, "idempotency storage query failed: %s",
+			 SPI_result_code_string(rc));
+}
+
+static void
+run(KeyTable *t, StorageQuery q, Datum *values, const char *nulls,
+	bool read_only, int expected)
+{
+	run_plan(get_plan(t, q), values, nulls, read_only, expected);
 }
 
 static inline Datum
@@ -994,23 +1018,6 @@ idem_storage_read(const IdemKey *k, IdemRecord *rec)
 }
 
 /*
- * The two writes every request makes, a new reservation and the commit of
- * one's own, go to the heap and the primary key directly, as catalog
- * updates do: no executor to start, no plan to check.  The caller holds
- * the key's lock, so no other session writes the row meanwhile.  This is
- * done only while the table has nothing else to maintain or fire (see
- * check_key_table); what the executor would also check, a read-only
- * transaction, is checked here.
- */
-static void
-open_for_write(KeyTable *t, const char *what, Relation *rel, Relation *idx)
-{
-	PreventCommandIfReadOnly(what);
-	*rel = table_open(t->relid, RowExclusiveLock);
-	*idx = index_open(t->pkey_relid, RowExclusiveLock);
-}
-
-/*
  * Adds the index entry of a new heap tuple (not for a HOT update).  With
  * UNIQUE_CHECK_PARTIAL a duplicate key is not an error: the entry is added
  * all the same and false is returned.
@@ -1033,131 +1040,312 @@ index_tuple(Relation rel, Relation idx, HeapTuple tuple,
 }
 
 /*
- * Sets the owner columns of a new or renewed in-flight record: a session
- * owner is this backend, a lease owner its token and lease.
+ * Every write of one record goes through a RecordWrite: write_begin opens
+ * it (and reads the record, for a change of one that exists), set_field
+ * sets the columns the write changes, write_insert, write_update or
+ * write_delete writes, write_end closes.  The caller holds the key's lock,
+ * so no other session writes the record meanwhile; only a purge may delete
+ * it, when it has expired.
+ *
+ * Where it is written is chosen in write_begin, once: while the table has
+ * nothing else to maintain or fire (see check_key_table), to the heap and
+ * the primary key directly, as catalog updates are, with no executor to
+ * start and no plan to check; otherwise through the executor (SPI), which
+ * maintains every index and fires every trigger, with plans made from the
+ * columns the write sets.  A direct write checks what the executor would
+ * also check: a read-only transaction, and under REPEATABLE READ and
+ * SERIALIZABLE that the transaction can see the record it changes (see
+ * run).
  */
-static void
-owner_values(const IdemOwner *owner, Datum *values, bool *nulls)
-{
-	memset(nulls + Anum_owner_pid - 1, true,
-		   sizeof(bool) * (lengthof(key_columns) - Anum_owner_pid + 1));
-	if (!owner->lease)
-	{
-		values[Anum_owner_pid - 1] = Int32GetDatum(MyProcPid);
-		values[Anum_owner_started - 1] = TimestampTzGetDatum(MyStartTimestamp);
-		nulls[Anum_owner_pid - 1] = nulls[Anum_owner_started - 1] = false;
-	}
-	if (!cache.has_leases)
-		return;
-	if (owner->token)
-	{
-		values[Anum_owner_token - 1] = CStringGetTextDatum(owner->token);
-		nulls[Anum_owner_token - 1] = false;
-	}
-	if (owner->lease)
-	{
-		values[Anum_lease - 1] = IntervalPGetDatum(&owner->lease_len);
-		values[Anum_lease_expires_at - 1] =
-			TimestampTzGetDatum(owner->lease_expires_at);
-		nulls[Anum_lease - 1] = nulls[Anum_lease_expires_at - 1] = false;
-	}
-}
-
-/* The five owner parameters of Q_INSERT and Q_RENEW, from values[0] on */
-static void
-owner_params(const IdemOwner *owner, Datum *values, char *nulls)
-{
-	Datum		ov[lengthof(key_columns)];
-	bool		on[lengthof(key_columns)];
-
-	owner_values(owner, ov, on);
-	for (int i = 0; i < 5; i++)
-	{
-		values[i] = ov[Anum_owner_pid - 1 + i];
-		nulls[i] = on[Anum_owner_pid - 1 + i] ? 'n' : ' ';
-	}
-}
-
-/* Runs a write of one record; returns whether it hit one row */
-static bool
-write_one(KeyTable *t, StorageQuery q, Datum *values, const char *nulls,
-		  int expected)
-{
-	IdemStorageCall call;
-	bool		done;
-
-	idem_storage_begin(&call);
-	run(t, q, values, nulls, false, expected);
-	done = (SPI_processed == 1);
-	idem_storage_end(&call);
-	return done;
-}
-
-/*
- * idem_storage_insert through the executor, which maintains every index and
- * fires every trigger.
- */
-static bool
-insert_by_query(KeyTable *t, const IdemKey *k, const char *request_hash,
-				const Interval *ttl, TimestampTz now, TimestampTz expires_at,
-				const IdemOwner *owner)
-{
-	Datum		values[11];
-	char		nulls[11] = "           ";
-
-	values[0] = text_datum(k->scope, k->scope_len);
-	values[1] = text_datum(k->key, k->key_len);
-	if (request_hash)
-		values[2] = CStringGetTextDatum(request_hash);
-	else
-		nulls[2] = 'n';
-	values[3] = IntervalPGetDatum(ttl);
-	values[4] = TimestampTzGetDatum(now);
-	values[5] = TimestampTzGetDatum(expires_at);
-	owner_params(owner, values + 6, nulls + 6);
-	return write_one(t, Q_INSERT, values, nulls, SPI_OK_INSERT);
-}
-
-/*
- * Inserts a new in-flight record for owner.  Returns false when a record
- * of k exists already.  The caller holds k's lock.
- */
-bool
-idem_storage_insert(const IdemKey *k, const char *request_hash,
-					const Interval *ttl, TimestampTz now,
-					TimestampTz expires_at, const IdemOwner *owner)
+typedef struct RecordWrite
 {
 	KeyTable   *t;
+	const IdemKey *k;
+	bool		direct;			/* to the heap, else through SPI */
+	MemoryContext callercxt;
+	/* the record as it is, when read */
+	bool		found;
+	Datum	   *old_values;
+	bool	   *old_nulls;
+	/* the columns the write sets */
+	Datum		values[NUM_KEY_COLUMNS];
+	bool		nulls[NUM_KEY_COLUMNS];
+	bool		set[NUM_KEY_COLUMNS];
+	/* a direct write's */
 	Relation	rel;
 	Relation	idx;
-	Datum		values[lengthof(key_columns)];
-	bool		nulls[lengthof(key_columns)];
+	TupleTableSlot *slot;
+	/* a write through SPI */
+	IdemStorageCall call;
+} RecordWrite;
+
+/*
+ * Opens a write of k's record; read: read the record first (w->found).
+ * what names the write when the transaction is read-only.
+ */
+static void
+write_begin(RecordWrite *w, const IdemKey *k, const char *what, bool read)
+{
+	memset(w, 0, sizeof(RecordWrite));
+	w->t = local_table(k);
+	w->k = k;
+	w->direct = w->t->direct_writes;
+	w->callercxt = CurrentMemoryContext;
+
+	if (w->direct)
+	{
+		/* the executor checks this for the writes it runs */
+		PreventCommandIfReadOnly(what);
+		w->rel = table_open(w->t->relid, RowExclusiveLock);
+		w->idx = index_open(w->t->pkey_relid, RowExclusiveLock);
+		if (!read)
+			return;
+		w->slot = table_slot_create(w->rel, NULL);
+		w->found = probe(w->rel, w->idx, k, w->slot);
+		w->old_values = w->slot->tts_values;
+		w->old_nulls = w->slot->tts_isnull;
+		return;
+	}
+
+	idem_storage_begin(&w->call);
+	if (read)
+	{
+		Datum		values[2];
+
+		values[0] = text_datum(k->scope, k->scope_len);
+		values[1] = text_datum(k->key, k->key_len);
+		run(w->t, Q_READ, values, NULL, true, SPI_OK_SELECT);
+		if (SPI_processed > 0)
+		{
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+
+			w->old_values = palloc(sizeof(Datum) * desc->natts);
+			w->old_nulls = palloc(sizeof(bool) * desc->natts);
+			heap_deform_tuple(SPI_tuptable->vals[0], desc, w->old_values,
+							  w->old_nulls);
+			w->found = true;
+		}
+	}
+}
+
+static void
+write_end(RecordWrite *w)
+{
+	if (!w->direct)
+	{
+		idem_storage_end(&w->call);
+		return;
+	}
+	if (w->slot != NULL)
+		ExecDropSingleTupleTableSlot(w->slot);
+	index_close(w->idx, RowExclusiveLock);
+	table_close(w->rel, RowExclusiveLock);
+}
+
+/*
+ * The one helper that sets a column of a write.  The lease columns are
+ * left out of a table of a version before 1.2, which has none.
+ */
+static void
+set_field(RecordWrite *w, int attnum, Datum value, bool isnull)
+{
+	if (attnum > num_columns())
+		return;
+	w->values[attnum - 1] = isnull ? (Datum) 0 : value;
+	w->nulls[attnum - 1] = isnull;
+	w->set[attnum - 1] = true;
+}
+
+static inline void
+set_text(RecordWrite *w, int attnum, const char *s)
+{
+	set_field(w, attnum, s ? CStringGetTextDatum(s) : (Datum) 0, s == NULL);
+}
+
+/* A column of the record as it is (the caller knows it was found) */
+static inline bool
+old_null(const RecordWrite *w, int attnum)
+{
+	return w->old_nulls[attnum - 1];
+}
+
+static inline Datum
+old_value(const RecordWrite *w, int attnum)
+{
+	return w->old_values[attnum - 1];
+}
+
+static char *
+old_text(const RecordWrite *w, int attnum)
+{
+	return old_null(w, attnum) ? NULL :
+		TextDatumGetCString(old_value(w, attnum));
+}
+
+/* The one place where deadlines are computed: now + an interval */
+static TimestampTz
+deadline(TimestampTz now, const Interval *iv)
+{
+	return idem_add_interval(now, iv);
+}
+
+/*
+ * The record as the write leaves it, copied into the caller's memory
+ * context.
+ */
+static void
+write_result(RecordWrite *w, IdemRecord *rec)
+{
+	Datum		v[NUM_KEY_COLUMNS];
+	bool		n[NUM_KEY_COLUMNS];
+	MemoryContext oldcxt;
+
+	memset(n, true, sizeof(n));
+	for (int i = 0; i < num_columns(); i++)
+	{
+		if (w->set[i] || !w->found)
+		{
+			v[i] = w->values[i];
+			n[i] = !w->set[i] || w->nulls[i];
+		}
+		else
+		{
+			v[i] = w->old_values[i];
+			n[i] = w->old_nulls[i];
+		}
+	}
+	memset(rec, 0, sizeof(IdemRecord));
+	oldcxt = MemoryContextSwitchTo(w->callercxt);
+	fill_record(v, n, rec);
+	MemoryContextSwitchTo(oldcxt);
+}
+
+/*
+ * The kept plan of a write through SPI: kind and the columns it sets make
+ * the query (see write_query).
+ */
+static SPIPlanPtr
+write_plan(RecordWrite *w, WriteKind kind, int *nparams, int *params)
+{
+	KeyTable   *t = w->t;
+	uint32		mask = 0;
+	int			n = 0;
+	int			slot;
+
+	/* parameters: scope and key first, then the columns set */
+	params[n++] = Anum_scope;
+	params[n++] = Anum_key;
+	for (int i = 0; i < NUM_KEY_COLUMNS; i++)
+	{
+		if (!w->set[i] || i + 1 == Anum_scope || i + 1 == Anum_key)
+			continue;
+		mask |= (uint32) 1 << i;
+		params[n++] = i + 1;
+	}
+	*nparams = n;
+
+	for (slot = 0; slot < t->nwrites; slot++)
+	{
+		if (t->writes[slot].kind == kind && t->writes[slot].mask == mask)
+			return t->writes[slot].plan;
+	}
+	if (slot == MAX_WRITE_PLANS)
+		elog(ERROR, "too many kinds of writes to the key table");
+	t->writes[slot].kind = kind;
+	t->writes[slot].mask = mask;
+	t->writes[slot].plan = write_query(t, kind, n, params);
+	t->nwrites++;
+	return t->writes[slot].plan;
+}
+
+/* Runs the write through SPI; returns whether it hit one row */
+static bool
+write_by_query(RecordWrite *w, WriteKind kind, int expected)
+{
+	int			params[NUM_KEY_COLUMNS];
+	int			nparams;
+	SPIPlanPtr	plan = write_plan(w, kind, &nparams, params);
+	Datum		values[NUM_KEY_COLUMNS];
+	char		nulls[NUM_KEY_COLUMNS];
+
+	if (kind == WRITE_DELETE)
+		nparams = 2;
+	values[0] = text_datum(w->k->scope, w->k->scope_len);
+	values[1] = text_datum(w->k->key, w->k->key_len);
+	nulls[0] = nulls[1] = ' ';
+	for (int i = 2; i < nparams; i++)
+	{
+		values[i] = w->values[params[i] - 1];
+		nulls[i] = w->nulls[params[i] - 1] ? 'n' : ' ';
+	}
+	run_plan(plan, values, nulls, false, expected);
+	return SPI_processed == 1;
+}
+
+/*
+ * Replaces (newtup) or deletes (newtup NULL) the probed tuple, as the
+ * executor would: waiting for a concurrent writer, and under REPEATABLE
+ * READ and SERIALIZABLE raising a serialization failure when the tuple
+ * is not the one the transaction sees.  Returns false when it is gone (a
+ * purge deleted it).
+ */
+static bool
+change_tuple(RecordWrite *w, ItemPointer tid, HeapTuple newtup)
+{
+	Snapshot	crosscheck = InvalidSnapshot;
+	TM_Result	result;
+	TM_FailureData tmfd;
+	LockTupleMode lockmode;
+
+	if (IsolationUsesXactSnapshot())
+		crosscheck = GetTransactionSnapshot();
+	if (newtup != NULL)
+		result = heap_update(w->rel, tid, newtup, GetCurrentCommandId(true),
+							 crosscheck, true, &tmfd, &lockmode);
+	else
+		result = heap_delete(w->rel, tid, GetCurrentCommandId(true),
+							 crosscheck, true, &tmfd, false);
+	switch (result)
+	{
+		case TM_Ok:
+			return true;
+		case TM_Updated:
+		case TM_Deleted:
+			if (IsolationUsesXactSnapshot())
+				ereport(ERROR,
+						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+						 errmsg("could not serialize access due to concurrent %s",
+								result == TM_Updated ? "update" : "delete")));
+			return false;
+		default:
+			elog(ERROR, "unexpected result %d of a write to the key table",
+				 (int) result);
+	}
+	return false;				/* keep compiler quiet */
+}
+
+/*
+ * Inserts the record the write has set (the columns it did not set are
+ * null).  Returns false when a record of the key exists already.
+ */
+static bool
+write_insert(RecordWrite *w)
+{
+	Datum		values[NUM_KEY_COLUMNS];
+	bool		nulls[NUM_KEY_COLUMNS];
 	HeapTuple	tuple;
 	bool		inserted;
 
-	t = local_table(k);
-	if (!t->direct_writes)
-		return insert_by_query(t, k, request_hash, ttl, now, expires_at, owner);
-	open_for_write(t, "idem_reserve", &rel, &idx);
+	if (!w->direct)
+		return write_by_query(w, WRITE_INSERT, SPI_OK_INSERT);
 
-	memset(nulls, true, sizeof(nulls));
-	values[Anum_scope - 1] = text_datum(k->scope, k->scope_len);
-	values[Anum_key - 1] = text_datum(k->key, k->key_len);
-	values[Anum_state - 1] = CStringGetTextDatum("in_flight");
-	if (request_hash)
-		values[Anum_request_hash - 1] = CStringGetTextDatum(request_hash);
-	values[Anum_attempt - 1] = Int32GetDatum(1);
-	values[Anum_ttl - 1] = IntervalPGetDatum(ttl);
-	values[Anum_created_at - 1] = TimestampTzGetDatum(now);
-	values[Anum_expires_at - 1] = TimestampTzGetDatum(expires_at);
-	nulls[Anum_scope - 1] = nulls[Anum_key - 1] = nulls[Anum_state - 1] = false;
-	nulls[Anum_request_hash - 1] = (request_hash == NULL);
-	nulls[Anum_attempt - 1] = nulls[Anum_ttl - 1] = false;
-	nulls[Anum_created_at - 1] = nulls[Anum_expires_at - 1] = false;
-	owner_values(owner, values, nulls);
-
-	tuple = heap_form_tuple(RelationGetDescr(rel), values, nulls);
-	simple_heap_insert(rel, tuple);
+	for (int i = 0; i < NUM_KEY_COLUMNS; i++)
+	{
+		values[i] = w->values[i];
+		nulls[i] = !w->set[i] || w->nulls[i];
+	}
+	tuple = heap_form_tuple(RelationGetDescr(w->rel), values, nulls);
+	simple_heap_insert(w->rel, tuple);
 
 	/*
 	 * A record created between the caller's read and its lock shows up as
@@ -1166,237 +1354,379 @@ idem_storage_insert(const IdemKey *k, const char *request_hash,
 	 * read again.  Checking here rather than probing first saves a descent
 	 * of the index on every new key.
 	 */
-	inserted = index_tuple(rel, idx, tuple, UNIQUE_CHECK_PARTIAL, false);
+	inserted = index_tuple(w->rel, w->idx, tuple, UNIQUE_CHECK_PARTIAL, false);
 	CommandCounterIncrement();
 	if (!inserted)
 	{
 		/* the insert must be visible to its own delete */
-		simple_heap_delete(rel, &tuple->t_self);
+		simple_heap_delete(w->rel, &tuple->t_self);
 		CommandCounterIncrement();
 	}
 	heap_freetuple(tuple);
-
-	index_close(idx, RowExclusiveLock);
-	table_close(rel, RowExclusiveLock);
 	return inserted;
 }
 
 /*
- * Makes an existing record a new in-flight reservation of owner: an expired
- * record starts over, a gone owner's one is taken over.  Returns false when
- * the record is gone (a concurrent purge deleted it).
+ * Changes the columns the write has set in the record it read.  Returns
+ * false when the record is gone.
+ */
+static bool
+write_update(RecordWrite *w)
+{
+	HeapTuple	oldtup;
+	HeapTuple	newtup;
+	bool		done;
+
+	Assert(w->found);
+	if (!w->direct)
+		return write_by_query(w, WRITE_UPDATE, SPI_OK_UPDATE);
+
+	oldtup = ExecCopySlotHeapTuple(w->slot);
+	newtup = heap_modify_tuple(oldtup, RelationGetDescr(w->rel),
+							   w->values, w->nulls, w->set);
+	ExecClearTuple(w->slot);
+	done = change_tuple(w, &oldtup->t_self, newtup);
+	if (done && !HeapTupleIsHeapOnly(newtup))
+		(void) index_tuple(w->rel, w->idx, newtup, UNIQUE_CHECK_YES, true);
+	heap_freetuple(newtup);
+	heap_freetuple(oldtup);
+	CommandCounterIncrement();
+	return done;
+}
+
+/*
+ * Deletes the record the write read.  Returns false when it is gone.
+ */
+static bool
+write_delete(RecordWrite *w)
+{
+	bool		done;
+
+	Assert(w->found);
+	if (!w->direct)
+		return write_by_query(w, WRITE_DELETE, SPI_OK_DELETE);
+
+	done = change_tuple(w, &w->slot->tts_tid, NULL);
+	ExecClearTuple(w->slot);
+	CommandCounterIncrement();
+	return done;
+}
+
+/*
+ * Sets the owner columns of a new or renewed in-flight record: a session
+ * owner is this backend, a lease owner its token and lease, which ends at
+ * now + its length (owner->lease_expires_at is set).
+ */
+static void
+set_owner(RecordWrite *w, IdemOwner *owner, TimestampTz now)
+{
+	bool		session = !owner->lease;
+
+	set_field(w, Anum_owner_pid, Int32GetDatum(MyProcPid), !session);
+	set_field(w, Anum_owner_started, TimestampTzGetDatum(MyStartTimestamp),
+			  !session);
+	set_text(w, Anum_owner_token, owner->token);
+	if (owner->lease)
+		owner->lease_expires_at = deadline(now, &owner->lease_len);
+	set_field(w, Anum_lease, IntervalPGetDatum(&owner->lease_len), session);
+	set_field(w, Anum_lease_expires_at,
+			  TimestampTzGetDatum(owner->lease_expires_at), session);
+}
+
+/*
+ * Sets the columns of an in-flight reservation made now.
+ */
+static void
+set_reservation(RecordWrite *w, const char *request_hash, int32 attempt,
+				const Interval *ttl, TimestampTz now, IdemOwner *owner)
+{
+	set_field(w, Anum_scope, text_datum(w->k->scope, w->k->scope_len), false);
+	set_field(w, Anum_key, text_datum(w->k->key, w->k->key_len), false);
+	set_text(w, Anum_state, "in_flight");
+	set_text(w, Anum_request_hash, request_hash);
+	set_field(w, Anum_attempt, Int32GetDatum(attempt), false);
+	set_field(w, Anum_ttl, IntervalPGetDatum(ttl), false);
+	set_field(w, Anum_created_at, TimestampTzGetDatum(now), false);
+	set_field(w, Anum_expires_at, TimestampTzGetDatum(deadline(now, ttl)),
+			  false);
+	set_owner(w, owner, now);
+}
+
+/*
+ * Inserts a new in-flight record for owner; rec is filled with it.
+ * Returns false when a record of k exists already.  The caller holds k's
+ * lock.
+ */
+bool
+idem_storage_insert(const IdemKey *k, const char *request_hash,
+					const Interval *ttl, TimestampTz now, IdemOwner *owner,
+					IdemRecord *rec)
+{
+	RecordWrite w;
+	bool		inserted;
+
+	write_begin(&w, k, "idem_reserve", false);
+	set_reservation(&w, request_hash, 1, ttl, now, owner);
+	inserted = write_insert(&w);
+	if (inserted)
+		write_result(&w, rec);
+	write_end(&w);
+	return inserted;
+}
+
+/* Most lease owners that takeovers replaced kept in fenced_tokens */
+#define FENCED_KEPT 8
+
+/*
+ * The fenced tokens of a renewed record: a takeover (attempt > 1) fences
+ * the lease owner it replaces, keeping the last FENCED_KEPT of them; a new
+ * start (attempt 1) forgets them all; the new owner is never fenced.  As
+ * array_remove(CASE ... END, new_token) would: an empty array stays an
+ * empty array, none stays none.
+ */
+static void
+set_fenced(RecordWrite *w, int32 attempt, const char *new_token)
+{
+	bool		replaced = !old_null(w, Anum_lease_expires_at) &&
+		!old_null(w, Anum_owner_token);
+	Datum	   *elems = NULL;
+	bool	   *enulls = NULL;
+	int			nelems = 0;
+	int			first = 0;
+	Datum	   *kept;
+	bool	   *kept_nulls;
+	int			nkept = 0;
+	bool		any_null = false;
+	int			dims[1];
+	int			lbs[1] = {1};
+
+	if (attempt == 1 || (!replaced && old_null(w, Anum_fenced_tokens)))
+	{
+		set_field(w, Anum_fenced_tokens, (Datum) 0, true);
+		return;
+	}
+	if (!old_null(w, Anum_fenced_tokens))
+		deconstruct_array(DatumGetArrayTypeP(old_value(w, Anum_fenced_tokens)),
+						  TEXTOID, -1, false, TYPALIGN_INT,
+						  &elems, &enulls, &nelems);
+	if (replaced)
+		first = Max(0, nelems + 1 - FENCED_KEPT);
+	kept = palloc(sizeof(Datum) * (nelems + 1));
+	kept_nulls = palloc(sizeof(bool) * (nelems + 1));
+	for (int i = first; i < nelems + (replaced ? 1 : 0); i++)
+	{
+		Datum		d = i < nelems ? elems[i] : old_value(w, Anum_owner_token);
+		bool		isnull = i < nelems && enulls[i];
+
+		/* array_remove: a NULL new_token takes out the NULLs */
+		if (new_token == NULL ? isnull :
+			(!isnull && strcmp(TextDatumGetCString(d), new_token) == 0))
+			continue;
+		kept[nkept] = d;
+		kept_nulls[nkept++] = isnull;
+		any_null |= isnull;
+	}
+	dims[0] = nkept;
+	set_field(w, Anum_fenced_tokens, PointerGetDatum(nkept == 0 ?
+													 construct_empty_array(TEXTOID) :
+													 construct_md_array(kept, any_null ? kept_nulls : NULL,
+																		1, dims, lbs, TEXTOID,
+																		-1, false, TYPALIGN_INT)),
+			  false);
+}
+
+/*
+ * Makes k's existing record a new in-flight reservation of owner, rec
+ * filled with it: an expired record starts over, a gone owner's one is
+ * taken over.  Returns false when the record is gone (a concurrent purge
+ * deleted it).  The caller holds k's lock.
  */
 bool
 idem_storage_renew(const IdemKey *k, const char *request_hash, int32 attempt,
-				   const Interval *ttl, TimestampTz now,
-				   TimestampTz expires_at, const IdemOwner *owner)
+				   const Interval *ttl, TimestampTz now, IdemOwner *owner,
+				   IdemRecord *rec)
 {
-	KeyTable   *t = local_table(k);
-	Datum		values[12];
-	char		nulls[12] = "            ";
+	RecordWrite w;
+	bool		done = false;
 
-	values[0] = text_datum(k->scope, k->scope_len);
-	values[1] = text_datum(k->key, k->key_len);
-	if (request_hash)
-		values[2] = CStringGetTextDatum(request_hash);
-	else
-		nulls[2] = 'n';
-	values[3] = Int32GetDatum(attempt);
-	values[4] = IntervalPGetDatum(ttl);
-	values[5] = TimestampTzGetDatum(now);
-	values[6] = TimestampTzGetDatum(expires_at);
-	owner_params(owner, values + 7, nulls + 7);
-	return write_one(t, Q_RENEW, values, nulls, SPI_OK_UPDATE);
-}
-
-/*
- * Stores the response on the in-flight record.  Returns false when there
- * was no in-flight record to update.
- */
-bool
-idem_storage_commit(const IdemKey *k, const char *request_hash,
-					const char *token,
-					bool status_null, int32 status, Jsonb *headers,
-					bytea *body, TimestampTz now, TimestampTz expires_at)
-{
-	KeyTable   *t = local_table(k);
-	Datum		values[9];
-	char		nulls[9] = "         ";
-
-	values[0] = text_datum(k->scope, k->scope_len);
-	values[1] = text_datum(k->key, k->key_len);
-	if (request_hash)
-		values[2] = CStringGetTextDatum(request_hash);
-	else
-		nulls[2] = 'n';
-	values[3] = Int32GetDatum(status);
-	if (status_null)
-		nulls[3] = 'n';
-	values[4] = JsonbPGetDatum(headers);
-	if (headers == NULL)
-		nulls[4] = 'n';
-	values[5] = PointerGetDatum(body);
-	if (body == NULL)
-		nulls[5] = 'n';
-	values[6] = TimestampTzGetDatum(now);
-	values[7] = TimestampTzGetDatum(expires_at);
-	if (token)
-		values[8] = CStringGetTextDatum(token);
-	else
-		nulls[8] = 'n';
-
-	return write_one(t, Q_COMMIT, values, nulls, SPI_OK_UPDATE);
+	write_begin(&w, k, "UPDATE", true);
+	if (w.found)
+	{
+		set_reservation(&w, request_hash, attempt, ttl, now, owner);
+		set_field(&w, Anum_status, (Datum) 0, true);
+		set_field(&w, Anum_headers, (Datum) 0, true);
+		set_field(&w, Anum_body, (Datum) 0, true);
+		set_field(&w, Anum_committed_at, (Datum) 0, true);
+		if (cache.has_leases)
+			set_fenced(&w, attempt, owner->token);
+		/* before the old tuple goes */
+		write_result(&w, rec);
+		done = write_update(&w);
+	}
+	write_end(&w);
+	return done;
 }
 
 static bool
-text_equals(Datum d, bool isnull, const char *s)
+text_equals(const char *a, const char *b)
 {
-	if (isnull || s == NULL)
-		return isnull && s == NULL;
-	return strcmp(TextDatumGetCString(d), s) == 0;
+	if (a == NULL || b == NULL)
+		return a == NULL && b == NULL;
+	return strcmp(a, b) == 0;
 }
 
 /*
- * The common commit: the record is in flight, the caller owns it (a lease
- * owner by its token; a session owner is this session, with the same token
- * or none on both sides), and the hashes agree.  Returns false when any of
- * that does not hold, for the caller to find out why.  The caller holds
+ * Is the record w read in flight and owned by the caller (a lease owner by
+ * its token; a session owner is this session, with the same token or none
+ * on both sides), with a request hash that agrees?  *was_lease tells a
+ * lease owner's record.
+ */
+static bool
+commit_is_mine(RecordWrite *w, const char *request_hash, const char *token,
+			   TimestampTz now, bool *was_lease)
+{
+	char	   *stored_hash;
+	bool		mine;
+
+	if (cache.has_leases && !old_null(w, Anum_lease_expires_at))
+	{
+		/* a lease that ran out, past the ttl too: the record is absent */
+		*was_lease = true;
+		mine = token != NULL &&
+			text_equals(old_text(w, Anum_owner_token), token) &&
+			(idem_lease_alive(DatumGetTimestampTz(old_value(w, Anum_lease_expires_at))) ||
+			 DatumGetTimestampTz(old_value(w, Anum_expires_at)) > now);
+	}
+	else
+		mine = !old_null(w, Anum_owner_pid) && !old_null(w, Anum_owner_started) &&
+			idem_owner_is_me(DatumGetInt32(old_value(w, Anum_owner_pid)),
+							 DatumGetTimestampTz(old_value(w, Anum_owner_started))) &&
+			(cache.has_leases ?
+			 text_equals(old_text(w, Anum_owner_token), token) :
+			 token == NULL);
+	if (!mine || strcmp(old_text(w, Anum_state), "in_flight") != 0)
+		return false;
+	stored_hash = old_text(w, Anum_request_hash);
+	return request_hash == NULL || stored_hash == NULL ||
+		strcmp(stored_hash, request_hash) == 0;
+}
+
+/*
+ * Stores the response on k's in-flight record.  mine: only if the caller
+ * owns it and the hashes agree (commit_is_mine), else whoever owned it.
+ * Returns false when there was no such record to update.  The caller
+ * holds k's lock.
+ */
+static bool
+commit_record(const IdemKey *k, const char *request_hash, const char *token,
+			  bool status_null, int32 status, Jsonb *headers, bytea *body,
+			  TimestampTz now, bool mine, bool *was_lease)
+{
+	RecordWrite w;
+	bool		done = false;
+	char	   *stored_hash;
+	char	   *stored_token;
+
+	write_begin(&w, k, mine ? "idem_commit" : "UPDATE", true);
+	if (w.found &&
+		(mine ? commit_is_mine(&w, request_hash, token, now, was_lease) :
+		 strcmp(old_text(&w, Anum_state), "in_flight") == 0))
+	{
+		stored_hash = old_text(&w, Anum_request_hash);
+		stored_token = cache.has_leases ? old_text(&w, Anum_owner_token) : NULL;
+		set_text(&w, Anum_state, "committed");
+		set_text(&w, Anum_request_hash, stored_hash ? stored_hash : request_hash);
+		set_field(&w, Anum_status, Int32GetDatum(status), status_null);
+		set_field(&w, Anum_headers, PointerGetDatum(headers), headers == NULL);
+		set_field(&w, Anum_body, PointerGetDatum(body), body == NULL);
+		set_field(&w, Anum_committed_at, TimestampTzGetDatum(now), false);
+		set_field(&w, Anum_expires_at,
+				  TimestampTzGetDatum(deadline(now, DatumGetIntervalP(old_value(&w, Anum_ttl)))),
+				  false);
+		set_field(&w, Anum_owner_pid, (Datum) 0, true);
+		set_field(&w, Anum_owner_started, (Datum) 0, true);
+		set_text(&w, Anum_owner_token, token ? token : stored_token);
+		set_field(&w, Anum_lease, (Datum) 0, true);
+		set_field(&w, Anum_lease_expires_at, (Datum) 0, true);
+		done = write_update(&w);
+	}
+	write_end(&w);
+	return done;
+}
+
+/*
+ * Stores the response on k's in-flight record, whoever owned it.  Returns
+ * false when there was no in-flight record to update.
+ */
+bool
+idem_storage_commit(const IdemKey *k, const char *request_hash,
+					const char *token, bool status_null, int32 status,
+					Jsonb *headers, bytea *body, TimestampTz now)
+{
+	return commit_record(k, request_hash, token, status_null, status,
+						 headers, body, now, false, NULL);
+}
+
+/*
+ * The common commit, in one probe: the record is in flight, the caller
+ * owns it, and the hashes agree.  Returns false when any of that does not
+ * hold, for the caller to find out why, and always for a table not written
+ * directly (its commits take the caller's general path).  The caller holds
  * k's lock.  *was_lease tells a committed lease owner.
  */
 bool
 idem_storage_commit_mine(const IdemKey *k, const char *request_hash,
-						 const char *token,
-						 bool status_null, int32 status, Jsonb *headers,
-						 bytea *body, TimestampTz now, bool *was_lease)
+						 const char *token, bool status_null, int32 status,
+						 Jsonb *headers, bytea *body, TimestampTz now,
+						 bool *was_lease)
 {
-	KeyTable   *t;
-	Relation	rel;
-	Relation	idx;
-	TupleTableSlot *slot;
-	Datum	   *v;
-	bool	   *n;
-	bool		mine = false;
-
 	*was_lease = false;
-	t = local_table(k);
-	if (!t->direct_writes)
-		return false;			/* the caller's general path commits it */
-	open_for_write(t, "idem_commit", &rel, &idx);
-	slot = table_slot_create(rel, NULL);
-	if (probe(rel, idx, k, slot))
-	{
-		v = slot->tts_values;
-		n = slot->tts_isnull;
-		if (cache.has_leases && !n[Anum_lease_expires_at - 1])
-		{
-			/* a lease that ran out, past the ttl too: the record is absent */
-			*was_lease = true;
-			mine = token != NULL &&
-				text_equals(v[Anum_owner_token - 1],
-							n[Anum_owner_token - 1], token) &&
-				(idem_lease_alive(DatumGetTimestampTz(v[Anum_lease_expires_at - 1])) ||
-				 DatumGetTimestampTz(v[Anum_expires_at - 1]) > now);
-		}
-		else
-			mine = !n[Anum_owner_pid - 1] && !n[Anum_owner_started - 1] &&
-				idem_owner_is_me(DatumGetInt32(v[Anum_owner_pid - 1]),
-								 DatumGetTimestampTz(v[Anum_owner_started - 1])) &&
-				(cache.has_leases ?
-				 text_equals(v[Anum_owner_token - 1],
-							 n[Anum_owner_token - 1], token) :
-				 token == NULL);
-		mine = mine &&
-			strcmp(TextDatumGetCString(v[Anum_state - 1]), "in_flight") == 0;
-		if (mine && request_hash != NULL && !n[Anum_request_hash - 1] &&
-			strcmp(TextDatumGetCString(v[Anum_request_hash - 1]),
-				   request_hash) != 0)
-			mine = false;
-	}
-
-	if (mine)
-	{
-		Datum		repl_values[lengthof(key_columns)];
-		bool		repl_nulls[lengthof(key_columns)];
-		bool		repl[lengthof(key_columns)];
-		HeapTuple	oldtup;
-		HeapTuple	newtup;
-		TimestampTz expires_at;
-
-		expires_at = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
-															 TimestampTzGetDatum(now),
-															 v[Anum_ttl - 1]));
-		memset(repl, false, sizeof(repl));
-		memset(repl_nulls, false, sizeof(repl_nulls));
-#define SET(col, val, isnull) \
-		(repl[(col) - 1] = true, repl_values[(col) - 1] = (val), \
-		 repl_nulls[(col) - 1] = (isnull))
-		SET(Anum_state, CStringGetTextDatum("committed"), false);
-		if (n[Anum_request_hash - 1] && request_hash != NULL)
-			SET(Anum_request_hash, CStringGetTextDatum(request_hash), false);
-		SET(Anum_status, Int32GetDatum(status), status_null);
-		SET(Anum_headers, PointerGetDatum(headers), headers == NULL);
-		SET(Anum_body, PointerGetDatum(body), body == NULL);
-		SET(Anum_committed_at, TimestampTzGetDatum(now), false);
-		SET(Anum_expires_at, TimestampTzGetDatum(expires_at), false);
-		SET(Anum_owner_pid, (Datum) 0, true);
-		SET(Anum_owner_started, (Datum) 0, true);
-		if (cache.has_leases)
-		{
-			SET(Anum_lease, (Datum) 0, true);
-			SET(Anum_lease_expires_at, (Datum) 0, true);
-		}
-#undef SET
-
-		oldtup = ExecCopySlotHeapTuple(slot);
-		newtup = heap_modify_tuple(oldtup, RelationGetDescr(rel),
-								   repl_values, repl_nulls, repl);
-		ExecClearTuple(slot);
-		simple_heap_update(rel, &oldtup->t_self, newtup);
-		if (!HeapTupleIsHeapOnly(newtup))
-			(void) index_tuple(rel, idx, newtup, UNIQUE_CHECK_YES, true);
-		heap_freetuple(newtup);
-		heap_freetuple(oldtup);
-		CommandCounterIncrement();
-	}
-
-	ExecDropSingleTupleTableSlot(slot);
-	index_close(idx, RowExclusiveLock);
-	table_close(rel, RowExclusiveLock);
-	return mine;
+	if (!local_table(k)->direct_writes)
+		return false;
+	return commit_record(k, request_hash, token, status_null, status,
+						 headers, body, now, true, was_lease);
 }
 
 /*
- * Renews the lease of owner's in-flight record to owner->lease_expires_at.
- * Returns false when the record is not the owner's lease (any more).  The
- * caller holds k's lock.
+ * Renews the lease of owner's in-flight record, to now + owner->lease_len
+ * (owner->lease_expires_at is set).  Returns false when the record is not
+ * the owner's lease (any more).  The caller holds k's lock.
  */
 bool
-idem_storage_extend(const IdemKey *k, const IdemOwner *owner)
+idem_storage_extend(const IdemKey *k, IdemOwner *owner, TimestampTz now)
 {
-	KeyTable   *t = local_table(k);
-	Datum		values[5];
+	RecordWrite w;
+	bool		done = false;
 
 	Assert(owner->lease && owner->token != NULL);
-	values[0] = text_datum(k->scope, k->scope_len);
-	values[1] = text_datum(k->key, k->key_len);
-	values[2] = CStringGetTextDatum(owner->token);
-	values[3] = IntervalPGetDatum(&owner->lease_len);
-	values[4] = TimestampTzGetDatum(owner->lease_expires_at);
-
-	return write_one(t, Q_EXTEND, values, NULL, SPI_OK_UPDATE);
+	write_begin(&w, k, "UPDATE", true);
+	if (w.found &&
+		strcmp(old_text(&w, Anum_state), "in_flight") == 0 &&
+		!old_null(&w, Anum_lease_expires_at) &&
+		text_equals(old_text(&w, Anum_owner_token), owner->token))
+	{
+		owner->lease_expires_at = deadline(now, &owner->lease_len);
+		set_field(&w, Anum_lease, IntervalPGetDatum(&owner->lease_len), false);
+		set_field(&w, Anum_lease_expires_at,
+				  TimestampTzGetDatum(owner->lease_expires_at), false);
+		done = write_update(&w);
+	}
+	write_end(&w);
+	return done;
 }
 
-/* Runs a DELETE that takes (scope, key); returns whether it hit a row */
+/* Deletes k's record if it is in the state given; returns whether it was */
 static bool
-delete_key(StorageQuery q, const IdemKey *k)
+delete_record(const IdemKey *k, const char *state)
 {
-	KeyTable   *t = local_table(k);
-	Datum		values[2];
+	RecordWrite w;
+	bool		done = false;
 
-	values[0] = text_datum(k->scope, k->scope_len);
-	values[1] = text_datum(k->key, k->key_len);
-
-	return write_one(t, q, values, NULL, SPI_OK_DELETE);
+	write_begin(&w, k, "DELETE", true);
+	if (w.found && strcmp(old_text(&w, Anum_state), state) == 0)
+		done = write_delete(&w);
+	write_end(&w);
+	return done;
 }
 
 /*
@@ -1405,7 +1735,7 @@ delete_key(StorageQuery q, const IdemKey *k)
 bool
 idem_storage_delete(const IdemKey *k)
 {
-	return delete_key(Q_DELETE, k);
+	return delete_record(k, "in_flight");
 }
 
 /*
@@ -1414,7 +1744,7 @@ idem_storage_delete(const IdemKey *k)
 bool
 idem_storage_evict(const IdemKey *k)
 {
-	return delete_key(Q_EVICT, k);
+	return delete_record(k, "committed");
 }
 
 /*
@@ -1423,18 +1753,20 @@ idem_storage_evict(const IdemKey *k)
 void
 idem_storage_abandon(const IdemKey *k)
 {
-	IdemStorageCall call;
-	KeyTable   *t = local_table(k);
-	Datum		values[4];
+	RecordWrite w;
 
-	values[0] = text_datum(k->scope, k->scope_len);
-	values[1] = text_datum(k->key, k->key_len);
-	values[2] = Int32GetDatum(MyProcPid);
-	values[3] = TimestampTzGetDatum(MyStartTimestamp);
-
-	idem_storage_begin(&call);
-	run(t, Q_ABANDON, values, NULL, false, SPI_OK_UPDATE);
-	idem_storage_end(&call);
+	write_begin(&w, k, "UPDATE", true);
+	if (w.found &&
+		strcmp(old_text(&w, Anum_state), "in_flight") == 0 &&
+		!old_null(&w, Anum_owner_pid) && !old_null(&w, Anum_owner_started) &&
+		idem_owner_is_me(DatumGetInt32(old_value(&w, Anum_owner_pid)),
+						 DatumGetTimestampTz(old_value(&w, Anum_owner_started))))
+	{
+		set_field(&w, Anum_owner_pid, (Datum) 0, true);
+		set_field(&w, Anum_owner_started, (Datum) 0, true);
+		(void) write_update(&w);
+	}
+	write_end(&w);
 }
 
 /*

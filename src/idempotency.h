@@ -85,7 +85,8 @@ typedef struct IdemOwner
 	const char *token;			/* NULL when none */
 	bool		lease;			/* lease-owned, else session-owned */
 	Interval	lease_len;		/* when lease-owned */
-	TimestampTz lease_expires_at;	/* when lease-owned */
+	TimestampTz lease_expires_at;	/* when lease-owned: set by the write
+									 * that takes or renews the lease */
 } IdemOwner;
 
 /* The lease on a key table distributed by Citus when none is given */
@@ -171,16 +172,16 @@ extern const char *idem_storage_schema(void);
 extern void idem_storage_read(const IdemKey *k, IdemRecord *rec);
 extern bool idem_storage_insert(const IdemKey *k, const char *request_hash,
 								const Interval *ttl, TimestampTz now,
-								TimestampTz expires_at, const IdemOwner *owner);
+								IdemOwner *owner, IdemRecord *rec);
 extern bool idem_storage_renew(const IdemKey *k, const char *request_hash,
 							   int32 attempt, const Interval *ttl,
-							   TimestampTz now, TimestampTz expires_at,
-							   const IdemOwner *owner);
-extern bool idem_storage_extend(const IdemKey *k, const IdemOwner *owner);
+							   TimestampTz now, IdemOwner *owner,
+							   IdemRecord *rec);
+extern bool idem_storage_extend(const IdemKey *k, IdemOwner *owner,
+								TimestampTz now);
 extern bool idem_storage_commit(const IdemKey *k, const char *request_hash,
 								const char *token, bool status_null, int32 status,
-								Jsonb *headers, bytea *body,
-								TimestampTz now, TimestampTz expires_at);
+								Jsonb *headers, bytea *body, TimestampTz now);
 extern bool idem_storage_commit_mine(const IdemKey *k, const char *request_hash,
 									 const char *token,
 									 bool status_null, int32 status,
