@@ -237,20 +237,55 @@ refuse_fenced(const IdemKey *k, const IdemRecord *rec, RecordState st,
  * reserve looks it up before it waits: the function may be dropped and
  * made anew meanwhile (ALTER EXTENSION UPDATE), and its old pg_proc row is
  * then gone.
+ *
+ * The executor makes a function's FmgrInfo anew each time it starts a query
+ * that calls it in FROM, so fn_extra keeps the row type only for the rows
+ * of one execution.  The copy of the last row type seen is therefore kept
+ * for the backend as well, with the type cache's identifier of that version
+ * of the type: a call finds it again with one type cache look-up instead of
+ * a catalog look-up and a copy.  (A copy that the type outgrew is not
+ * freed: a call that waits may still use it.)
  */
+static TupleDesc last_tupdesc = NULL;
+static uint64 last_tupdesc_id = 0;
+
 TupleDesc
 idem_reservation_tupdesc(FunctionCallInfo fcinfo)
 {
 	TupleDesc	tupdesc = (TupleDesc) fcinfo->flinfo->fn_extra;
+	Oid			typid;
+	TypeCacheEntry *type = NULL;
 	MemoryContext oldcxt;
 
 	if (tupdesc != NULL)
 		return tupdesc;
+	typid = get_fn_expr_rettype(fcinfo->flinfo);
+	if (OidIsValid(typid) && typid != RECORDOID)
+	{
+		type = lookup_type_cache(typid, TYPECACHE_TUPDESC);
+		if (type->tupDesc != NULL && last_tupdesc != NULL &&
+			last_tupdesc->tdtypeid == typid &&
+			type->tupDesc_identifier == last_tupdesc_id)
+		{
+			fcinfo->flinfo->fn_extra = last_tupdesc;
+			return last_tupdesc;
+		}
+	}
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 	if (tupdesc->natts != 8 && tupdesc->natts != 10)
 		elog(ERROR, "idem_reservation has %d columns, expected 8 or 10",
 			 tupdesc->natts);
+	if (type != NULL && type->tupDesc != NULL && tupdesc->tdtypeid == typid)
+	{
+		/* the type cache's version of the type, for the calls to come */
+		oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+		last_tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
+		MemoryContextSwitchTo(oldcxt);
+		last_tupdesc_id = type->tupDesc_identifier;
+		fcinfo->flinfo->fn_extra = last_tupdesc;
+		return last_tupdesc;
+	}
 	oldcxt = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
 	tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
 	MemoryContextSwitchTo(oldcxt);
