@@ -97,7 +97,7 @@
 #include <stdint.h>
 
 #define IDEM_VERSION_MAJOR 1
-#define IDEM_VERSION_MINOR 2
+#define IDEM_VERSION_MINOR 3
 #define IDEM_VERSION_PATCH 0
 
 /* lowercase hex SHA-256: 64 characters plus the terminating NUL */
@@ -739,6 +739,30 @@ typedef int (*idem_handler_fn) (idem_response *resp, void *arg);
 IDEM_API idem_outcome idem_run(idem_conn *conn, const char *key,
 							   const idem_opts *opts, idem_handler_fn handler,
 							   void *arg, idem_record **out);
+
+/*
+ * The one-transaction pattern, done by the runners (since 1.3): with on
+ * non-zero, idem_run and idem_http_run run each call in a transaction
+ * block of their own, so that what the handler writes on the handle's
+ * connection commits with its stored response, or not at all.  The BEGIN
+ * goes to the server with the reserve and the COMMIT with the commit, in
+ * one round trip each (libpq's pipeline mode), where an application that
+ * opens and ends the block itself costs two more.  The block commits when
+ * the response is stored; it rolls back when the handler fails or its
+ * response is not stored (which releases the key: nothing else is sent),
+ * on a replay and on every error.  A request that idem_http_run bypasses
+ * runs its handler in a block too (BEGIN, the handler, COMMIT when
+ * idem_http_cacheable would store its status, else ROLLBACK); one it
+ * rejects runs nothing.  A call made while the application has a block
+ * open joins it, as without this setting.  A lease-owned reservation is
+ * not renewed inside the block (see idem_run), and its COMMIT waits for
+ * the commit's answer.  idem_step is not affected: a step's result must
+ * outlive the run's transaction.  Returns 0, or -1 when conn is NULL.
+ */
+IDEM_API int idem_set_transaction(idem_conn *conn, int on);
+
+/* 1 when the runners open blocks of their own (idem_set_transaction). */
+IDEM_API int idem_transaction(const idem_conn *conn);
 
 /*
  * Durable steps: at most once per (run id, step name).  Set the run id

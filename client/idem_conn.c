@@ -7,9 +7,12 @@
  *
  * Each call is one round trip: the statement is prepared the first time it
  * is used on a connection, then run with PQexecPrepared, results in binary
- * (the body comes back as raw bytes, no hex decoding).  A statement that
- * vanished (DISCARD ALL by a pooler, a reset of a wrapped PGconn) is
- * prepared again and the call retried, when no transaction is open.
+ * (the body comes back as raw bytes, no hex decoding).  A runner in a
+ * transaction block of its own (idem_set_transaction) sends its BEGIN with
+ * the reserve and its COMMIT with the commit, in pipeline mode: still one
+ * round trip each.  A statement that vanished (DISCARD ALL by a pooler, a
+ * reset of a wrapped PGconn) is prepared again and the call retried, when
+ * no transaction is open (or only the one its own BEGIN opened).
  *
  * The first call on a connection probes the server once (probe()): the
  * extension's version (1.2 and later take owner and lease arguments, older
@@ -66,19 +69,20 @@ static const char *const stmt_name[2][IDEM_NSTMTS] = {
  * client reads them without parsing JSON: each name with each element of
  * its array (a value that is no array counts as an array of itself),
  * strings unescaped and any other value as its JSON text (JSON null as
- * "null"); NULL when there are none.  The rows come in the order the
- * server's jsonb keeps the names, then the elements: each function scan
- * returns its rows in that order and the nested loop keeps it, so that no
- * sort is needed (the cheapest form measured, some 6 us of a replay's
- * server time).
+ * "null"); NULL when there are none (the subquery does not even run for
+ * a record without headers, such as a fresh reservation).  The rows come
+ * in the order the server's jsonb keeps the names, then the elements:
+ * each function scan returns its rows in that order and the nested loop
+ * keeps it, so that no sort is needed (the cheapest form measured, some
+ * 6 us of a replay's server time).
  */
 #define HEADER_PAIRS \
+	"CASE WHEN jsonb_typeof(r.headers) = 'object' THEN " \
 	"(SELECT array_agg(ARRAY[h.key, coalesce(e.value, 'null')]) " \
-	"FROM jsonb_each(CASE WHEN jsonb_typeof(r.headers) = 'object' " \
-	"THEN r.headers END) AS h, " \
+	"FROM jsonb_each(r.headers) AS h, " \
 	"jsonb_array_elements_text(CASE WHEN jsonb_typeof(h.value) = 'array' " \
 	"THEN h.value ELSE jsonb_build_array(h.value) END) AS e) " \
-	"AS header_pairs"
+	"END AS header_pairs"
 
 #define RECORD_COLUMNS \
 	"r.fresh, r.state, r.status, r.headers, " HEADER_PAIRS ", r.body, " \
@@ -440,12 +444,163 @@ prepare(idem_conn *conn, int form, idem_stmt stmt)
 	return -1;
 }
 
+/* the results of one round trip: BEGIN, the statement, COMMIT */
+typedef struct round_trip
+{
+	PGresult   *before;
+	PGresult   *stmt;
+	PGresult   *after;
+} round_trip;
+
+/* sends the statement itself: 1 when sent */
+static int
+send_stmt(idem_conn *conn, int form, idem_stmt stmt, int nparams,
+		  const char *const *values, const int *lengths, const int *formats)
+{
+	if (conn->sess.unnamed)
+		return PQsendQueryParams(conn->pg, conn->sess.sql[stmt], nparams,
+								 NULL, values, lengths, formats, 1);
+	return PQsendQueryPrepared(conn->pg, stmt_name[form][stmt], nparams,
+							   values, lengths, formats, 1);
+}
+
+#ifdef LIBPQ_HAS_PIPELINING
+
+/*
+ * Sends BEGIN (when begin), the statement and COMMIT (when commit) in
+ * pipeline mode, then a sync: one round trip.  Reads every result up to
+ * the sync and leaves pipeline mode, whatever failed, so that the
+ * connection is as before for the caller's next statement.  The last
+ * result of each query goes into rt (NULL when none came, e.g. the
+ * connection was lost); a query skipped after an earlier error has a
+ * PGRES_PIPELINE_ABORTED result.
+ */
+static void
+pipeline(idem_conn *conn, int form, idem_stmt stmt, int nparams,
+		 const char *const *values, const int *lengths, const int *formats,
+		 int begin, int commit, round_trip *rt)
+{
+	PGconn	   *pg = conn->pg;
+	PGresult  **slot[3];
+	int			nq = 0;
+	int			q = 0;
+	int			nulls = 0;
+	int			synced = 0;
+
+	memset(rt, 0, sizeof(*rt));
+	if (!PQenterPipelineMode(pg))
+		return;
+	if (begin)
+	{
+		if (!PQsendQueryParams(pg, "BEGIN", 0, NULL, NULL, NULL, NULL, 0))
+			goto out;
+		slot[nq++] = &rt->before;
+	}
+	if (!send_stmt(conn, form, stmt, nparams, values, lengths, formats))
+		goto out;
+	slot[nq++] = &rt->stmt;
+	if (commit)
+	{
+		if (!PQsendQueryParams(pg, "COMMIT", 0, NULL, NULL, NULL, NULL, 0))
+			goto out;
+		slot[nq++] = &rt->after;
+	}
+	if (!PQpipelineSync(pg))
+		goto out;
+	synced = 1;
+
+	/* each query's results end with a NULL; the sync's result ends all */
+	for (;;)
+	{
+		PGresult   *res = PQgetResult(pg);
+
+		if (res == NULL)
+		{
+			if (PQstatus(pg) == CONNECTION_BAD || ++nulls > nq + 1)
+				break;
+			q++;
+			continue;
+		}
+		nulls = 0;
+		if (PQresultStatus(res) == PGRES_PIPELINE_SYNC)
+		{
+			PQclear(res);
+			break;
+		}
+		if (q < nq)
+		{
+			PQclear(*slot[q]);
+			*slot[q] = res;
+		}
+		else
+			PQclear(res);
+	}
+out:
+	if (!PQexitPipelineMode(pg) && PQstatus(pg) == CONNECTION_OK)
+	{
+		/* a send failed halfway: end what was sent with a sync, drain it */
+		if (!synced)
+			PQpipelineSync(pg);
+		for (nulls = 0; nulls <= nq + 1;)
+		{
+			PGresult   *res = PQgetResult(pg);
+			ExecStatusType st;
+
+			if (res == NULL)
+			{
+				if (PQstatus(pg) == CONNECTION_BAD)
+					break;
+				nulls++;
+				continue;
+			}
+			st = PQresultStatus(res);
+			PQclear(res);
+			if (st == PGRES_PIPELINE_SYNC)
+				break;
+		}
+		PQexitPipelineMode(pg);
+	}
+}
+
+#else							/* !LIBPQ_HAS_PIPELINING */
+
+/* the same without pipelines (libpq before 14): one round trip each */
+static void
+pipeline(idem_conn *conn, int form, idem_stmt stmt, int nparams,
+		 const char *const *values, const int *lengths, const int *formats,
+		 int begin, int commit, round_trip *rt)
+{
+	memset(rt, 0, sizeof(*rt));
+	if (begin)
+	{
+		rt->before = PQexec(conn->pg, "BEGIN");
+		if (PQresultStatus(rt->before) != PGRES_COMMAND_OK)
+			return;
+	}
+	if (conn->sess.unnamed)
+		rt->stmt = PQexecParams(conn->pg, conn->sess.sql[stmt], nparams,
+								NULL, values, lengths, formats, 1);
+	else
+		rt->stmt = PQexecPrepared(conn->pg, stmt_name[form][stmt], nparams,
+								  values, lengths, formats, 1);
+	if (commit && PQresultStatus(rt->stmt) == PGRES_TUPLES_OK)
+		rt->after = PQexec(conn->pg, "COMMIT");
+}
+
+#endif							/* LIBPQ_HAS_PIPELINING */
+
 /*
  * Runs a statement with text parameters (the formats given, if any) and
  * binary results: prepared, or unnamed when the connection's statements do
  * not last.  Returns a PGRES_TUPLES_OK result with exactly one row, or
  * NULL with the error set on the handle.  The caller has probed the
  * connection (begin_call), so that the form is known.
+ *
+ * A runner in a transaction of its own (idem_set_transaction) asks for
+ * BEGIN before the statement (conn->begin_next) or COMMIT after it
+ * (conn->commit_next): they go in the same round trip, in a pipeline.
+ * The statement fails when either does; a COMMIT that fails fails the
+ * statement too, since what it did is gone.
  */
 static PGresult *
 exec_stmt(idem_conn *conn, idem_stmt stmt, int nparams,
@@ -453,27 +608,56 @@ exec_stmt(idem_conn *conn, idem_stmt stmt, int nparams,
 {
 	int			form = FORM(conn);
 	int			vanished = 0;
+	int			begin = conn->begin_next;
+	int			commit = conn->commit_next;
+	round_trip	rt;
 	PGresult   *res;
 
+	conn->begin_next = 0;
+	conn->commit_next = 0;
 	check_connection(conn);
 	if (conn->err != IDEM_OK)
 		return NULL;
 
 again:
-	if (conn->sess.unnamed)
-		res = PQexecParams(conn->pg, conn->sess.sql[stmt], nparams, NULL,
-						   values, lengths, formats, 1);
+	if (!conn->sess.unnamed && prepare(conn, form, stmt) < 0)
+		return NULL;
+	if (begin || commit)
+		pipeline(conn, form, stmt, nparams, values, lengths, formats, begin,
+				 commit, &rt);
 	else
 	{
-		if (prepare(conn, form, stmt) < 0)
-			return NULL;
-		res = PQexecPrepared(conn->pg, stmt_name[form][stmt], nparams,
-							 values, lengths, formats, 1);
+		memset(&rt, 0, sizeof(rt));
+		if (conn->sess.unnamed)
+			rt.stmt = PQexecParams(conn->pg, conn->sess.sql[stmt], nparams,
+								   NULL, values, lengths, formats, 1);
+		else
+			rt.stmt = PQexecPrepared(conn->pg, stmt_name[form][stmt],
+									 nparams, values, lengths, formats, 1);
 	}
+	res = rt.stmt;
+	if (begin && PQresultStatus(rt.before) != PGRES_COMMAND_OK)
+	{
+		/* BEGIN failed: the statement was skipped */
+		PQclear(rt.stmt);
+		PQclear(rt.after);
+		idem__set_error_from_result(conn, rt.before);
+		PQclear(rt.before);
+		return NULL;
+	}
+	PQclear(rt.before);
 	if (res && PQresultStatus(res) == PGRES_TUPLES_OK)
 	{
 		int			ntuples = PQntuples(res);
 
+		if (commit && PQresultStatus(rt.after) != PGRES_COMMAND_OK)
+		{
+			PQclear(res);
+			idem__set_error_from_result(conn, rt.after);
+			PQclear(rt.after);
+			return NULL;
+		}
+		PQclear(rt.after);
 		if (ntuples != 1)
 		{
 			PQclear(res);
@@ -484,6 +668,7 @@ again:
 		}
 		return res;
 	}
+	PQclear(rt.after);
 	if (has_sqlstate(res, "26000"))
 	{
 		/*
@@ -491,9 +676,13 @@ again:
 		 * of them are gone, prepare again.  Gone again at once, they do
 		 * not outlive a transaction (a pooler we did not detect): unnamed
 		 * statements from now on.  Inside a transaction block the error
-		 * has already aborted it, so it is reported instead.
+		 * has already aborted it, so it is reported instead, unless the
+		 * block is the one our BEGIN just opened: it holds nothing yet,
+		 * it is rolled back and the round trip made again.
 		 */
 		conn->prepared = 0;
+		if (begin && PQtransactionStatus(conn->pg) == PQTRANS_INERROR)
+			PQclear(PQexec(conn->pg, "ROLLBACK"));
 		if (PQtransactionStatus(conn->pg) == PQTRANS_IDLE)
 		{
 			if (vanished++ > 0)
@@ -1004,7 +1193,7 @@ reserve_call(idem_conn *conn, const char *key, const idem_opts *opts,
 	if (begin_call(conn) < 0 || lease_arg(conn, &lease, &leased) < 0)
 		return idem__outcome_of(conn);
 
-	sliced = (conn->sess.proxied || leased) &&
+	sliced = (conn->sess.proxied || leased) && !conn->begin_next &&
 		PQtransactionStatus(conn->pg) == PQTRANS_IDLE;
 	if (sliced && wait_ms_of(conn, wait, &total) < 0)
 		return idem__outcome_of(conn);
@@ -1405,6 +1594,23 @@ idem_uses_leases(idem_conn *conn)
 	if (begin_call(conn) < 0 || lease_arg(conn, &arg, &leased) < 0)
 		return -1;
 	return leased;
+}
+
+/* ---- runners in a transaction of their own ----------------------------- */
+
+int
+idem_set_transaction(idem_conn *conn, int on)
+{
+	if (conn == NULL)
+		return -1;
+	conn->transaction = on != 0;
+	return 0;
+}
+
+int
+idem_transaction(const idem_conn *conn)
+{
+	return conn ? conn->transaction : 0;
 }
 
 /* ---- run ids (used by idem_step) --------------------------------------- */

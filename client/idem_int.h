@@ -124,6 +124,10 @@ struct idem_conn
 	idem_observer_fn observer;	/* NULL: calls are not observed */
 	void	   *observer_arg;
 	int			last_waited;	/* the last reserve's idem_event.waited */
+
+	int			transaction;	/* idem_set_transaction */
+	int			begin_next;		/* BEGIN before the next statement */
+	int			commit_next;	/* COMMIT after the next statement */
 };
 
 typedef struct idem_hdr

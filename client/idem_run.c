@@ -81,7 +81,7 @@ nomem(idem_conn *conn)
  */
 static idem_outcome
 commit_response(idem_conn *conn, const char *key, const idem_opts *opts,
-				idem_response *resp)
+				idem_response *resp, int in_block)
 {
 	const char *json = idem_response_headers_json(resp);
 	idem_outcome o;
@@ -94,12 +94,53 @@ commit_response(idem_conn *conn, const char *key, const idem_opts *opts,
 		o = idem_commit(conn, key, opts, resp->status,
 						resp->has_body ? (const void *) resp->body : NULL,
 						resp->body_len, json);
+		/* a block lost with the connection took the reservation along */
 		if (o != IDEM_ERROR || conn->err != IDEM_ERR_CONNECTION ||
-			!conn->owned || attempt > 0)
+			!conn->owned || attempt > 0 || in_block)
 			return o;
 		if (idem_reconnect(conn) < 0)
 			return IDEM_ERROR;
 	}
+}
+
+/* Opens a runner's transaction block alone; 0, or -1 with the error set. */
+static int
+begin_block(idem_conn *conn)
+{
+	PGresult   *res = PQexec(conn->pg, "BEGIN");
+	int			ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+
+	if (!ok)
+		idem__set_error_from_result(conn, res);
+	PQclear(res);
+	return ok ? 0 : -1;
+}
+
+/*
+ * Ends the transaction block a runner opened (idem_set_transaction):
+ * COMMIT, or ROLLBACK.  0, or -1 with the error set when COMMIT failed;
+ * a ROLLBACK that fails keeps the handle's error as it was (the server
+ * rolls the block back when the session ends anyway).  Nothing when no
+ * block is open any more (a COMMIT that went with idem_commit, or one
+ * that failed).
+ */
+static int
+end_block(idem_conn *conn, int commit)
+{
+	PGresult   *res;
+	int			ok;
+
+	if (PQtransactionStatus(conn->pg) == PQTRANS_IDLE ||
+		PQtransactionStatus(conn->pg) == PQTRANS_UNKNOWN)
+		return 0;
+	if (PQtransactionStatus(conn->pg) == PQTRANS_INERROR)
+		commit = 0;
+	res = PQexec(conn->pg, commit ? "COMMIT" : "ROLLBACK");
+	ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+	if (!ok && commit)
+		idem__set_error_from_result(conn, res);
+	PQclear(res);
+	return ok || !commit ? 0 : -1;
 }
 
 /* the outcome of a handler whose lease was lost while it ran */
@@ -127,8 +168,8 @@ lease_lost(idem_conn *conn, const char *key, const char *why)
  */
 static idem_outcome
 run_guarded(idem_conn *conn, const char *key, const idem_opts *opts,
-			const idem_http *http, idem_handler_fn handler, void *arg,
-			idem_record **out, idem_call *call)
+			const idem_http *http, int tx, idem_handler_fn handler,
+			void *arg, idem_record **out, idem_call *call)
 {
 	idem_record *rec = NULL;
 	idem_response *resp;
@@ -138,8 +179,12 @@ run_guarded(idem_conn *conn, const char *key, const idem_opts *opts,
 	int			renewing = 0;
 	int			lost = 0;
 	char		why[sizeof(((idem_renewer *) 0)->errmsg)] = "";
+	/* a block of our own: BEGIN goes with the reserve (see exec_stmt) */
+	int			block = tx && PQtransactionStatus(conn->pg) == PQTRANS_IDLE;
 
+	conn->begin_next = block;
 	o = idem_reserve(conn, key, opts, &rec);
+	conn->begin_next = 0;
 	if (call)
 	{
 		call->waited = conn->last_waited;
@@ -148,17 +193,32 @@ run_guarded(idem_conn *conn, const char *key, const idem_opts *opts,
 	}
 	if (o == IDEM_REPLAY)
 	{
+		if (block)
+			end_block(conn, 0);
 		*out = rec;
 		return o;
 	}
 	if (o != IDEM_FRESH)
+	{
+		if (block)
+		{
+			saved_error saved;
+
+			save_error(conn, &saved);
+			end_block(conn, 0);
+			restore_error(conn, &saved);
+		}
 		return o;
+	}
 
 	resp = idem_response_new();
 	if (resp == NULL)
 	{
 		idem_record_free(rec);
-		idem_release(conn, key, opts);
+		if (block)
+			end_block(conn, 0);
+		else
+			idem_release(conn, key, opts);
 		return nomem(conn);
 	}
 	if (http)
@@ -197,7 +257,10 @@ run_guarded(idem_conn *conn, const char *key, const idem_opts *opts,
 		idem_outcome rel = IDEM_NOT_FOUND;
 		char		note[512];
 
-		if (!lost)
+		/* in a block of our own, its rollback drops the reservation */
+		if (block)
+			rel = end_block(conn, 0) == 0 ? IDEM_FRESH : IDEM_ERROR;
+		else if (!lost)
 			rel = idem_release(conn, key, opts);
 		snprintf(note, sizeof(note), "%s%.400s",
 				 lost ? "; the lease had been lost: another caller took "
@@ -224,7 +287,20 @@ run_guarded(idem_conn *conn, const char *key, const idem_opts *opts,
 		idem_response_free(resp);
 		return lease_lost(conn, key, why);
 	}
-	o = commit_response(conn, key, opts, resp);
+	/*
+	 * COMMIT goes with the commit, unless the reservation is lease-owned:
+	 * a lease lost makes the commit refused or a replay, after which the
+	 * block must roll back, as the handler's work is not to be kept.
+	 */
+	conn->commit_next = block && !leased;
+	o = commit_response(conn, key, opts, resp, block);
+	conn->commit_next = 0;
+	if (block && leased && o == IDEM_FRESH && end_block(conn, 1) < 0)
+	{
+		idem_response_free(resp);
+		conn->stats.errors++;
+		return IDEM_ERROR;
+	}
 	if (leased && (o == IDEM_LEASE_LOST || o == IDEM_REPLAY))
 	{
 		/*
@@ -233,6 +309,8 @@ run_guarded(idem_conn *conn, const char *key, const idem_opts *opts,
 		 * over while the handler ran.
 		 */
 		idem_response_free(resp);
+		if (block)
+			end_block(conn, 0);
 		return lease_lost(conn, key, NULL);
 	}
 	if (o == IDEM_FRESH)
@@ -259,7 +337,9 @@ run_guarded(idem_conn *conn, const char *key, const idem_opts *opts,
 		saved_error saved;
 
 		save_error(conn, &saved);
-		if (idem_connected(conn))
+		if (block)
+			end_block(conn, 0);
+		else if (idem_connected(conn))
 			idem_release(conn, key, opts);
 		restore_error(conn, &saved);
 		if (o != IDEM_ERROR)
@@ -297,7 +377,8 @@ run_call(idem_conn *conn, const char *key, const idem_opts *opts,
 	idem__clear_error(conn);
 	if (handler == NULL)
 		return idem__fail(conn, IDEM_ERR_BAD_INPUT, "handler must not be NULL");
-	return run_guarded(conn, key, opts, NULL, handler, arg, out, call);
+	return run_guarded(conn, key, opts, NULL, conn->transaction, handler,
+					   arg, out, call);
 }
 
 idem_outcome
@@ -340,7 +421,7 @@ step_call(idem_conn *conn, const char *step, const idem_opts *opts,
 		o.ttl = opts->ttl;
 		o.wait = opts->wait;
 	}
-	return run_guarded(conn, key, &o, NULL, step_fn, arg, out, call);
+	return run_guarded(conn, key, &o, NULL, 0, step_fn, arg, out, call);
 }
 
 idem_outcome
@@ -654,6 +735,7 @@ http_run_call(idem_conn *conn, const idem_http *http,
 			{
 				idem_response *resp = idem_response_new();
 				int			rc;
+				int			block;
 
 				if (resp == NULL)
 				{
@@ -661,8 +743,24 @@ http_run_call(idem_conn *conn, const idem_http *http,
 					return nomem(conn);
 				}
 				resp->status = 200;
+				block = conn->transaction && conn->pg &&
+					PQtransactionStatus(conn->pg) == PQTRANS_IDLE;
+				if (block && begin_block(conn) < 0)
+				{
+					idem_response_free(resp);
+					*status = idem_http_error_status(IDEM_ERROR, conn->err);
+					return idem__outcome_of(conn);
+				}
 				conn->stats.handler_runs++;
 				rc = handler(resp, arg);
+				if (block &&
+					end_block(conn, rc == 0 &&
+							  idem_http_cacheable(http, resp->status)) < 0)
+				{
+					idem_response_free(resp);
+					*status = idem_http_error_status(IDEM_ERROR, conn->err);
+					return idem__outcome_of(conn);
+				}
 				if (rc != 0)
 				{
 					idem_response_free(resp);
@@ -694,7 +792,8 @@ http_run_call(idem_conn *conn, const idem_http *http,
 	opts.request_hash = hash;
 	opts.ttl = http->ttl;
 	opts.wait = http->wait;
-	o = run_guarded(conn, key, &opts, http, handler, arg, out, call);
+	o = run_guarded(conn, key, &opts, http, conn->transaction, handler, arg,
+					out, call);
 	*status = (o == IDEM_FRESH || o == IDEM_REPLAY) ?
 		(*out)->status : idem_http_error_status(o, conn->err);
 	return o;

@@ -2061,6 +2061,268 @@ test_old_extension(void)
 	admin_exec(sql);
 }
 
+/* ---- runners in a transaction block of their own (idem_set_transaction) -- */
+
+typedef struct tx_ctx
+{
+	idem_conn  *conn;
+	const char *sql;			/* run in the handler, or NULL */
+	int			rc;				/* what the handler returns */
+	int			status;
+	int			runs;
+	int			in_block;		/* the handler ran inside a block */
+} tx_ctx;
+
+static int
+tx_handler(idem_response *resp, void *arg)
+{
+	tx_ctx	   *t = arg;
+	PGconn	   *pg = idem_pgconn(t->conn);
+
+	t->runs++;
+	t->in_block = PQtransactionStatus(pg) == PQTRANS_INTRANS;
+	if (t->sql)
+		PQclear(PQexec(pg, t->sql));
+	idem_response_set_status(resp, t->status);
+	idem_response_add_header(resp, "Content-Type", "text/plain");
+	if (t->rc == 0 && idem_response_set_body(resp, "tx", 2) < 0)
+		return -1;
+	return t->rc;
+}
+
+/* rows of idem_tx_test with this tag */
+static int
+tx_rows(const char *tag)
+{
+	char		sql[256];
+	PGresult   *res;
+	int			n;
+
+	snprintf(sql, sizeof(sql),
+			 "SELECT count(*) FROM idem_tx_test WHERE tag = '%s'", tag);
+	res = PQexec(admin, sql);
+	n = PQresultStatus(res) == PGRES_TUPLES_OK ? atoi(PQgetvalue(res, 0, 0)) : -1;
+	PQclear(res);
+	return n;
+}
+
+static int
+idle(idem_conn *c)
+{
+	return PQtransactionStatus(idem_pgconn(c)) == PQTRANS_IDLE;
+}
+
+static void
+test_transaction(void)
+{
+	idem_conn  *c = open_conn();
+	idem_conn  *other = open_conn();
+	idem_record *rec = NULL;
+	idem_opts	o1 = {NULL, "hash-1", NULL, NULL};
+	idem_opts	o2 = {NULL, "hash-2", NULL, "0"};
+	tx_ctx		t;
+	char		sql[512];
+	idem_outcome o;
+	idem_http  *http = idem_http_new();
+	idem_http_request req;
+	idem_header h;
+	int			status;
+
+	admin_exec("CREATE TABLE IF NOT EXISTS idem_tx_test (tag text, n int)");
+	admin_exec("CREATE TABLE IF NOT EXISTS idem_tx_parent (id int PRIMARY KEY)");
+	admin_exec("CREATE TABLE IF NOT EXISTS idem_tx_child (id int REFERENCES "
+			   "idem_tx_parent DEFERRABLE INITIALLY DEFERRED)");
+	CHECK(idem_transaction(c) == 0 && idem_set_transaction(c, 1) == 0 &&
+		  idem_transaction(c) == 1 && idem_set_transaction(NULL, 1) == -1,
+		  "idem_set_transaction / idem_transaction");
+
+	memset(&t, 0, sizeof(t));
+	t.conn = c;
+	t.status = 201;
+	snprintf(sql, sizeof(sql), "INSERT INTO idem_tx_test VALUES ('%s', 1)",
+			 key_of("tx-1"));
+	t.sql = sql;
+	o = idem_run(c, key_of("tx-1"), &o1, tx_handler, &t, &rec);
+	CHECK(o == IDEM_FRESH && t.runs == 1 && t.in_block && idle(c) &&
+		  tx_rows(key_of("tx-1")) == 1 && rec &&
+		  strcmp(idem_record_state(rec), "committed") == 0,
+		  "a run in a block of its own: the handler inside it, its row and the "
+		  "response committed together, the session idle after (%s)",
+		  idem_errmsg(c));
+	idem_record_free(rec);
+	rec = NULL;
+	o = idem_run(c, key_of("tx-1"), &o1, tx_handler, &t, &rec);
+	CHECK(o == IDEM_REPLAY && t.runs == 1 && idle(c) && body_is(rec, "tx", 2),
+		  "its replay: the handler does not run, the block is ended");
+	idem_record_free(rec);
+	rec = NULL;
+	CHECK(idem_run(c, key_of("tx-1"), &o2, tx_handler, &t, &rec) == IDEM_MISMATCH &&
+		  rec == NULL && idle(c) && t.runs == 1,
+		  "another request with the key: IDEM_MISMATCH, the block rolled back");
+
+	/* a failing handler: its writes and the reservation roll back */
+	snprintf(sql, sizeof(sql), "INSERT INTO idem_tx_test VALUES ('%s', 1)",
+			 key_of("tx-2"));
+	t.rc = 1;
+	o = idem_run(c, key_of("tx-2"), &o1, tx_handler, &t, &rec);
+	CHECK(o == IDEM_ERROR && idem_errcode(c) == IDEM_ERR_HANDLER && idle(c) &&
+		  tx_rows(key_of("tx-2")) == 0 &&
+		  idem_get(other, key_of("tx-2"), NULL, NULL) == IDEM_NOT_FOUND,
+		  "a handler that fails: its row and the reservation rolled back (%s)",
+		  idem_errmsg(c));
+	t.rc = 0;
+	o = idem_run(c, key_of("tx-2"), &o1, tx_handler, &t, &rec);
+	CHECK(o == IDEM_FRESH && tx_rows(key_of("tx-2")) == 1 && t.runs == 3,
+		  "so that a retry runs it again");
+	idem_record_free(rec);
+	rec = NULL;
+
+	/* a key in flight elsewhere */
+	CHECK(idem_reserve(other, key_of("tx-3"), NULL, NULL) == IDEM_FRESH,
+		  "another handle holds a key");
+	{
+		idem_opts	nowait = {NULL, NULL, NULL, "0"};
+
+		o = idem_run(c, key_of("tx-3"), &nowait, tx_handler, &t, &rec);
+		CHECK(o == IDEM_IN_FLIGHT && idle(c) && t.runs == 3,
+			  "a run on it: IDEM_IN_FLIGHT, the block rolled back, the "
+			  "connection ready (%s)", idem_errmsg(c));
+	}
+	idem_release(other, key_of("tx-3"), NULL);
+
+	/* the handler leaves the block failed: the commit fails in the pipeline */
+	t.sql = "SELECT 1/0";
+	o = idem_run(c, key_of("tx-4"), &o1, tx_handler, &t, &rec);
+	CHECK(o == IDEM_ERROR && strcmp(idem_sqlstate(c), "25P02") == 0 && idle(c) &&
+		  idem_get(other, key_of("tx-4"), NULL, NULL) == IDEM_NOT_FOUND,
+		  "a block the handler left failed: the commit fails (%s), all of it "
+		  "rolled back", idem_errmsg(c));
+
+	/* COMMIT itself fails: a deferred foreign key */
+	t.sql = "INSERT INTO idem_tx_child VALUES (42)";
+	o = idem_run(c, key_of("tx-5"), &o1, tx_handler, &t, &rec);
+	CHECK(o == IDEM_ERROR && strcmp(idem_sqlstate(c), "23503") == 0 && idle(c) &&
+		  rec == NULL && idem_get(other, key_of("tx-5"), NULL, NULL) == IDEM_NOT_FOUND,
+		  "a COMMIT that fails after the commit: IDEM_ERROR (%s), nothing stored",
+		  idem_errmsg(c));
+
+	/* statements deallocated behind the handle's back, BEGIN in front */
+	t.sql = NULL;
+	PQclear(PQexec(idem_pgconn(c), "DEALLOCATE ALL"));
+	o = idem_run(c, key_of("tx-6"), &o1, tx_handler, &t, &rec);
+	CHECK(o == IDEM_FRESH && idle(c),
+		  "prepared statements gone: prepared again, the block made anew (%s)",
+		  idem_errmsg(c));
+	idem_record_free(rec);
+	rec = NULL;
+
+	/* a block of the application's: joined, not ended */
+	snprintf(sql, sizeof(sql), "INSERT INTO idem_tx_test VALUES ('%s', 1)",
+			 key_of("tx-7"));
+	t.sql = sql;
+	PQclear(PQexec(idem_pgconn(c), "BEGIN"));
+	o = idem_run(c, key_of("tx-7"), &o1, tx_handler, &t, &rec);
+	CHECK(o == IDEM_FRESH &&
+		  PQtransactionStatus(idem_pgconn(c)) == PQTRANS_INTRANS &&
+		  idem_get(other, key_of("tx-7"), NULL, NULL) == IDEM_NOT_FOUND,
+		  "inside the application's block: joined, left open (%s)",
+		  idem_errmsg(c));
+	idem_record_free(rec);
+	rec = NULL;
+	PQclear(PQexec(idem_pgconn(c), "ROLLBACK"));
+	CHECK(tx_rows(key_of("tx-7")) == 0 &&
+		  idem_get(other, key_of("tx-7"), NULL, NULL) == IDEM_NOT_FOUND,
+		  "and its rollback takes all of it back");
+
+	/* the HTTP runner: guarded and bypassed requests */
+	memset(&req, 0, sizeof(req));
+	req.method = "POST";
+	req.path = "/tx";
+	req.body = "{}";
+	req.body_len = 2;
+	h.name = "Idempotency-Key";
+	h.value = key_of("tx-http");
+	req.headers = &h;
+	req.nheaders = 1;
+	snprintf(sql, sizeof(sql), "INSERT INTO idem_tx_test VALUES ('%s', 1)",
+			 key_of("tx-http"));
+	o = idem_http_run(c, http, &req, tx_handler, &t, &rec, &status);
+	CHECK(o == IDEM_FRESH && status == 201 && idle(c) && t.in_block &&
+		  tx_rows(key_of("tx-http")) == 1,
+		  "idem_http_run: the same (%s)", idem_errmsg(c));
+	idem_record_free(rec);
+	rec = NULL;
+	o = idem_http_run(c, http, &req, tx_handler, &t, &rec, &status);
+	CHECK(o == IDEM_REPLAY && status == 201 && idle(c) &&
+		  tx_rows(key_of("tx-http")) == 1, "and its replay");
+	idem_record_free(rec);
+	rec = NULL;
+	h.value = key_of("tx-http-500");
+	t.status = 500;
+	snprintf(sql, sizeof(sql), "INSERT INTO idem_tx_test VALUES ('%s', 1)",
+			 key_of("tx-http-500"));
+	o = idem_http_run(c, http, &req, tx_handler, &t, &rec, &status);
+	CHECK(o == IDEM_FRESH && status == 500 && idle(c) &&
+		  tx_rows(key_of("tx-http-500")) == 0 &&
+		  strcmp(idem_record_state(rec), "released") == 0 &&
+		  idem_get(other, key_of("tx-http-500"), NULL, NULL) == IDEM_NOT_FOUND,
+		  "a 500: served, rolled back, the key free again");
+	idem_record_free(rec);
+	rec = NULL;
+	req.nheaders = 0;
+	t.status = 201;
+	snprintf(sql, sizeof(sql), "INSERT INTO idem_tx_test VALUES ('%s', 1)",
+			 key_of("tx-bypass"));
+	o = idem_http_run(c, http, &req, tx_handler, &t, &rec, &status);
+	CHECK(o == IDEM_FRESH && status == 201 && t.in_block && idle(c) &&
+		  tx_rows(key_of("tx-bypass")) == 1,
+		  "a bypassed request: its handler in a block, committed");
+	idem_record_free(rec);
+	rec = NULL;
+	t.status = 503;
+	snprintf(sql, sizeof(sql), "INSERT INTO idem_tx_test VALUES ('%s', 2)",
+			 key_of("tx-bypass"));
+	o = idem_http_run(c, http, &req, tx_handler, &t, &rec, &status);
+	CHECK(o == IDEM_FRESH && status == 503 && idle(c) &&
+		  tx_rows(key_of("tx-bypass")) == 1,
+		  "a bypassed 503: rolled back");
+	idem_record_free(rec);
+	rec = NULL;
+
+	/* the connection lost while the handler runs: no retry of the commit */
+	h.value = key_of("tx-kill");
+	req.nheaders = 1;
+	t.status = 201;
+	t.sql = NULL;
+	{
+		idem_conn  *k = open_conn();
+		tx_ctx		tk = t;
+
+		idem_set_transaction(k, 1);
+		tk.conn = k;
+		tk.sql = "SELECT pg_terminate_backend(pg_backend_pid())";
+		o = idem_http_run(k, http, &req, tx_handler, &tk, &rec, &status);
+		CHECK(o == IDEM_ERROR && idem_errcode(k) == IDEM_ERR_CONNECTION &&
+			  status == 503 && rec == NULL &&
+			  idem_get(other, key_of("tx-kill"), NULL, NULL) == IDEM_NOT_FOUND,
+			  "the connection lost in the handler: IDEM_ERR_CONNECTION, 503, "
+			  "nothing stored (%s)", idem_errmsg(k));
+		tk.sql = NULL;
+		CHECK(idem_reconnect(k) == 0 &&
+			  idem_http_run(k, http, &req, tx_handler, &tk, &rec, &status) ==
+			  IDEM_FRESH && idle(k),
+			  "after a reconnect the same request runs (%s)", idem_errmsg(k));
+		idem_record_free(rec);
+		rec = NULL;
+		idem_free(k);
+	}
+
+	idem_http_free(http);
+	idem_free(other);
+	idem_free(c);
+	admin_exec("DROP TABLE idem_tx_test, idem_tx_child, idem_tx_parent");
+}
+
 /* ---- an extension outside the session's search_path ------------------------ */
 
 typedef struct schema_run
@@ -2285,6 +2547,28 @@ test_proxy(const char *dsn)
 		  idem_reserve(b, k, NULL, &rec) == IDEM_REPLAY && body_is(rec, "pooled", 6),
 		  "commit through the pooler, replayed by another client");
 	idem_record_free(rec);
+	{
+		tx_ctx		t;
+		idem_record *r2 = NULL;
+
+		memset(&t, 0, sizeof(t));
+		t.conn = a;
+		t.status = 201;
+		idem_set_transaction(a, 1);
+		o = idem_run(a, key_of("proxy-tx"), NULL, tx_handler, &t, &r2);
+		CHECK(o == IDEM_FRESH && t.in_block && idle(a) &&
+			  idem_uses_leases(a) == 1,
+			  "a run in a block of its own through the pooler, lease-owned, "
+			  "its COMMIT after the commit's answer (%s)", idem_errmsg(a));
+		idem_record_free(r2);
+		r2 = NULL;
+		o = idem_run(a, key_of("proxy-tx"), NULL, tx_handler, &t, &r2);
+		CHECK(o == IDEM_REPLAY && t.runs == 1 && idle(a) && body_is(r2, "tx", 2) &&
+			  idem_reserve(b, key_of("proxy-tx"), NULL, NULL) == IDEM_REPLAY,
+			  "its replay, also from another client (%s)", idem_errmsg(a));
+		idem_record_free(r2);
+		idem_set_transaction(a, 0);
+	}
 	idem_set_lease(a, "0");
 	CHECK(idem_uses_leases(a) == 0, "idem_set_lease(\"0\") still forces session owners");
 
@@ -2510,6 +2794,7 @@ main(void)
 	test_slices();
 	test_old_extension();
 	test_schema();
+	test_transaction();
 	if (getenv("IDEM_TEST_PROXY"))
 		test_proxy(getenv("IDEM_TEST_PROXY"));
 
