@@ -259,7 +259,11 @@ run_guarded(idem_conn *conn, const char *key, const idem_opts *opts,
 
 		/* in a block of our own, its rollback drops the reservation */
 		if (block)
+		{
 			rel = end_block(conn, 0) == 0 ? IDEM_FRESH : IDEM_ERROR;
+			if (rel == IDEM_FRESH)
+				conn->stats.releases++;
+		}
 		else if (!lost)
 			rel = idem_release(conn, key, opts);
 		snprintf(note, sizeof(note), "%s%.400s",
@@ -297,7 +301,9 @@ run_guarded(idem_conn *conn, const char *key, const idem_opts *opts,
 	conn->commit_next = 0;
 	if (block && leased && o == IDEM_FRESH && end_block(conn, 1) < 0)
 	{
+		/* stored, then gone with the block */
 		idem_response_free(resp);
+		conn->stats.commits--;
 		conn->stats.errors++;
 		return IDEM_ERROR;
 	}
