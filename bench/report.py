@@ -661,6 +661,11 @@ def compare_configs(reps):
                 cells.append("not measured")
         w(f"| {name}{' (' + only + ')' if only else ''} | " + " | ".join(cells) + " |")
     w("")
+    w("Met or not by the mean throughput of the rounds. On a shared machine (see the spread and "
+      "the load averages) a ratio within a few percent of 1.0 is within the noise: the server CPU "
+      "per operation, and the instructions per transaction of `make -C bench instructions` "
+      "(`bench/results/profile.md`), which no load moves, say more.")
+    w("")
     return out
 
 
