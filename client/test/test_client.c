@@ -2216,6 +2216,35 @@ test_transaction(void)
 	idem_record_free(rec);
 	rec = NULL;
 
+	/* the statements stay prepared: none is prepared again per call */
+	{
+		const char *q = "SELECT string_agg(name || ' ' || prepare_time, ',' "
+			"ORDER BY name) FROM pg_prepared_statements";
+		PGresult   *r1 = PQexec(idem_pgconn(c), q);
+		PGresult   *r2;
+		int			i,
+					fresh = 0;
+
+		for (i = 0; i < 5; i++)
+		{
+			char		k[32];
+
+			snprintf(k, sizeof(k), "tx-p%d", i);
+			fresh += idem_run(c, key_of(k), &o1, tx_handler, &t, &rec) == IDEM_FRESH;
+			idem_record_free(rec);
+			rec = NULL;
+		}
+		r2 = PQexec(idem_pgconn(c), q);
+		CHECK(fresh == 5 && PQresultStatus(r1) == PGRES_TUPLES_OK &&
+			  PQresultStatus(r2) == PGRES_TUPLES_OK &&
+			  strstr(PQgetvalue(r1, 0, 0), "libidem1_owner_reserve") != NULL &&
+			  strcmp(PQgetvalue(r1, 0, 0), PQgetvalue(r2, 0, 0)) == 0,
+			  "five more runs: the same prepared statements, prepared at the "
+			  "same times (%s)", PQgetvalue(r2, 0, 0));
+		PQclear(r1);
+		PQclear(r2);
+	}
+
 	/* a block of the application's: joined, not ended */
 	snprintf(sql, sizeof(sql), "INSERT INTO idem_tx_test VALUES ('%s', 1)",
 			 key_of("tx-7"));
