@@ -555,6 +555,7 @@ def main():
       "per-round throughputs, and the server CPU per operation hardly moves with the load.")
     w("")
     md.extend(compare_configs(reps))
+    md.extend(instructions_section(os.path.join(data, "instructions.txt")))
     for c, rep in reps:
         if c:
             w(f"## Configuration: {CONFIG_NAMES.get(c, c)}")
@@ -574,6 +575,34 @@ def main():
     nplots = sum(len(rep["plots"]) for _, rep in reps)
     print(f"report.py: wrote {os.path.join(res, 'results.md')}"
           + (f" and {nplots} plots" if nplots else " (no plots: gnuplot missing)"))
+
+
+def instructions_section(path):
+    """The instructions per transaction that bench/instructions.sh counted."""
+    ins = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                a = line.split()
+                if len(a) >= 2 and a[1].isdigit():
+                    ins[a[0]] = int(a[1])
+    except OSError:
+        return []
+    if not ins:
+        return []
+    out = ["### Instructions per transaction (callgrind)", "",
+           "`bench/instructions.sh` at the end of the run: the server under valgrind's callgrind, "
+           "stock settings, one pgbench client; per transaction = the difference between a "
+           "connection of 1200 transactions and one of 200, divided by 1000 (connection start and "
+           "exit cancel out). Unlike throughput and CPU time this does not move with the machine's "
+           "load. Where the instructions of a replay go: `bench/results/profile.md`.", "",
+           "| workload | extension | raw SQL floor | extension / raw |", "|---|--:|--:|--:|"]
+    for w, label in [("replay", "2. replay of a committed key"), ("fresh", "1. reserve + commit, logged")]:
+        e, r = ins.get(f"{w}_ext"), ins.get(f"{w}_raw")
+        if e and r:
+            out.append(f"| {label} | {e:,} | {r:,} | {e / r:.2f}× |")
+    out.append("")
+    return out
 
 
 def compare_configs(reps):

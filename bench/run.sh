@@ -69,6 +69,11 @@
 #                           tree first; head: from a clean export of git HEAD
 #                           (uncommitted edits left out); 0: measure the
 #                           installed one
+#   BENCH_INSTRUCTIONS=auto  at the end, the instructions per transaction of
+#                           replays and reserve + commit against the raw
+#                           floor, counted by callgrind (bench/instructions.sh,
+#                           stock settings, about a minute) when valgrind is
+#                           installed; 0 = never, 1 = required
 #   BENCH_TMP=bench/tmp  BENCH_RESULTS=bench/results
 #   BENCH_KEEP=0            1: leave the cluster running at the end (else it is
 #                           stopped and its directory removed)
@@ -806,6 +811,22 @@ for cfg in $CONFIGS; do
 	echo "$cfg" >>"$DATA_ROOT/configs.tsv"
 	[[ $KEEP == 1 && $cfg == "${CONFIGS##* }" ]] || stop_config
 done
+
+# instructions per transaction, counted by callgrind (bench/instructions.sh):
+# the one figure of the run that the machine's load does not move
+case ${BENCH_INSTRUCTIONS:-auto} in
+	0) ;;
+	*)
+		if command -v valgrind >/dev/null && command -v callgrind_annotate >/dev/null; then
+			log "instructions per transaction (callgrind)"
+			BENCH_INSTALL=0 BENCH_TMP=$TMP "$BENCH_DIR/instructions.sh" \
+				>"$DATA_ROOT/instructions.txt" 2>"$DATA_ROOT/instructions.err" ||
+				log "instructions.sh failed: $(tail -n 1 "$DATA_ROOT/instructions.err")"
+		elif [[ ${BENCH_INSTRUCTIONS:-auto} == 1 ]]; then
+			die "valgrind not found (apt-get install valgrind)"
+		fi
+		;;
+esac
 
 log "writing the report to $RESULTS"
 python3 "$BENCH_DIR/report.py" --data "$DATA_ROOT" --results "$RESULTS"
