@@ -789,7 +789,7 @@ def write_plots(res, pdir, tp_stats, hot_stats, purge_stats, sc, machine, cfg=""
     # latency percentiles: one panel per workload, one curve per implementation
     if blocks:
         script += [f'set output "{os.path.join(res, png("latency", cfg))}"',
-                   f'set multiplot layout 1,{len(blocks)} title "Latency by percentile (per pgbench transaction)"',
+                   f'set multiplot layout 1,{len(blocks)} title "{cfg + ": " if cfg else ""}Latency by percentile (per pgbench transaction)"',
                    'set key top left', 'set logscale y', 'set ylabel "ms"',
                    'set xtics ("50%%" 0.301, "90%%" 1, "99%%" 2, "99.9%%" 3, "99.99%%" 4)',
                    'set xrange [0:4]', 'set yrange [*:*]']
@@ -807,7 +807,7 @@ def write_plots(res, pdir, tp_stats, hot_stats, purge_stats, sc, machine, cfg=""
     if hot_stats:
         script += ['set terminal pngcairo size 900,500 font "sans,10"',
                    f'set output "{os.path.join(res, png("wake", cfg))}"',
-                   'set title "Hot key: waiter wake latency after the owner\'s commit (CDF)"',
+                   f'set title "{cfg + ": " if cfg else ""}Hot key: waiter wake latency after the owner\'s commit (CDF)"',
                    'set xlabel "ms after the commit returned to the owner"', 'set ylabel "fraction of waiters"',
                    'set key bottom right', 'set yrange [0:1]', 'set xrange [*:*]', 'set grid xtics ytics',
                    'set arrow 1 from 2, graph 0 to 2, graph 1 nohead dt 2 lc rgb "gray40"',
@@ -823,7 +823,7 @@ def write_plots(res, pdir, tp_stats, hot_stats, purge_stats, sc, machine, cfg=""
         impls = [i for i in IMPL_ORDER if os.path.exists(os.path.join(pdir, f"scale-fresh-{i}.dat"))]
         script += ['set terminal pngcairo size 1200,800 font "sans,10"',
                    f'set output "{os.path.join(res, png("scale", cfg))}"',
-                   'set multiplot layout 2,2 title "Cost per operation against stored keys"',
+                   f'set multiplot layout 2,2 title "{cfg + ": " if cfg else ""}Cost per operation against stored keys"',
                    'set logscale x', 'set xlabel "stored keys"',
                    'set yrange [0:*]', 'set key below', 'set format x "10^{%T}"']
         for col, ylabel in ((2, "µs of machine time per operation (1 / tps)"),
@@ -840,7 +840,7 @@ def write_plots(res, pdir, tp_stats, hot_stats, purge_stats, sc, machine, cfg=""
     if purge_stats and any(os.path.exists(os.path.join(pdir, f"purge-{i}.dat")) for i in purge_stats):
         script += ['set terminal pngcairo size 1200,450 font "sans,10"',
                    f'set output "{os.path.join(res, png("purge", cfg))}"',
-                   'set title "Reserve + commit p99 per 250 ms while the purge runs (first round; bars = purge windows)"',
+                   f'set title "{cfg + ": " if cfg else ""}Reserve + commit p99 per 250 ms while the purge runs (first round; bars = purge windows)"',
                    'set xlabel "s from the purge start"', 'set ylabel "ms"', 'set logscale y',
                    'set key top right', 'set xrange [-3:*]', 'set yrange [*:*]']
         parts = []
