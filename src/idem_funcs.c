@@ -555,6 +555,7 @@ typedef struct ReserveCall
 								 * from here */
 	TimestampTz deadline;		/* ... until here */
 	TimestampTz first_wait;		/* when it first waited, or 0 */
+	bool		prepared;		/* tag, lock and waiter set up */
 	LOCKTAG		tag;
 	KeyLock		lock;
 	IdemWaiter	waiter;
@@ -782,17 +783,48 @@ lock_or_wait(ReserveCall *rc, RecordState st)
 }
 
 /*
+ * The key's lock tag and waiter, and whether this transaction holds the
+ * lock already: it committed or released the key, or wrote a lease owner's
+ * record of it, and the lock goes when the transaction does.
+ */
+static void
+prepare_to_lock(ReserveCall *rc)
+{
+	idem_key_locktag(&rc->k, &rc->tag);
+	idem_waiter_init(&rc->waiter, &rc->k);
+	if (LockHeldByMe(&rc->tag, ExclusiveLock))
+		rc->lock = KEY_HELD;
+	rc->prepared = true;
+}
+
+/*
  * One look at the record, and what follows from it.
  */
 static ReserveStep
 reserve_look(ReserveCall *rc)
 {
-	bool		locked = (rc->lock != KEY_UNLOCKED);
+	bool		locked;
 	RecordState st;
 
 	CHECK_FOR_INTERRUPTS();
 
 	idem_storage_read(&rc->k, &rc->rec);
+	if (!rc->prepared)
+	{
+		/*
+		 * The first look.  A replay, the common call, is answered before
+		 * the key's lock and waiting are set up: a committed record is
+		 * committed whatever we hold.
+		 */
+		if (rc->rec.found && rc->rec.committed &&
+			classify(&rc->rec, rc->now, false, rc->owner.token) == REC_COMMITTED)
+		{
+			check_hash(&rc->k, &rc->rec, rc->hash);
+			return STEP_REPLAY;
+		}
+		prepare_to_lock(rc);
+	}
+	locked = (rc->lock != KEY_UNLOCKED);
 	st = classify(&rc->rec, rc->now, locked, rc->owner.token);
 	if (st != REC_ABSENT)
 		check_hash(&rc->k, &rc->rec, rc->hash);
@@ -866,11 +898,7 @@ reserve(FunctionCallInfo fcinfo, bool may_route)
 
 	rc.deadline = rc.began + Min(rc.wait_us, PG_INT64_MAX - rc.began);
 	rc.backoff_ms = 1;
-	idem_key_locktag(&rc.k, &rc.tag);
-	idem_waiter_init(&rc.waiter, &rc.k);
 	(void) idem_reservation_tupdesc(fcinfo);
-	if (LockHeldByMe(&rc.tag, ExclusiveLock))
-		rc.lock = KEY_HELD;
 
 	do
 		step = reserve_look(&rc);

@@ -905,9 +905,13 @@ probe(Relation rel, Relation idx, const IdemKey *k, TupleTableSlot *slot)
 static void
 fill_record(const Datum *v, const bool *n, IdemRecord *rec)
 {
+	text	   *state;
+
 	rec->found = true;
-	rec->committed = (strcmp(TextDatumGetCString(v[Anum_state - 1]),
-							 "committed") == 0);
+	state = DatumGetTextPP(v[Anum_state - 1]);
+	rec->committed = (VARSIZE_ANY_EXHDR(state) == strlen("committed") &&
+					  memcmp(VARDATA_ANY(state), "committed",
+							 strlen("committed")) == 0);
 	rec->request_hash = n[Anum_request_hash - 1] ? NULL :
 		TextDatumGetCString(v[Anum_request_hash - 1]);
 	rec->status_null = n[Anum_status - 1];
