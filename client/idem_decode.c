@@ -3,8 +3,8 @@
  * idem_decode.c
  *	  Decoding of the server's rows, which the calls ask for in binary
  *	  format: booleans, big-endian int4, int8 and timestamptz, bytea as
- *	  raw bytes, jsonb as a version byte followed by its text, and the
- *	  headers as a text[] of (name, value) pairs.
+ *	  raw bytes, jsonb as a version byte followed by its text; the stored
+ *	  headers' JSON read into (name, value) pairs with json-c.
  *
  * A server of another version, a proxy or a bug may send anything in
  * those columns: nothing here reads beyond what libpq says a value's
@@ -12,15 +12,17 @@
  *
  *-------------------------------------------------------------------------
  */
+#include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <json-c/json_object.h>
+#include <json-c/json_tokener.h>
+#include <json-c/linkhash.h>
 #include <libpq-fe.h>
 
 #include "idem_int.h"
-
-/* text's type OID (pg_type.h), the element type of the header pairs */
-#define TEXT_OID 25
 
 /* ---- binary result decoding -------------------------------------------- */
 
@@ -99,76 +101,301 @@ get_timestamptz(const PGresult *res, const char *name)
 	return idem__timestamptz_value(PQgetvalue(res, 0, col));
 }
 
+/* ---- the stored headers ------------------------------------------------ */
+
 /*
- * The header pairs of a record (see HEADER_PAIRS in idem_conn.c): a text[]
- * in array_send's binary form, two-dimensional with rows of (name, value),
- * or empty.  That form is: the number of dimensions, a has-nulls flag and
- * the element type (int4, int4, oid), each dimension's length and lower
- * bound (int4, int4), then each element as an int4 length (-1 for NULL)
- * and that many bytes, row after row.  Returns 0 and the pairs, 1 when the
- * value is not such an array of text without NULLs (nothing kept), -1 when
- * out of memory.  A value with a NUL byte is cut there, as a C string is.
+ * How deep the headers' JSON may nest: json-c's default for the first
+ * reading, and, should that be too shallow, this much for a second one
+ * (each level costs the tokener some 32 bytes and the recursions of
+ * json-c and of put_value a few stack frames).
+ */
+#define HEADERS_MAX_DEPTH 1000
+
+typedef struct jbuf
+{
+	char	   *data;
+	size_t		len;
+	size_t		cap;
+	int			failed;
+} jbuf;
+
+static void
+jb_put(jbuf *b, const char *s, size_t n)
+{
+	if (b->failed)
+		return;
+	if (b->len + n + 1 > b->cap)
+	{
+		size_t		cap = b->cap ? b->cap : 64;
+		char	   *p;
+
+		while (cap < b->len + n + 1)
+			cap *= 2;
+		p = realloc(b->data, cap);
+		if (p == NULL)
+		{
+			b->failed = 1;
+			return;
+		}
+		b->data = p;
+		b->cap = cap;
+	}
+	memcpy(b->data + b->len, s, n);
+	b->len += n;
+	b->data[b->len] = '\0';
+}
+
+/* a string escaped as the server's jsonb output escapes it (escape_json) */
+static void
+put_string(jbuf *b, const char *s, size_t n)
+{
+	const char *end = s + n;
+
+	jb_put(b, "\"", 1);
+	for (; s < end; s++)
+	{
+		unsigned char c = (unsigned char) *s;
+		char		esc[8];
+
+		switch (c)
+		{
+			case '\b':
+				jb_put(b, "\\b", 2);
+				break;
+			case '\f':
+				jb_put(b, "\\f", 2);
+				break;
+			case '\n':
+				jb_put(b, "\\n", 2);
+				break;
+			case '\r':
+				jb_put(b, "\\r", 2);
+				break;
+			case '\t':
+				jb_put(b, "\\t", 2);
+				break;
+			case '"':
+				jb_put(b, "\\\"", 2);
+				break;
+			case '\\':
+				jb_put(b, "\\\\", 2);
+				break;
+			default:
+				if (c < ' ')
+				{
+					snprintf(esc, sizeof(esc), "\\u%04x", c);
+					jb_put(b, esc, 6);
+				}
+				else
+					jb_put(b, s, 1);
+				break;
+		}
+	}
+	jb_put(b, "\"", 1);
+}
+
+/*
+ * A value as the server's jsonb output writes it: {"a": 1, "b": [2, 3]},
+ * numbers as they were read (json-c keeps the text of a number with a
+ * fraction or an exponent; an integer's is its value's).
+ */
+static void
+put_value(jbuf *b, json_object *v)
+{
+	size_t		i,
+				n;
+	int			first = 1;
+	const char *text;
+
+	switch (json_object_get_type(v))
+	{
+		case json_type_null:
+			jb_put(b, "null", 4);
+			break;
+		case json_type_boolean:
+			if (json_object_get_boolean(v))
+				jb_put(b, "true", 4);
+			else
+				jb_put(b, "false", 5);
+			break;
+		case json_type_string:
+			put_string(b, json_object_get_string(v),
+					   (size_t) json_object_get_string_len(v));
+			break;
+		case json_type_array:
+			jb_put(b, "[", 1);
+			n = json_object_array_length(v);
+			for (i = 0; i < n; i++)
+			{
+				if (i > 0)
+					jb_put(b, ", ", 2);
+				put_value(b, json_object_array_get_idx(v, i));
+			}
+			jb_put(b, "]", 1);
+			break;
+		case json_type_object:
+			jb_put(b, "{", 1);
+			{
+				json_object_object_foreach(v, key, elem)
+				{
+					if (!first)
+						jb_put(b, ", ", 2);
+					first = 0;
+					put_string(b, key, strlen(key));
+					jb_put(b, ": ", 2);
+					put_value(b, elem);
+				}
+			}
+			jb_put(b, "}", 1);
+			break;
+		case json_type_int:
+		case json_type_double:
+			text = json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN);
+			if (text == NULL)
+				b->failed = 1;
+			else
+				jb_put(b, text, strlen(text));
+			break;
+	}
+}
+
+/* one header value: a string unescaped, anything else as its JSON text */
+static char *
+header_value(json_object *v)
+{
+	jbuf		b = {NULL, 0, 0, 0};
+
+	if (json_object_get_type(v) == json_type_string)
+		return idem__strdup(json_object_get_string(v));
+	put_value(&b, v);
+	if (b.failed)
+	{
+		free(b.data);
+		return NULL;
+	}
+	return b.data;
+}
+
+/*
+ * The JSON text json (len bytes), strictly, with a tokener of that depth:
+ * 0 and *obj (NULL for JSON null), 1 when it is not one JSON value, 2
+ * when it nests deeper than depth, -1 when out of memory.
+ */
+static int
+parse_json(const char *json, size_t len, int depth, json_object **obj)
+{
+	json_tokener *tok = json_tokener_new_ex(depth);
+	enum json_tokener_error err;
+	int			rc;
+
+	*obj = NULL;
+	if (tok == NULL)
+		return -1;
+	json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
+	*obj = json_tokener_parse_ex(tok, json, (int) len);
+	err = json_tokener_get_error(tok);
+	/* a number alone ends only where the text does: say it does */
+	if (err == json_tokener_continue)
+	{
+		*obj = json_tokener_parse_ex(tok, "", 1);
+		err = json_tokener_get_error(tok);
+	}
+	else if (err == json_tokener_success &&
+			 json_tokener_get_parse_end(tok) != len)
+		err = json_tokener_error_parse_unexpected;	/* more than one value */
+	if (err == json_tokener_success)
+		rc = 0;
+	else
+	{
+		rc = err == json_tokener_error_depth ? 2 : 1;
+		json_object_put(*obj);
+		*obj = NULL;
+	}
+	json_tokener_free(tok);
+	return rc;
+}
+
+/*
+ * The stored headers of a record, the JSON text json (len bytes): a JSON
+ * object mapping each name to an array of its values, read with json-c's
+ * strict tokener.  Gives a pair for each name and each element of its
+ * array (a value that is no array counts as an array of itself), in the
+ * order of the text, which is the order the server's jsonb keeps: strings
+ * unescaped and cut at a NUL, as a C string is, any other value as its
+ * JSON text in the layout of the server's jsonb output ("null" for JSON
+ * null; an integer beyond 64 bits as json-c reads it, saturated).  JSON
+ * that is not an object gives no headers.  Returns 0 and the
+ * pairs, 1 when the text is not JSON (nothing kept), -1 when out of
+ * memory.
  */
 int
-idem__decode_header_pairs(const char *value, size_t len, idem_hdr **hdrs_out,
-						  size_t *n_out)
+idem__decode_headers(const char *json, size_t len, idem_hdr **hdrs_out,
+					 size_t *n_out)
 {
-	const unsigned char *p = (const unsigned char *) value;
-	const unsigned char *end = p + len;
+	json_object *obj;
 	idem_hdr   *hdrs;
-	size_t		rows,
-				i;
+	size_t		n = 0,
+				k = 0;
+	int			rc;
 
 	*hdrs_out = NULL;
 	*n_out = 0;
-	if (len < 12)
+	if (len > INT_MAX)
 		return 1;
-	if (be32(p + 8) != TEXT_OID)
-		return 1;
-	if (be32(p) == 0)
-		return len == 12 ? 0 : 1;
-	if (be32(p) != 2 || len < 28 || be32(p + 20) != 2)
-		return 1;
-	rows = be32(p + 12);
-	/* each element takes 4 bytes at least: no larger allocation than that */
-	if (rows > (len - 28) / 8)
-		return 1;
-	if (rows == 0)
-		return len == 28 ? 0 : 1;
-	hdrs = calloc(rows, sizeof(idem_hdr));
-	if (hdrs == NULL)
-		return -1;
-	for (p += 28, i = 0; i < 2 * rows; i++)
+	rc = parse_json(json, len, JSON_TOKENER_DEFAULT_DEPTH, &obj);
+	if (rc == 2)
+		rc = parse_json(json, len, HEADERS_MAX_DEPTH, &obj);
+	if (rc != 0)
+		return rc < 0 ? -1 : 1;
+	if (json_object_get_type(obj) != json_type_object)
 	{
-		char	  **dst = i % 2 ? &hdrs[i / 2].value : &hdrs[i / 2].name;
-		uint32_t	elen;
-
-		if (end - p < 4)
-			goto bad;
-		elen = be32(p);
-		p += 4;
-		/* -1 is NULL: not in pairs the statement builds */
-		if (elen > (size_t) (end - p))
-			goto bad;
-		*dst = malloc((size_t) elen + 1);
-		if (*dst == NULL)
-		{
-			idem__free_hdrs(hdrs, rows);
-			return -1;
-		}
-		memcpy(*dst, p, elen);
-		(*dst)[elen] = '\0';
-		p += elen;
+		json_object_put(obj);
+		return 0;
 	}
-	if (p != end)
-		goto bad;
+	{
+		json_object_object_foreach(obj, key, v)
+		{
+			(void) key;
+			n += json_object_get_type(v) == json_type_array ?
+				json_object_array_length(v) : 1;
+		}
+	}
+	if (n == 0)
+	{
+		json_object_put(obj);
+		return 0;
+	}
+	hdrs = calloc(n, sizeof(idem_hdr));
+	if (hdrs == NULL)
+		goto nomem;
+	{
+		json_object_object_foreach(obj, key, v)
+		{
+			int			is_array = json_object_get_type(v) == json_type_array;
+			size_t		nv = is_array ? json_object_array_length(v) : 1,
+						i;
+
+			for (i = 0; i < nv; i++, k++)
+			{
+				hdrs[k].name = idem__strdup(key);
+				hdrs[k].value = header_value(is_array ?
+											 json_object_array_get_idx(v, i) : v);
+				if (hdrs[k].name == NULL || hdrs[k].value == NULL)
+				{
+					idem__free_hdrs(hdrs, n);
+					goto nomem;
+				}
+			}
+		}
+	}
+	json_object_put(obj);
 	*hdrs_out = hdrs;
-	*n_out = rows;
+	*n_out = n;
 	return 0;
 
-bad:
-	idem__free_hdrs(hdrs, rows);
-	return 1;
+nomem:
+	json_object_put(obj);
+	return -1;
 }
 
 /*
@@ -182,6 +409,7 @@ idem__record_from_result(idem_conn *conn, const PGresult *res)
 {
 	idem_record *rec;
 	int			col;
+	int			rc;
 
 	if (PQfnumber(res, "state") < 0 || PQfnumber(res, "body") < 0)
 	{
@@ -247,22 +475,16 @@ idem__record_from_result(idem_conn *conn, const PGresult *res)
 		rec->headers_json = idem__strdup(v + 1);
 		if (rec->headers_json == NULL)
 			goto nomem;
-	}
-
-	col = column(res, "header_pairs", -1);
-	if (col >= 0)
-	{
-		int			rc = idem__decode_header_pairs(PQgetvalue(res, 0, col),
-												   (size_t) PQgetlength(res, 0, col),
-												   &rec->hdrs, &rec->nhdrs);
-
+		rc = idem__decode_headers(rec->headers_json,
+								  strlen(rec->headers_json),
+								  &rec->hdrs, &rec->nhdrs);
 		if (rc < 0)
 			goto nomem;
 		if (rc > 0)
 		{
 			idem_record_free(rec);
 			idem__set_error(conn, IDEM_ERR_PROTOCOL,
-							"malformed header pairs from the server");
+							"malformed headers JSON from the server");
 			return NULL;
 		}
 	}

@@ -200,8 +200,8 @@ void		idem__call_end(idem_conn *conn, const idem_call *call, idem_op op,
 /* idem_decode.c */
 uint64_t	idem__be64(const unsigned char *p);
 int64_t		idem__timestamptz_value(const char *value);
-int			idem__decode_header_pairs(const char *value, size_t len,
-									  idem_hdr **hdrs, size_t *n);
+int			idem__decode_headers(const char *json, size_t len,
+								 idem_hdr **hdrs, size_t *n);
 idem_record *idem__record_from_result(idem_conn *conn, const PGresult *res);
 int			idem__bool_result(const PGresult *res);
 

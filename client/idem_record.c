@@ -9,8 +9,8 @@
  * An object of arrays keeps repeated headers and their order, which a
  * plain name -> value object would not.  Headers that would leak one
  * client's credentials to another on replay are never stored.  The server
- * hands them back as (name, value) pairs beside the JSON (HEADER_PAIRS in
- * idem_conn.c, decoded in idem_decode.c): the library reads no JSON.
+ * hands back the stored JSON, read into (name, value) pairs in
+ * idem_decode.c.
  *
  *-------------------------------------------------------------------------
  */

@@ -99,8 +99,9 @@ need clang have clang
 need libclang-rt-14-dev compgen -G '/usr/lib/llvm-14/lib/clang/*/lib/linux/libclang_rt.fuzzer-*.a'
 need curl have curl
 need bc have bc
-# the HTTP example (examples/http): libmicrohttpd, json-c, and libcurl
-# (below) for its mail API client
+# json-c: libidem reads the stored headers with it, the HTTP example
+# (examples/http) its JSON; the example also needs libmicrohttpd, and
+# libcurl (below) for its mail API client
 need libmicrohttpd-dev test -f /usr/include/microhttpd.h
 need libjson-c-dev test -f /usr/include/json-c/json.h
 need libipc-run-perl perl -MIPC::Run -e 1

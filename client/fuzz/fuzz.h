@@ -22,6 +22,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <json-c/json_object.h>
+#include <json-c/json_tokener.h>
+#include <json-c/linkhash.h>
+
 #define FUZZ_CHECK(cond, ...) \
 	do { \
 		if (!(cond)) \
@@ -121,67 +125,64 @@ fuzz_caseeq(const char *a, const char *b)
 }
 
 /*
- * The reference reading of header pairs as the server sends them (a text[]
- * of rows of two, array_send's binary form; an empty array for none),
- * written from the format rather than from the library: 1 with the
- * elements (*elems, *lens: 2 * *rows of them, pointing into data), or 0
- * when data is not exactly such an array with no NULL element.
+ * JSON as json-c's strict tokener reads it, for the harnesses of the
+ * stored headers: as deep as the library reads them (HEADERS_MAX_DEPTH in
+ * idem_decode.c).  fuzz_json: 1 and *obj (NULL for JSON null) when text
+ * (len bytes) is exactly one JSON value, else 0.
  */
+#define FUZZ_JSON_DEPTH 1000
+
 static inline int
-fuzz_ref_pairs(const uint8_t *data, size_t size, const uint8_t ***elems,
-			   size_t **lens, size_t *rows)
+fuzz_json(const char *text, size_t len, json_object **obj)
 {
-	size_t		pos = 0,
-				k;
-	uint32_t	hdr[7];
-	int			nhdr;
+	json_tokener *tok = json_tokener_new_ex(FUZZ_JSON_DEPTH);
+	enum json_tokener_error err;
+	int			ok;
 
-	*elems = NULL;
-	*lens = NULL;
-	*rows = 0;
-	for (nhdr = 0; nhdr < 7 && pos + 4 <= size; nhdr++, pos += 4)
-		hdr[nhdr] = (uint32_t) data[pos] << 24 | (uint32_t) data[pos + 1] << 16 |
-			(uint32_t) data[pos + 2] << 8 | data[pos + 3];
-	/* ndim, flags, element type (text: 25) */
-	if (nhdr < 3 || hdr[2] != 25)
-		return 0;
-	if (hdr[0] == 0)
-		return size == 12;
-	/* two dimensions, the second of length 2 */
-	if (hdr[0] != 2 || nhdr < 7 || hdr[5] != 2)
-		return 0;
-	if (hdr[3] == 0)
-		return size == 28;
-	if (hdr[3] > size / 8)
-		return 0;
-	*rows = hdr[3];
-	*elems = fuzz_xmalloc(sizeof(uint8_t *) * 2 * *rows);
-	*lens = fuzz_xmalloc(sizeof(size_t) * 2 * *rows);
-	pos = 28;
-	for (k = 0; k < 2 * *rows; k++)
+	if (tok == NULL)
+		abort();
+	json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
+	*obj = json_tokener_parse_ex(tok, text, (int) len);
+	err = json_tokener_get_error(tok);
+	/* the end of the text ends a number alone too */
+	if (err == json_tokener_continue)
 	{
-		uint32_t	len;
-
-		if (size - pos < 4)
-			goto bad;
-		len = (uint32_t) data[pos] << 24 | (uint32_t) data[pos + 1] << 16 |
-			(uint32_t) data[pos + 2] << 8 | data[pos + 3];
-		pos += 4;
-		if (len == 0xffffffffu || len > size - pos)
-			goto bad;
-		(*elems)[k] = data + pos;
-		(*lens)[k] = len;
-		pos += len;
+		*obj = json_tokener_parse_ex(tok, "", 1);
+		err = json_tokener_get_error(tok);
 	}
-	if (pos == size)
-		return 1;
-bad:
-	free(*elems);
-	free(*lens);
-	*elems = NULL;
-	*lens = NULL;
-	*rows = 0;
-	return 0;
+	else if (json_tokener_get_parse_end(tok) != len)
+		err = json_tokener_error_parse_unexpected;
+	ok = err == json_tokener_success;
+	if (!ok)
+	{
+		json_object_put(*obj);
+		*obj = NULL;
+	}
+	json_tokener_free(tok);
+	return ok;
+}
+
+/*
+ * The number of headers a JSON value holds, as doc/c-api.md counts them:
+ * in an object, one per element of each member's array and one for a
+ * member that is no array; none in anything else.
+ */
+static inline size_t
+fuzz_json_header_count(json_object *obj)
+{
+	size_t		n = 0;
+
+	if (json_object_get_type(obj) != json_type_object)
+		return 0;
+	{
+		json_object_object_foreach(obj, key, v)
+		{
+			(void) key;
+			n += json_object_get_type(v) == json_type_array ?
+				json_object_array_length(v) : 1;
+		}
+	}
+	return n;
 }
 
 /* a C string is the bytes up to the first NUL */

@@ -5,9 +5,9 @@
  *
  * Headers are stored as a jsonb object of arrays, {"Vary": ["a", "b"]}:
  * the encoder (idem_response_add_header + idem_response_headers_json)
- * writes it at commit.  The server hands them back as (name, value) pairs,
- * a text[] in binary (idem__decode_header_pairs, behind every record's
- * idem_record_header* accessors): the library reads no JSON.
+ * writes it at commit.  The server hands the stored JSON back and the
+ * library reads it with json-c (idem__decode_headers, behind every
+ * record's idem_record_header* accessors).
  *
  * Two modes, chosen by the first byte:
  *
@@ -16,12 +16,18 @@
  *	reaches the encoder): adds the headers to a response, encodes them,
  *	and checks the JSON against a reference encoder of the expected list
  *	(private headers dropped, names grouped without case under their first
- *	spelling, values in order), and that the record a runner would return
- *	has exactly that list.
+ *	spelling, values in order), that the decoder reads exactly that list
+ *	back, and that the record a runner would return has it too.
  *
- *	anything else: the whole input is the pairs value a server could send.
- *	The decoder must not crash or leak on anything, accept exactly what the
- *	reference reading of the format accepts, and give back its elements.
+ *	anything else: the whole input is the JSON text a server could send.
+ *	The decoder must not crash or leak on anything, accept exactly what
+ *	json-c's strict tokener accepts, and give back what json-c read, in
+ *	its order: a name for each element of each member's array (or the
+ *	member itself), strings as json-c unescaped them, any other value as
+ *	JSON text that json-c reads back as an equal value and that the
+ *	decoder gives back unchanged (the layout of the server's jsonb
+ *	output is a fixed point).  json-c's own writing of what it read must
+ *	decode to the same headers.
  *
  *-------------------------------------------------------------------------
  */
@@ -208,38 +214,112 @@ is_private(const char *name)
 		fuzz_caseeq(name, "Proxy-Authorization");
 }
 
+/* a non-string value's text decodes to itself (an array inside another) */
+static void
+check_fixed_point(const char *value)
+{
+	size_t		len = strlen(value);
+	char	   *json = fuzz_xmalloc(len + 16);
+	idem_hdr   *hdrs;
+	size_t		n;
+
+	snprintf(json, len + 16, value[0] == '[' ? "{\"x\": [%s]}" : "{\"x\": %s}",
+			 value);
+	FUZZ_CHECK(idem__decode_headers(json, strlen(json), &hdrs, &n) == 0 &&
+			   n == 1 && strcmp(hdrs[0].value, value) == 0,
+			   "%s does not decode to itself (%s)", value,
+			   n == 1 ? hdrs[0].value : "?");
+	idem__free_hdrs(hdrs, n);
+	free(json);
+}
+
+/* the headers decoded from a JSON value, against json-c's reading of it */
+static void
+check_against(const idem_hdr *hdrs, size_t n, json_object *obj)
+{
+	size_t		k = 0;
+
+	FUZZ_CHECK(n == fuzz_json_header_count(obj), "%zu headers, json-c reads %zu",
+			   n, fuzz_json_header_count(obj));
+	if (n == 0)
+		return;
+	{
+		json_object_object_foreach(obj, key, v)
+		{
+			int			is_array = json_object_get_type(v) == json_type_array;
+			size_t		nv = is_array ? json_object_array_length(v) : 1,
+						i;
+
+			for (i = 0; i < nv; i++, k++)
+			{
+				json_object *e = is_array ? json_object_array_get_idx(v, i) : v;
+				json_object *back;
+
+				FUZZ_CHECK(strcmp(hdrs[k].name, key) == 0,
+						   "header %zu named \"%s\", json-c reads \"%s\"", k,
+						   hdrs[k].name, key);
+				if (json_object_get_type(e) == json_type_string)
+				{
+					FUZZ_CHECK(fuzz_cstr_is(hdrs[k].value,
+											(const uint8_t *) json_object_get_string(e),
+											(size_t) json_object_get_string_len(e)),
+							   "header %zu (%s) = \"%s\", json-c reads \"%s\"", k,
+							   key, hdrs[k].value, json_object_get_string(e));
+					continue;
+				}
+				FUZZ_CHECK(fuzz_json(hdrs[k].value, strlen(hdrs[k].value), &back) &&
+						   json_object_equal(back, e),
+						   "header %zu (%s) = %s, not the value json-c read", k,
+						   key, hdrs[k].value);
+				json_object_put(back);
+				check_fixed_point(hdrs[k].value);
+			}
+		}
+	}
+}
+
 static void
 fuzz_decode(const uint8_t *data, size_t size)
 {
 	idem_record *rec = idem__record_new();
-	const uint8_t **elems;
-	size_t	   *lens;
-	size_t		rows,
-				i;
+	json_object *obj;
 	int			rc,
 				ok;
 
 	FUZZ_CHECK(rec != NULL, "record_new");
-	rc = idem__decode_header_pairs((const char *) data, size, &rec->hdrs,
-								   &rec->nhdrs);
-	FUZZ_CHECK(rc >= 0, "decode_header_pairs ran out of memory");
-	ok = fuzz_ref_pairs(data, size, &elems, &lens, &rows);
-	FUZZ_CHECK((rc == 0) == ok, "decode_header_pairs says %d, the reference %d",
-			   rc, ok);
+	rc = idem__decode_headers((const char *) data, size, &rec->hdrs,
+							  &rec->nhdrs);
+	FUZZ_CHECK(rc >= 0, "decode_headers ran out of memory");
+	ok = fuzz_json((const char *) data, size, &obj);
+	FUZZ_CHECK((rc == 0) == ok, "decode_headers says %d, json-c %s", rc,
+			   ok ? "accepts" : "refuses");
 	if (ok)
 	{
-		FUZZ_CHECK(rec->nhdrs == rows, "%zu headers, want %zu", rec->nhdrs, rows);
-		for (i = 0; i < rows; i++)
-			FUZZ_CHECK(fuzz_cstr_is(rec->hdrs[i].name, elems[2 * i], lens[2 * i]) &&
-					   fuzz_cstr_is(rec->hdrs[i].value, elems[2 * i + 1],
-									lens[2 * i + 1]), "header %zu differs", i);
+		const char *again = json_object_to_json_string_ext(obj,
+														   JSON_C_TO_STRING_PLAIN);
+		idem_hdr   *hdrs;
+		size_t		n,
+					i;
+
+		check_against(rec->hdrs, rec->nhdrs, obj);
+
+		/* json-c's round trip: what it writes decodes to the same headers */
+		FUZZ_CHECK(again != NULL, "json-c wrote nothing");
+		FUZZ_CHECK(idem__decode_headers(again, strlen(again), &hdrs, &n) == 0 &&
+				   n == rec->nhdrs, "json-c's writing %s decodes otherwise", again);
+		for (i = 0; i < n; i++)
+			FUZZ_CHECK(strcmp(hdrs[i].name, rec->hdrs[i].name) == 0 &&
+					   strcmp(hdrs[i].value, rec->hdrs[i].value) == 0,
+					   "json-c's writing: header %zu is %s: %s, not %s: %s", i,
+					   hdrs[i].name, hdrs[i].value, rec->hdrs[i].name,
+					   rec->hdrs[i].value);
+		idem__free_hdrs(hdrs, n);
 	}
 	else
 		FUZZ_CHECK(rec->hdrs == NULL && rec->nhdrs == 0,
 				   "a refused value left headers");
 	check_accessors(rec);
-	free(elems);
-	free(lens);
+	json_object_put(obj);
 	idem_record_free(rec);
 }
 
@@ -256,6 +336,8 @@ fuzz_encode(const uint8_t *data, size_t size)
 	char	   *ref;
 	char	   *done;
 	idem_record *rec;
+	idem_hdr   *hdrs;
+	size_t		nhdrs;
 
 	FUZZ_CHECK(resp != NULL, "response_new");
 	fuzz_split_lines(data, size, MAX_LINES, &l);
@@ -307,6 +389,12 @@ fuzz_encode(const uint8_t *data, size_t size)
 	ref = ref_encode(&want);
 	FUZZ_CHECK(strcmp(json, ref) == 0, "the encoder wrote %s, want %s", json, ref);
 	free(ref);
+
+	/* and the decoder reads the list back */
+	FUZZ_CHECK(idem__decode_headers(json, strlen(json), &hdrs, &nhdrs) == 0,
+			   "the encoder's %s does not decode", json);
+	check_same(hdrs, nhdrs, &want, "decode_headers");
+	idem__free_hdrs(hdrs, nhdrs);
 
 	rec = idem__record_from_response(resp, "committed");
 	FUZZ_CHECK(rec != NULL, "record_from_response");
