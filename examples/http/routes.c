@@ -191,9 +191,9 @@ remember_client(call *c, idem_response *resp)
 
 /*
  * POST /charges and POST /charges-unprotected: insert the charge.  It runs
- * inside the transaction the dispatcher opened, after the reservation: the
- * row, the reservation and the stored response commit or roll back
- * together.
+ * inside the transaction libidem's runner opened with the reservation
+ * (run_request): the row, the reservation and the stored response commit
+ * or roll back together.
  */
 static int
 charge_create(idem_response *resp, void *arg)
@@ -914,45 +914,26 @@ respond_outcome(call *c, idem_outcome o, int status, const idem_record *rec,
 
 /*
  * Runs the request through libidem's HTTP helper.  Charges: reservation,
- * insert and stored response in one transaction.  Emails: autocommit, so
- * that the step's stored result outlives a crash of this request (the
- * point of the step).  -1 after answering 503 when BEGIN fails.
+ * insert and stored response in one transaction, which the runner opens
+ * and ends (idem_set_transaction): committed when the response is stored
+ * (or, unprotected, when its status would be), rolled back otherwise.
+ * Emails: autocommit, so that the step's stored result outlives a crash
+ * of this request (the point of the step).
  */
-static int
+static void
 run_request(call *c, const idem_http_request *hr, idem_outcome *o,
 			idem_record **rec, int *status)
 {
 	worker	   *w = c->w;
 	const char *v = job_header(c->j, "X-Idempotency-Wait");
 	const idem_http *policy;
-	char		msg[512];
 	int			tx;
 
 	policy = cfg.no_wait || (v && strcmp(v, "0") == 0) ? policy_nowait : policy_wait;
 	tx = c->route == ROUTE_CHARGE_CREATE || c->route == ROUTE_CHARGE_UNPROTECTED;
-	if (tx && exec_simple(w->pg, "BEGIN", msg, sizeof(msg)) < 0)
-	{
-		logf_("BEGIN failed: %s", msg);
-		return -1;
-	}
+	/* BEGIN goes with the reserve, COMMIT with the commit: a round trip each */
+	idem_set_transaction(w->idem, tx);
 	*o = idem_http_run(w->idem, policy, hr, c->handler, c, rec, status);
-	if (tx)
-	{
-		int			keep = *o == IDEM_FRESH && *status < 500 && *status != 429 &&
-			strcmp(idem_record_state(*rec), "released") != 0;
-
-		if (exec_simple(w->pg, keep ? "COMMIT" : "ROLLBACK", msg, sizeof(msg)) < 0 &&
-			keep)
-		{
-			/* we cannot tell whether it committed: the retry will know */
-			logf_("COMMIT failed: %s", msg);
-			idem_record_free(*rec);
-			*rec = NULL;
-			*o = IDEM_ERROR;
-			*status = 503;
-		}
-	}
-	return 0;
 }
 
 /* the request's log line */
@@ -1003,12 +984,7 @@ serve(call *c)
 		respond_unavailable(j, problem, key);
 		return;
 	}
-	if (run_request(c, &hr, &o, &rec, &status) < 0)
-	{
-		respond_unavailable(j, problem, key);
-		worker_close(w);
-		return;
-	}
+	run_request(c, &hr, &o, &rec, &status);
 	log_request(c, key, status, o, rec);
 	respond_outcome(c, o, status, rec, problem, key);
 	idem_record_free(rec);
