@@ -44,7 +44,11 @@
  *						... FROM idem_get(key); COMMIT
  *					so that an effect row exists exactly when a response was
  *					committed: an owner killed before its COMMIT leaves
- *					neither.  Replay: the body must name the key.
+ *					neither.  A release goes the same way, with a row in
+ *					soak_releases:
+ *						BEGIN; idem_release(...); INSERT INTO soak_releases
+ *						...; COMMIT
+ *					Replay: the body must name the key.
  *	get (12%)		idem_get; a committed body must name the key
  *	probe (5%)		idem_reserve with another request hash, wait 0: IK422
  *					when the key is live with a hash, a replay when it was
@@ -565,10 +569,82 @@ work_renewing(client *c, const char *key, const idem_opts *opts, const char *uid
 }
 
 /*
- * The owner releases its reservation (uid NULL: a probe's).  A session
- * owner whose connection is lost has lost its reservation with it; a lease
- * owner's outlives the session, so it releases again once reconnected.
- * Returns 0, or -1 when the connection is gone for good.
+ * A handler run's release, in one transaction with its row in
+ * soak_releases, as its commit is with its effect: the row exists exactly
+ * when the release does, wherever the client is killed (a "released" event
+ * alone, written once the answer is back, is lost when the kill comes
+ * first, and the reservation would look held until its lease ran out).
+ * Returns 0 with the release's outcome in *o, or -1 when the transaction
+ * did not end: the connection is lost, or an error was logged.
+ */
+static int
+release_marked(client *c, const char *key, const idem_opts *opts,
+			   const char *uid, idem_outcome *o)
+{
+	char		state[6],
+				msg[512];
+	const char *params[2];
+	PGresult   *res;
+	int			inserted;
+
+	if (exec_ok(c, "BEGIN", PGRES_COMMAND_OK, state, msg, sizeof(msg)) < 0)
+	{
+		if (PQstatus(c->pg) == CONNECTION_OK)
+			event("error", key, uid, 0, state, "BEGIN: %s", msg);
+		return -1;
+	}
+	*o = idem_release(c->conn, key, opts);
+	if (*o != IDEM_FRESH)
+	{
+		if (lost(c))
+			return -1;
+		exec_ok(c, "ROLLBACK", PGRES_COMMAND_OK, state, msg, sizeof(msg));
+		return PQstatus(c->pg) == CONNECTION_OK ? 0 : -1;
+	}
+	params[0] = uid;
+	params[1] = key;
+	res = PQexecParams(c->pg, "INSERT INTO soak_releases (uid, key) VALUES ($1, $2)",
+					   2, NULL, params, NULL, NULL, 0);
+	inserted = res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK;
+	if (!inserted && PQstatus(c->pg) == CONNECTION_OK)
+		event("error", key, uid, 0, res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : "",
+			  "release row: %s", res ? PQresultErrorMessage(res) : "");
+	PQclear(res);
+	if (!inserted)
+	{
+		exec_ok(c, "ROLLBACK", PGRES_COMMAND_OK, state, msg, sizeof(msg));
+		return -1;
+	}
+	if (exec_ok(c, "COMMIT", PGRES_COMMAND_OK, state, msg, sizeof(msg)) < 0)
+	{
+		if (PQstatus(c->pg) == CONNECTION_OK)
+			event("error", key, uid, 0, state, "COMMIT: %s", msg);
+		return -1;
+	}
+	return 0;
+}
+
+/* Did an earlier try of uid's release commit (its answer lost)? */
+static int
+release_committed(client *c, const char *uid)
+{
+	const char *params[1] = {uid};
+	PGresult   *res = PQexecParams(c->pg, "SELECT FROM soak_releases WHERE uid = $1",
+								   1, NULL, params, NULL, NULL, 0);
+	int			found = res != NULL && PQresultStatus(res) == PGRES_TUPLES_OK &&
+		PQntuples(res) == 1;
+
+	PQclear(res);
+	return found;
+}
+
+/*
+ * The owner releases its reservation (uid NULL: a probe's, outside a
+ * transaction block; a handler run's goes with its row in soak_releases).
+ * A session owner whose connection is lost has lost its reservation with
+ * it; a lease owner's outlives the session, so it releases again once
+ * reconnected, unless the release it sent committed.  Returns 0, or -1
+ * when the connection is gone for good.
  */
 static int
 release_key(client *c, const char *key, const idem_opts *opts, const char *uid,
@@ -578,7 +654,18 @@ release_key(client *c, const char *key, const idem_opts *opts, const char *uid,
 
 	for (tries = 0;; tries++)
 	{
-		idem_outcome o = idem_release(c->conn, key, opts);
+		idem_outcome o = IDEM_ERROR;
+
+		if (uid == NULL)
+			o = idem_release(c->conn, key, opts);
+		else if (tries > 0 && release_committed(c, uid))
+			o = IDEM_FRESH;
+		else if (release_marked(c, key, opts, uid, &o) < 0)
+		{
+			if (!lost(c))
+				return 0;		/* the error is logged */
+			o = IDEM_ERROR;
+		}
 
 		if (o == IDEM_FRESH)
 		{

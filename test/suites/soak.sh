@@ -153,6 +153,13 @@ CREATE TABLE soak_effects (
 	state text,						-- as idem_get saw it after idem_commit
 	committed_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
+-- one row per release of a handler run's reservation, written in the
+-- transaction of its idem_release: a client killed once the release is
+-- done but before it logs the "released" event leaves the row all the same
+CREATE TABLE soak_releases (
+	uid text PRIMARY KEY,			-- slot.gen.seq of the handler run
+	key text NOT NULL
+);
 -- the lease owners' tokens, for the master to find who owns a key
 CREATE TABLE soak_owners (
 	token text PRIMARY KEY,
@@ -245,6 +252,9 @@ check_eq "every effect comes from exactly one handler run of its key (a 'fresh' 
 	"$(got "SELECT count(*) FROM soak_effects e WHERE (SELECT count(*) FROM soak_events v WHERE v.kind = 'fresh' AND v.uid = e.uid AND v.key = e.key) <> 1")"
 check_eq "every commit a client saw succeed has its effect" 0 \
 	"$(got "SELECT count(*) FROM soak_events v WHERE v.kind IN ('committed', 'adopted') AND NOT EXISTS (SELECT FROM soak_effects e WHERE e.uid = v.uid AND e.key = v.key)")"
+check_eq "every release a client saw succeed has its row, and every row its handler run" 0 \
+	"$(got "SELECT (SELECT count(*) FROM soak_events v WHERE v.kind = 'released' AND NOT EXISTS (SELECT FROM soak_releases r WHERE r.uid = v.uid AND r.key = v.key))
+		+ (SELECT count(*) FROM soak_releases r WHERE NOT EXISTS (SELECT FROM soak_events v WHERE v.kind = 'fresh' AND v.uid = r.uid AND v.key = r.key))")"
 check_eq "a released or rolled-back handler run left no effect" 0 \
 	"$(got "SELECT count(*) FROM soak_events v JOIN soak_effects e USING (uid) WHERE v.kind IN ('released', 'rolled_back')")"
 check_eq "every response replayed or read has its effect, under its key" 0 \
@@ -258,9 +268,12 @@ check_eq "the effects' attempts match their handler runs' attempts" 0 \
 # its own key again, e.g. after its release was lost with its connection,
 # gets it fresh again), made between its first call's created (the start
 # of the statement, which may then wait) and returned.  A lease owner's
-# reservation that was never committed nor released was given up only
-# when its lease ran out: no other reservation of its key may have been
-# made fresh after it and returned before that.
+# reservation that was never committed nor released (no row in
+# soak_effects nor soak_releases, each written in the transaction of the
+# commit or release: the client's "released" event is lost when it is
+# killed between its release and that event) was given up only when its
+# lease ran out: no other reservation of its key may have been made fresh
+# after it and returned before that.
 q -c "CREATE TABLE soak_lease AS SELECT uid,
 	'epoch'::timestamptz + max(substring(detail FROM 'lease_end=(-?[0-9]+)')::bigint) * interval '1 microsecond' AS lease_end
 	FROM soak_events WHERE kind IN ('fresh', 'extended') AND detail LIKE '%lease_end=%' GROUP BY uid;
@@ -268,7 +281,7 @@ q -c "CREATE TABLE soak_lease AS SELECT uid,
 	CREATE TABLE soak_resv AS SELECT f.key, f.created, min(f.returned) AS returned,
 		min(f.attempt) AS attempt, string_agg(f.uid, ',') AS uids, max(l.lease_end) AS lease_end,
 		bool_or(EXISTS (SELECT FROM soak_effects e WHERE e.uid = f.uid)
-			 OR EXISTS (SELECT FROM soak_events r WHERE r.kind = 'released' AND r.uid = f.uid)) AS finished
+			 OR EXISTS (SELECT FROM soak_releases r WHERE r.uid = f.uid)) AS finished
 	FROM soak_fresh f LEFT JOIN soak_lease l USING (uid) GROUP BY f.key, f.created;
 	CREATE INDEX ON soak_resv (key, created);
 	ANALYZE soak_resv" >/dev/null
