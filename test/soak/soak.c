@@ -391,10 +391,12 @@ lease_refusal(idem_outcome o)
 	/*
 	 * IDEM_REPLAY: after the lease ran out the key was taken over, released
 	 * and made anew by another request, which committed; the old token
-	 * never owned that record, so its commit is the usual no-op
+	 * never owned that record, so its commit is the usual no-op.
+	 * IDEM_MISMATCH: the same, but the request that made it anew is a
+	 * probe's, with another hash, still in flight or committed
 	 */
 	return o == IDEM_LEASE_LOST || o == IDEM_NOT_FOUND ||
-		o == IDEM_IN_FLIGHT || o == IDEM_REPLAY;
+		o == IDEM_IN_FLIGHT || o == IDEM_REPLAY || o == IDEM_MISMATCH;
 }
 
 /* runs sql on the raw connection; 0, or -1 (the error in state and msg) */
