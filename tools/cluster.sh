@@ -32,6 +32,9 @@
 
 set -euo pipefail
 
+# shellcheck source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
 PROG=cluster.sh
 FIRST_PORT=${CLUSTER_PORT:-54320}
 PORT_TRIES=200
@@ -80,39 +83,6 @@ cluster_user()
 		fi
 		echo idemtest
 	fi
-}
-
-# run_as USER CMD...: run CMD as USER (directly when that is us), from a
-# directory the user can enter so that initdb and postgres do not complain
-# about the caller's working directory.
-run_as()
-{
-	local user=$1
-	shift
-	if [[ $user == "$(id -un)" ]]; then
-		(cd / && "$@")
-	elif command -v runuser >/dev/null 2>&1; then
-		(cd / && runuser -u "$user" -- "$@")
-	else
-		local cmd
-		printf -v cmd '%q ' "$@"
-		(cd / && su -s /bin/sh "$user" -c "$cmd")
-	fi
-}
-
-# True when something accepts TCP connections on 127.0.0.1:$1.
-port_in_use()
-{
-	(exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
-
-absdir()
-{
-	[[ -n ${1:-} ]] || usage
-	case $1 in
-		/*) printf '%s\n' "$1" ;;
-		*) printf '%s\n' "$PWD/$1" ;;
-	esac
 }
 
 write_conf()

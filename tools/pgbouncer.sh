@@ -39,6 +39,9 @@
 
 set -euo pipefail
 
+# shellcheck source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
 PROG=pgbouncer.sh
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 FIRST_PORT=${PGBOUNCER_PORT:-56432}
@@ -55,36 +58,6 @@ usage()
 {
 	echo "usage: $PROG start DIR MODE POOL_SIZE | stop DIR | status DIR" >&2
 	exit 2
-}
-
-absdir()
-{
-	[[ -n ${1:-} ]] || usage
-	case $1 in
-		/*) printf '%s\n' "$1" ;;
-		*) printf '%s\n' "$PWD/$1" ;;
-	esac
-}
-
-# run_as USER CMD...: as in tools/cluster.sh
-run_as()
-{
-	local user=$1
-	shift
-	if [[ $user == "$(id -un)" ]]; then
-		(cd / && "$@")
-	elif command -v runuser >/dev/null 2>&1; then
-		(cd / && runuser -u "$user" -- "$@")
-	else
-		local cmd
-		printf -v cmd '%q ' "$@"
-		(cd / && su -s /bin/sh "$user" -c "$cmd")
-	fi
-}
-
-port_in_use()
-{
-	(exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
 pid_of()
