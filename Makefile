@@ -28,7 +28,7 @@ DATA = $(wildcard sql/idempotency--*.sql)
 
 # pg_regress: scripts in sql/ (beside the install scripts), expected output
 # in expected/; results go to test/out
-REGRESS = init reserve commit release get_purge hashing errors transactions leases \
+REGRESS = init reserve commit release get_purge hashing errors transactions leases planning \
 	settings privileges tenants logged ops dba upgrade
 REGRESS_OPTS = --outputdir=test/out
 

@@ -27,6 +27,11 @@ SELECT idem_reserve('up-1', 'h2', scope => 'up');
 -- the new objects are there
 SELECT key, state FROM idem_list('up') ORDER BY key;
 SELECT in_flight, committed FROM idem_stats;
+-- the functions with defaults have the planner support of 1.3, and a call
+-- that leaves them out is planned without them
+SELECT oid::regprocedure AS planned_short FROM pg_proc
+ WHERE prosupport = 'idem_args_support'::regproc ORDER BY oid::regprocedure::text;
+EXPLAIN (VERBOSE, COSTS OFF) SELECT * FROM idem_reserve('up-1', 'h1', scope => '');
 
 -- a fresh install of the current version has the same objects as 1.0 + update
 CREATE TEMP TABLE updated AS

@@ -10,14 +10,26 @@
  * given to, and so that nothing downstream ever sees a value it cannot
  * hold (a key or scope over IDEM_MAX_KEY_BYTES, say).
  *
+ * A call may have fewer arguments than the function declares: the planner
+ * leaves out trailing arguments that are their defaults (idem_args_support,
+ * below), and functions of versions before 1.2 have no owner or lease.  An
+ * argument a call does not have is its SQL default: NULL, '' for a scope,
+ * '{}' for the headers of idem_commit.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
+#include "catalog/pg_proc.h"
 #include "fmgr.h"
 #include "mb/pg_wchar.h"
+#include "nodes/makefuncs.h"
+#include "nodes/supportnodes.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
+#include "utils/jsonb.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "idempotency.h"
@@ -34,21 +46,23 @@ clipped(text *t)
 }
 
 /*
- * Validates and extracts the key and scope arguments.
+ * Validates and extracts the key and scope arguments (a call without the
+ * scope argument is in the default scope, '').
  */
 void
 idem_arg_key(FunctionCallInfo fcinfo, int keyarg, int scopearg, IdemKey *k)
 {
+	bool		has_scope = scopearg < PG_NARGS();
 	text	   *t;
 
 	if (PG_ARGISNULL(keyarg))
 		user_error(
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("idempotency key must not be null"),
-				 PG_ARGISNULL(scopearg) ? 0 :
+				 has_scope && PG_ARGISNULL(scopearg) ? 0 :
 				 errdetail("The key given in scope \"%s\" is null.",
-						   clipped(PG_GETARG_TEXT_PP(scopearg)))));
-	if (PG_ARGISNULL(scopearg))
+						   has_scope ? clipped(PG_GETARG_TEXT_PP(scopearg)) : "")));
+	if (has_scope && PG_ARGISNULL(scopearg))
 		user_error(
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("idempotency scope must not be null"),
@@ -56,9 +70,17 @@ idem_arg_key(FunctionCallInfo fcinfo, int keyarg, int scopearg, IdemKey *k)
 						   clipped(PG_GETARG_TEXT_PP(keyarg))),
 				 errhint("Use the empty string for the default scope.")));
 
-	t = PG_GETARG_TEXT_PP(scopearg);
-	k->scope = text_to_cstring(t);
-	k->scope_len = VARSIZE_ANY_EXHDR(t);
+	if (has_scope)
+	{
+		t = PG_GETARG_TEXT_PP(scopearg);
+		k->scope = text_to_cstring(t);
+		k->scope_len = VARSIZE_ANY_EXHDR(t);
+	}
+	else
+	{
+		k->scope = pstrdup("");
+		k->scope_len = 0;
+	}
 	t = PG_GETARG_TEXT_PP(keyarg);
 	k->key = text_to_cstring(t);
 	k->key_len = VARSIZE_ANY_EXHDR(t);
@@ -92,7 +114,7 @@ idem_arg_hash(FunctionCallInfo fcinfo, int arg, const IdemKey *k)
 {
 	text	   *t;
 
-	if (PG_ARGISNULL(arg))
+	if (idem_arg_isnull(fcinfo, arg))
 		return NULL;
 	t = PG_GETARG_TEXT_PP(arg);
 	if (VARSIZE_ANY_EXHDR(t) > IDEM_MAX_HASH_BYTES)
@@ -170,7 +192,7 @@ idem_arg_token(FunctionCallInfo fcinfo, int arg, const IdemKey *k,
 	text	   *t;
 	int			len;
 
-	if (arg >= PG_NARGS() || PG_ARGISNULL(arg))
+	if (idem_arg_isnull(fcinfo, arg))
 	{
 		if (required)
 			user_error(
@@ -238,7 +260,7 @@ idem_arg_owner(FunctionCallInfo fcinfo, int tokenarg, int leasearg,
 	memset(owner, 0, sizeof(IdemOwner));
 	owner->token = idem_arg_token(fcinfo, tokenarg, k, false);
 
-	if (leasearg < PG_NARGS() && !PG_ARGISNULL(leasearg))
+	if (!idem_arg_isnull(fcinfo, leasearg))
 	{
 		Interval   *iv = PG_GETARG_INTERVAL_P(leasearg);
 		int64		us = idem_interval_usecs(iv);
@@ -287,7 +309,7 @@ void
 idem_arg_ttl(FunctionCallInfo fcinfo, int arg, const IdemKey *k,
 			 TimestampTz now, Interval *ttl)
 {
-	if (PG_ARGISNULL(arg))
+	if (idem_arg_isnull(fcinfo, arg))
 	{
 		memset(ttl, 0, sizeof(Interval));
 		ttl->time = (int64) idem_default_ttl * USECS_PER_SEC;
@@ -307,7 +329,7 @@ idem_arg_wait(FunctionCallInfo fcinfo, int arg, const IdemKey *k)
 	Interval   *w;
 	int64		wait_us;
 
-	if (PG_ARGISNULL(arg))
+	if (idem_arg_isnull(fcinfo, arg))
 		return (int64) idem_wait_timeout * 1000;
 	w = PG_GETARG_INTERVAL_P(arg);
 	wait_us = idem_interval_usecs(w);
@@ -327,9 +349,74 @@ bool
 idem_arg_lease(FunctionCallInfo fcinfo, int arg, const IdemKey *k,
 			   TimestampTz now, Interval *lease)
 {
-	if (PG_ARGISNULL(arg))
+	if (idem_arg_isnull(fcinfo, arg))
 		return false;
 	*lease = *PG_GETARG_INTERVAL_P(arg);
 	check_period(k, "lease", lease, now);
 	return true;
+}
+
+/*
+ * idem_args_support(internal) RETURNS internal
+ *
+ * The planner support function of idem_reserve, idem_commit, idem_release,
+ * idem_get and idem_extend.  The parser fills in the defaults of the
+ * arguments a call leaves out, and the executor then evaluates every one of
+ * them at every execution: a replay, the most common call, gives two of
+ * idem_reserve's seven.  Asked to simplify a call, this leaves out its
+ * trailing arguments that are constants equal to their defaults, which the
+ * functions take as those defaults (see the top of this file).  Nothing
+ * else changes: the call is to the same function, and EXPLAIN VERBOSE
+ * shows it as written without those arguments.
+ */
+PG_FUNCTION_INFO_V1(idem_args_support);
+
+Datum
+idem_args_support(PG_FUNCTION_ARGS)
+{
+	Node	   *rawreq = (Node *) PG_GETARG_POINTER(0);
+	FuncExpr   *call;
+	FuncExpr   *shorter;
+	HeapTuple	proc;
+	Datum		d;
+	bool		isnull;
+	List	   *defaults = NIL;
+	int			nargs;
+	int			first_default;
+	int			keep;
+
+	if (!IsA(rawreq, SupportRequestSimplify))
+		PG_RETURN_POINTER(NULL);
+	call = ((SupportRequestSimplify *) rawreq)->fcall;
+	nargs = list_length(call->args);
+
+	proc = SearchSysCache1(PROCOID, ObjectIdGetDatum(call->funcid));
+	if (!HeapTupleIsValid(proc))
+		elog(ERROR, "cache lookup failed for function %u", call->funcid);
+	d = SysCacheGetAttr(PROCOID, proc, Anum_pg_proc_proargdefaults, &isnull);
+	if (!isnull && nargs == ((Form_pg_proc) GETSTRUCT(proc))->pronargs)
+		defaults = castNode(List, stringToNode(TextDatumGetCString(d)));
+	ReleaseSysCache(proc);
+
+	first_default = nargs - list_length(defaults);
+	keep = nargs;
+	while (keep > first_default)
+	{
+		Node	   *arg = list_nth(call->args, keep - 1);
+		Node	   *dflt = list_nth(defaults, keep - 1 - first_default);
+
+		if (!IsA(arg, Const) || !IsA(dflt, Const) || !equal(arg, dflt))
+			break;
+		keep--;
+	}
+	if (keep == nargs)
+		PG_RETURN_POINTER(NULL);
+
+	shorter = makeFuncExpr(call->funcid, call->funcresulttype,
+						   list_copy_head(call->args, keep),
+						   call->funccollid, call->inputcollid,
+						   call->funcformat);
+	shorter->funcretset = call->funcretset;
+	shorter->location = call->location;
+	PG_RETURN_POINTER(shorter);
 }

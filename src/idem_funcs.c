@@ -997,7 +997,7 @@ commit(FunctionCallInfo fcinfo, bool may_route)
 								VARSIZE_ANY_EXHDR(body),
 								idem_max_body_bytes)));
 	}
-	if (!PG_ARGISNULL(4))
+	if (!idem_arg_isnull(fcinfo, 4))
 	{
 		headers = PG_GETARG_JSONB_P(4);
 		if (VARSIZE(headers) - VARHDRSZ > (Size) idem_max_header_bytes)

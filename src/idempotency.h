@@ -140,6 +140,17 @@ extern int	idem_purge_max_workers;
 extern void idem_worker_register(void);
 
 /* idem_args.c: arguments of the SQL-callable functions */
+
+/*
+ * Is argument i NULL, or left out of the call (and so its default)?  See
+ * idem_args.c.
+ */
+static inline bool
+idem_arg_isnull(FunctionCallInfo fcinfo, int i)
+{
+	return i >= PG_NARGS() || PG_ARGISNULL(i);
+}
+
 extern void idem_arg_key(FunctionCallInfo fcinfo, int keyarg, int scopearg,
 						 IdemKey *k);
 extern char *idem_arg_hash(FunctionCallInfo fcinfo, int arg, const IdemKey *k);
