@@ -52,6 +52,7 @@ static const char *const stmt_name[2][IDEM_NSTMTS] = {
 		"libidem1_get",
 		"libidem1_purge",
 		NULL,
+		NULL,
 	},
 	{
 		"libidem1_owner_reserve",
@@ -60,6 +61,7 @@ static const char *const stmt_name[2][IDEM_NSTMTS] = {
 		"libidem1_owner_get",
 		"libidem1_purge",
 		"libidem1_owner_extend",
+		"libidem1_owner_reserve_in_block",
 	},
 };
 
@@ -72,7 +74,13 @@ static const char *const stmt_name[2][IDEM_NSTMTS] = {
 	"r.fresh, r.state, r.status, r.headers, r.body, r.attempt, " \
 	"r.created_at, r.expires_at"
 
-/* the lease's remaining length by the server's clock, for waiters */
+/*
+ * The lease's remaining length by the server's clock, for waiters and for
+ * the renewal of a lease taken in autocommit.  Inside a transaction block
+ * a reservation is not renewed (see idem_run.c), so the reserve made there
+ * asks for the row as it is (RESERVE_IN_BLOCK): the computed column would
+ * make the executor build a projection at every execution.
+ */
 #define OWNER_COLUMNS RECORD_COLUMNS ", r.owner, r.lease_expires_at, " \
 	"(extract(epoch FROM r.lease_expires_at - now()) * 1000)::int8 " \
 	"AS lease_left_ms"
@@ -92,6 +100,7 @@ static const char *const stmt_sql[2][IDEM_NSTMTS] = {
 		"SELECT " RECORD_COLUMNS " FROM %sidem_get($1::text, $2::text) r",
 		"SELECT %sidem_purge($1::integer)",
 		NULL,
+		NULL,
 	},
 	{
 		"SELECT " OWNER_COLUMNS " FROM %sidem_reserve($1::text, "
@@ -103,6 +112,8 @@ static const char *const stmt_sql[2][IDEM_NSTMTS] = {
 		"SELECT " OWNER_COLUMNS " FROM %sidem_get($1::text, $2::text) r",
 		"SELECT %sidem_purge($1::integer)",
 		"SELECT %sidem_extend($1::text, $2::text, $3::interval, $4::text)",
+		"SELECT r.* FROM %sidem_reserve($1::text, $2::text, $3::interval, "
+		"$4::interval, $5::text, $6::text, $7::interval) r",
 	},
 };
 
@@ -951,6 +962,7 @@ reserve_once(idem_conn *conn, const char *key, const idem_opts *opts,
 			 const char *wait, const char *lease, idem_record **rec)
 {
 	const char *values[7];
+	int			in_block;
 	PGresult   *res;
 
 	values[0] = key;
@@ -960,8 +972,10 @@ reserve_once(idem_conn *conn, const char *key, const idem_opts *opts,
 	values[4] = scope_of(opts);
 	values[5] = conn->owner;
 	values[6] = lease;
-	res = exec_stmt(conn, IDEM_STMT_RESERVE, conn->sess.owners ? 7 : 5,
-					values, NULL, NULL);
+	in_block = conn->begin_next || PQtransactionStatus(conn->pg) != PQTRANS_IDLE;
+	res = exec_stmt(conn, conn->sess.owners && in_block ?
+					IDEM_STMT_RESERVE_IN_BLOCK : IDEM_STMT_RESERVE,
+					conn->sess.owners ? 7 : 5, values, NULL, NULL);
 	if (res == NULL)
 		return -1;
 	*rec = idem__record_from_result(conn, res);

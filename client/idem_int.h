@@ -32,6 +32,7 @@ typedef enum idem_stmt
 	IDEM_STMT_GET,
 	IDEM_STMT_PURGE,
 	IDEM_STMT_EXTEND,			/* 1.2 and later only */
+	IDEM_STMT_RESERVE_IN_BLOCK, /* 1.2 and later: without lease_left_ms */
 	IDEM_NSTMTS
 } idem_stmt;
 

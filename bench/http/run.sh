@@ -18,8 +18,9 @@
 #
 # Rounds alternate the order (A B C, then C B A, ...) so that drifts of the
 # machine fall on all three alike.  Prints a Markdown table (requests/s and
-# latency, and the ratio to the unprotected twin), also written to
-# bench/http/results.md with the settings and the machine.  Checks that the
+# latency, and the ratio to the unprotected twin, and the CPU time each
+# request cost PostgreSQL, the service and the whole machine), also written
+# to bench/http/results.md with the settings and the machine.  Checks that the
 # unique run made exactly one charge per request answered and the replay
 # run one charge in all.  Not part of `make test`.
 #
@@ -115,8 +116,32 @@ for ((round = 1; round <= ROUNDS; round++)); do
 done
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 
-declare -A rps_sum p50_sum p99_sum mean_sum req_sum err_sum
+declare -A rps_sum p50_sum p99_sum mean_sum req_sum err_sum pg_sum svc_sum all_sum
 modes=(unprotected unique replay)
+
+# CPU time, in clock ticks: of the PIDs given (utime + stime, all their
+# threads), of the machine (every CPU's busy time, /proc/stat)
+CLK_TCK=$(getconf CLK_TCK)
+ticks_of()
+{
+	local t=0 p
+	for p in "$@"; do
+		if [[ -r /proc/$p/stat ]]; then
+			t=$((t + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
+		fi
+	done
+	echo "$t"
+}
+machine_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+# the server's processes, when the cluster is this run's own
+pg_ticks()
+{
+	local pm
+	[[ -n $cluster ]] || { echo 0; return; }
+	pm=$(head -n 1 "$cluster/data/postmaster.pid")
+	# shellcheck disable=SC2046
+	ticks_of "$pm" $(pgrep -P "$pm")
+}
 
 # run_wrk MODE SECONDS TAG: prints the RESULT line
 run_wrk()
@@ -137,9 +162,14 @@ for ((round = 1; round <= ROUNDS; round++)); do
 	fi
 	for m in "${order[@]}"; do
 		# unique keys: a tag per round, so that no round replays another's
+		pg0=$(pg_ticks) svc0=$(ticks_of "$svc_pid") all0=$(machine_ticks)
 		line=$(run_wrk "$m" "$SECONDS_EACH" "$TAG-r$round")
+		pg1=$(pg_ticks) svc1=$(ticks_of "$svc_pid") all1=$(machine_ticks)
 		[[ -n $line ]] || die "wrk printed no result for $m"
 		say "round $round $m: $line"
+		pg_sum[$m]=$((${pg_sum[$m]:-0} + pg1 - pg0))
+		svc_sum[$m]=$((${svc_sum[$m]:-0} + svc1 - svc0))
+		all_sum[$m]=$((${all_sum[$m]:-0} + all1 - all0))
 		rps_sum[$m]=$(bc -l <<<"${rps_sum[$m]:-0} + $(val rps "$line")")
 		p50_sum[$m]=$(bc -l <<<"${p50_sum[$m]:-0} + $(val p50_us "$line")")
 		p99_sum[$m]=$(bc -l <<<"${p99_sum[$m]:-0} + $(val p99_us "$line")")
@@ -157,6 +187,8 @@ replay_rows=$(psql -XAtq -c "SELECT count(*) FROM http_example.charges WHERE ten
 ms() { printf '%.2f' "$(bc -l <<<"$1 / $ROUNDS / 1000")"; }
 avg() { printf '%.0f' "$(bc -l <<<"$1 / $ROUNDS")"; }
 ratio() { printf '%.2f' "$(bc -l <<<"${rps_sum[$1]} / ${rps_sum[unprotected]}")"; }
+# per_req TICKS MODE: microseconds of CPU per request answered
+per_req() { printf '%.0f' "$(bc -l <<<"$1 * 1000000 / $CLK_TCK / ${req_sum[$2]}")"; }
 
 declare -A label=(
 	[unprotected]="\`POST /charges-unprotected\` (no middleware)"
@@ -169,6 +201,16 @@ declare -A label=(
 	echo "|---|---:|---:|---:|---:|---:|---:|---:|"
 	for m in unprotected unique replay; do
 		echo "| ${label[$m]} | $(avg "${rps_sum[$m]}") | $(ms "${mean_sum[$m]}") | $(ms "${p50_sum[$m]}") | $(ms "${p99_sum[$m]}") | ${req_sum[$m]} | ${err_sum[$m]} | $(ratio "$m") |"
+	done
+	echo
+	echo "CPU time per request answered (µs; utime + stime over the runs):"
+	echo
+	echo "| endpoint | PostgreSQL | service | whole machine (wrk, kernel included) |"
+	echo "|---|---:|---:|---:|"
+	for m in unprotected unique replay; do
+		pg_col=$(per_req "${pg_sum[$m]}" "$m")
+		[[ -n $cluster ]] || pg_col="–"
+		echo "| ${label[$m]} | $pg_col | $(per_req "${svc_sum[$m]}" "$m") | $(per_req "${all_sum[$m]}" "$m") |"
 	done
 } >"$TMP/table.md"
 

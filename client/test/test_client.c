@@ -2237,12 +2237,36 @@ test_transaction(void)
 		r2 = PQexec(idem_pgconn(c), q);
 		CHECK(fresh == 5 && PQresultStatus(r1) == PGRES_TUPLES_OK &&
 			  PQresultStatus(r2) == PGRES_TUPLES_OK &&
-			  strstr(PQgetvalue(r1, 0, 0), "libidem1_owner_reserve") != NULL &&
+			  strstr(PQgetvalue(r1, 0, 0), "libidem1_owner_reserve_in_block") != NULL &&
 			  strcmp(PQgetvalue(r1, 0, 0), PQgetvalue(r2, 0, 0)) == 0,
 			  "five more runs: the same prepared statements, prepared at the "
-			  "same times (%s)", PQgetvalue(r2, 0, 0));
+			  "same times, the reserve's the one for blocks (%s)",
+			  PQgetvalue(r2, 0, 0));
 		PQclear(r1);
 		PQclear(r2);
+	}
+
+	/*
+	 * The reserve inside a block asks for the row as the function returns
+	 * it: the plan has no projection to build at every execution.
+	 */
+	{
+		PGresult   *r = PQexec(idem_pgconn(c),
+							   "EXPLAIN (VERBOSE, COSTS OFF) EXECUTE "
+							   "libidem1_owner_reserve_in_block('tx-plan', NULL, "
+							   "NULL, NULL, '', NULL, NULL)");
+		int			ok = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) >= 2;
+		int			i;
+
+		for (i = 0; ok && i < PQntuples(r); i++)
+			if (strstr(PQgetvalue(r, i, 0), "extract") != NULL ||
+				strstr(PQgetvalue(r, i, 0), "now()") != NULL)
+				ok = 0;
+		CHECK(ok && strstr(PQgetvalue(r, 0, 0), "Function Scan") != NULL,
+			  "the reserve for blocks is a bare function scan (%s)",
+			  PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) > 1 ?
+			  PQgetvalue(r, 1, 0) : PQresultErrorMessage(r));
+		PQclear(r);
 	}
 
 	/* a block of the application's: joined, not ended */
