@@ -115,4 +115,53 @@ BEGIN READ ONLY;
 SELECT fresh, body FROM idem_reserve('tx-11');
 COMMIT;
 
+-- a write to the key table keeps its table lock to the end of the
+-- transaction, as the executor's writes do; a replay (a read) keeps none
+BEGIN;
+SELECT fresh FROM idem_reserve('tx-12');
+SELECT mode FROM pg_locks
+ WHERE relation = 'idem_keys'::regclass AND pid = pg_backend_pid();
+SELECT idem_commit('tx-12', NULL, 200, 'twelve'::bytea);
+COMMIT;
+BEGIN;
+SELECT fresh, body FROM idem_reserve('tx-12');
+SELECT count(*) FROM pg_locks
+ WHERE relation = 'idem_keys'::regclass AND pid = pg_backend_pid();
+COMMIT;
+
+-- the commit of a key reserved in the same transaction fetches the tuple
+-- the reserve wrote; whatever happened to it since, it finds the record:
+-- after a rolled-back savepoint that had reserved it,
+BEGIN;
+SAVEPOINT s;
+SELECT fresh, attempt FROM idem_reserve('tx-13');
+ROLLBACK TO s;
+SELECT fresh, attempt FROM idem_reserve('tx-13');
+SELECT idem_commit('tx-13', NULL, 200, 'thirteen'::bytea);
+COMMIT;
+SELECT state, body FROM idem_get('tx-13');
+-- after another key's write in between,
+BEGIN;
+SELECT fresh FROM idem_reserve('tx-14a');
+SELECT fresh FROM idem_reserve('tx-14b');
+SELECT idem_commit('tx-14a', NULL, 200, 'a'::bytea);
+SELECT idem_commit('tx-14b', NULL, 201, 'b'::bytea);
+COMMIT;
+SELECT key, status, body FROM idem_keys WHERE key LIKE 'tx-14_' ORDER BY key;
+-- after the table was rewritten (SET UNLOGGED),
+BEGIN;
+SELECT fresh FROM idem_reserve('tx-15');
+SELECT idem_set_logged(false);
+SELECT idem_commit('tx-15', NULL, 200, 'fifteen'::bytea);
+SELECT idem_set_logged(true);
+COMMIT;
+SELECT state, body FROM idem_get('tx-15');
+-- and after the record was released: then there is none to commit
+BEGIN;
+SELECT fresh FROM idem_reserve('tx-16');
+SELECT idem_release('tx-16');
+SELECT idem_commit('tx-16', NULL, 200, 'x'::bytea);
+ROLLBACK;
+SELECT idem_get('tx-16') IS NULL AS absent;
+
 DROP TABLE charges;

@@ -1079,9 +1079,99 @@ typedef struct RecordWrite
 	Relation	rel;
 	Relation	idx;
 	TupleTableSlot *slot;
+	bool		wrote;			/* the heap was written */
 	/* a write through SPI */
 	IdemStorageCall call;
 } RecordWrite;
+
+/*
+ * Where this transaction last wrote a record directly, so that its next
+ * write of the same record in the same transaction (the commit after the
+ * reserve, when a handler's writes and its key commit together) fetches
+ * the tuple instead of descending the primary key again.
+ *
+ * It cannot lead astray: under the latest snapshot at most one version of
+ * a key is visible, so a visible tuple there with the same scope and key
+ * is the record, whatever happened to it since; otherwise the primary key
+ * is probed as always.  And it cannot point past the end of the table: a
+ * transaction that wrote keeps its lock on the table to its end
+ * (write_end), so vacuum cannot truncate it meanwhile, and the hint is
+ * for that transaction only (while the subtransaction that wrote is not
+ * aborted, and the table keeps its storage: no rewrite since).
+ */
+typedef struct LastWrite
+{
+	Oid			relid;			/* InvalidOid: none */
+	Oid			relnode;		/* the storage written */
+	FullTransactionId top;		/* the transaction that wrote */
+	TransactionId xid;			/* the (sub)transaction that wrote */
+	ItemPointerData tid;
+	int			scope_len;
+	int			key_len;
+	char		scope[IDEM_MAX_KEY_BYTES];
+	char		key[IDEM_MAX_KEY_BYTES];
+} LastWrite;
+
+static LastWrite last_write;
+
+static void
+remember_write(Relation rel, const IdemKey *k, ItemPointer tid)
+{
+	last_write.relid = RelationGetRelid(rel);
+	last_write.relnode = rel->rd_node.relNode;
+	last_write.top = GetTopFullTransactionId();
+	last_write.xid = GetCurrentTransactionId();
+	last_write.tid = *tid;
+	last_write.scope_len = k->scope_len;
+	last_write.key_len = k->key_len;
+	memcpy(last_write.scope, k->scope, k->scope_len);
+	memcpy(last_write.key, k->key, k->key_len);
+}
+
+static bool
+text_column_is(TupleTableSlot *slot, int attnum, const char *s, int len)
+{
+	text	   *t;
+
+	if (slot->tts_isnull[attnum - 1])
+		return false;
+	t = DatumGetTextPP(slot->tts_values[attnum - 1]);
+	return VARSIZE_ANY_EXHDR(t) == len && memcmp(VARDATA_ANY(t), s, len) == 0;
+}
+
+/*
+ * probe() for a record this transaction wrote last: the tuple where it
+ * wrote it, if the latest snapshot sees it there.
+ */
+static bool
+fetch_last_write(Relation rel, const IdemKey *k, TupleTableSlot *slot)
+{
+	Snapshot	snapshot;
+	bool		found;
+
+	if (last_write.relid != RelationGetRelid(rel) ||
+		last_write.relnode != rel->rd_node.relNode ||
+		!FullTransactionIdEquals(last_write.top, GetTopFullTransactionIdIfAny()) ||
+		!TransactionIdIsCurrentTransactionId(last_write.xid) ||
+		last_write.key_len != k->key_len ||
+		last_write.scope_len != k->scope_len ||
+		memcmp(last_write.key, k->key, k->key_len) != 0 ||
+		memcmp(last_write.scope, k->scope, k->scope_len) != 0)
+		return false;
+
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	found = table_tuple_fetch_row_version(rel, &last_write.tid, snapshot, slot);
+	UnregisterSnapshot(snapshot);
+	if (found)
+	{
+		slot_getallattrs(slot);
+		found = text_column_is(slot, Anum_scope, k->scope, k->scope_len) &&
+			text_column_is(slot, Anum_key, k->key, k->key_len);
+	}
+	if (!found)
+		ExecClearTuple(slot);
+	return found;
+}
 
 /*
  * Opens a write of k's record; read: read the record first (w->found).
@@ -1105,7 +1195,8 @@ write_begin(RecordWrite *w, const IdemKey *k, const char *what, bool read)
 		if (!read)
 			return;
 		w->slot = table_slot_create(w->rel, NULL);
-		w->found = probe(w->rel, w->idx, k, w->slot);
+		w->found = fetch_last_write(w->rel, k, w->slot) ||
+			probe(w->rel, w->idx, k, w->slot);
 		w->old_values = w->slot->tts_values;
 		w->old_nulls = w->slot->tts_isnull;
 		return;
@@ -1142,8 +1233,14 @@ write_end(RecordWrite *w)
 	}
 	if (w->slot != NULL)
 		ExecDropSingleTupleTableSlot(w->slot);
-	index_close(w->idx, RowExclusiveLock);
-	table_close(w->rel, RowExclusiveLock);
+
+	/*
+	 * A transaction that wrote keeps its lock to its end, as the executor's
+	 * writes do (and fetch_last_write relies on); one that only read gives
+	 * it back.
+	 */
+	index_close(w->idx, w->wrote ? NoLock : RowExclusiveLock);
+	table_close(w->rel, w->wrote ? NoLock : RowExclusiveLock);
 }
 
 /*
@@ -1301,6 +1398,7 @@ change_tuple(RecordWrite *w, ItemPointer tid, HeapTuple newtup)
 	TM_FailureData tmfd;
 	LockTupleMode lockmode;
 
+	w->wrote = true;
 	if (IsolationUsesXactSnapshot())
 		crosscheck = GetTransactionSnapshot();
 	if (newtup != NULL)
@@ -1350,6 +1448,7 @@ write_insert(RecordWrite *w)
 	}
 	tuple = heap_form_tuple(RelationGetDescr(w->rel), values, nulls);
 	simple_heap_insert(w->rel, tuple);
+	w->wrote = true;
 
 	/*
 	 * A record created between the caller's read and its lock shows up as
@@ -1366,6 +1465,8 @@ write_insert(RecordWrite *w)
 		simple_heap_delete(w->rel, &tuple->t_self);
 		CommandCounterIncrement();
 	}
+	else
+		remember_write(w->rel, w->k, &tuple->t_self);
 	heap_freetuple(tuple);
 	return inserted;
 }
@@ -1392,6 +1493,8 @@ write_update(RecordWrite *w)
 	done = change_tuple(w, &oldtup->t_self, newtup);
 	if (done && !HeapTupleIsHeapOnly(newtup))
 		(void) index_tuple(w->rel, w->idx, newtup, UNIQUE_CHECK_YES, true);
+	if (done)
+		remember_write(w->rel, w->k, &newtup->t_self);
 	heap_freetuple(newtup);
 	heap_freetuple(oldtup);
 	CommandCounterIncrement();
