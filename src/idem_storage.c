@@ -154,9 +154,17 @@ static const QueryDef query_defs[NUM_QUERIES] = {
 		"lease_expires_at", "NULL::pg_catalog.timestamptz",
 		4, {TIMESTAMPTZOID, TEXTARRAYOID, TIDOID, TIDOID}
 	},
+	/*
+	 * The purge takes only the rows no one else has locked: it never waits
+	 * for a row lock, so two purges (each with its own scan position, and
+	 * idem_purge() deleting batch after batch in one transaction) cannot
+	 * deadlock, and a renewal or takeover under way wins.
+	 */
 	[Q_PURGE_DELETE] = {
-		"DELETE FROM {table} WHERE ctid" EQ "ANY ($1)"
-		" AND expires_at OPERATOR(pg_catalog.<=) $2",
+		"DELETE FROM {table} WHERE ctid" EQ "ANY (ARRAY("
+		"SELECT ctid FROM {table} WHERE ctid" EQ "ANY ($1)"
+		" AND expires_at OPERATOR(pg_catalog.<=) $2"
+		" FOR UPDATE SKIP LOCKED))",
 		"", "",
 		2, {TIDARRAYOID, TIMESTAMPTZOID}
 	},
@@ -1977,8 +1985,9 @@ idem_storage_expired_close(struct PortalData *scan)
 
 /*
  * Deletes the records of t at the given TIDs that are still expired by now
- * (one renewed meanwhile has a new ctid and a new expiry, and is left
- * alone).  Returns how many went.  Inside idem_storage_begin/end.
+ * and that no one else has locked (one renewed meanwhile has a new ctid and
+ * a new expiry, and one being renewed is locked: both are left alone).
+ * Returns how many went.  Inside idem_storage_begin/end.
  */
 uint64
 idem_storage_delete_expired(IdemTable *t, const ItemPointerData *tids,
