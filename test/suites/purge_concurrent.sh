@@ -51,13 +51,40 @@ make_records()
 
 expired() { psql_q -d $DB -c "SELECT count(*) FROM idem_keys WHERE expires_at <= now() AND key LIKE '$1-%'"; }
 
+# the sessions holding (granted) or waiting for (not granted) the gate
+at_gate() { psql_q -d $DB -c "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = $GATE AND $1 granted"; }
+
+# wait_for TENTHS COMMAND...: until COMMAND succeeds, at most TENTHS / 10 s
+# (COMMAND runs anew each time: a function, not an expansion)
+wait_for()
+{
+	local n=$1
+	shift
+	for _ in $(seq "$n"); do
+		"$@" && return 0
+		sleep 0.1
+	done
+	return 1
+}
+
+# purge NAME [SQL]: a session that runs SQL, then waits at the gate and
+# purges with a pause between its batches (its output in $work/NAME.out)
+purge()
+{
+	{
+		[[ -n ${2:-} ]] && echo "$2"
+		echo "SELECT pg_advisory_lock_shared($GATE);"
+		echo "SET idem.purge_delay = '300ms';"
+		echo "SELECT 'second', idem_purge();"
+	} >"$work/$1.sql"
+	psql -XAt -v ON_ERROR_STOP=1 -d $DB -f "$work/$1.sql" >"$work/$1.out" 2>"$work/$1.err"
+}
+
 # the gate, held until both purges wait behind it
 psql_q -d $DB -c "SELECT pg_advisory_lock($GATE), pg_sleep(600)" >/dev/null 2>&1 &
 gate_pid=$!
-for _ in $(seq 100); do
-	[[ $(psql_q -d $DB -c "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = $GATE AND granted") == 1 ]] && break
-	sleep 0.1
-done
+gate_held() { [[ $(at_gate '') == 1 ]]; }
+wait_for 100 gate_held
 
 start=$(date +%s.%N)
 make_records a 3000 '10 seconds'
@@ -65,37 +92,22 @@ make_records b 3000 '1 millisecond'
 sleep 0.1
 
 # P1: purges B, then waits at the gate and purges again
-cat >"$work/p1.sql" <<EOF
-SELECT 'first', idem_purge(3000);
-SELECT pg_advisory_lock_shared($GATE);
-SET idem.purge_delay = '300ms';
-SELECT 'second', idem_purge();
-EOF
-psql -XAt -v ON_ERROR_STOP=1 -d $DB -f "$work/p1.sql" >"$work/p1.out" 2>"$work/p1.err" &
+purge p1 "SELECT 'first', idem_purge(3000);" &
 p1_pid=$!
-for _ in $(seq 200); do
-	[[ $(psql_q -d $DB -c "SELECT count(*) FROM idem_keys WHERE key LIKE 'b-%'") == 0 ]] && break
-	sleep 0.1
-done
+b_purged() { [[ $(psql_q -d $DB -c "SELECT count(*) FROM idem_keys WHERE key LIKE 'b-%'") == 0 ]]; }
+wait_for 200 b_purged
 check_eq "P1's first purge deletes the 3000 expired records B, A not yet expired" \
 	"0|3000" "$(psql_q -d $DB -c "SELECT count(*) FILTER (WHERE key LIKE 'b-%'), count(*) FILTER (WHERE key LIKE 'a-%') FROM idem_keys")"
 make_records c 3000 '1 millisecond'
 
 # P2: a new session, whose scan starts at the beginning of the table
-cat >"$work/p2.sql" <<EOF
-SELECT pg_advisory_lock_shared($GATE);
-SET idem.purge_delay = '300ms';
-SELECT 'second', idem_purge();
-EOF
-psql -XAt -v ON_ERROR_STOP=1 -d $DB -f "$work/p2.sql" >"$work/p2.out" 2>"$work/p2.err" &
+purge p2 &
 p2_pid=$!
 
 # open the gate once A has expired and both wait at it
-for _ in $(seq 300); do
-	waiting=$(psql_q -d $DB -c "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = $GATE AND NOT granted")
-	[[ $waiting == 2 && $(expired a) == 3000 ]] && break
-	sleep 0.1
-done
+both_at_gate() { [[ $(at_gate NOT) == 2 && $(expired a) == 3000 ]]; }
+wait_for 300 both_at_gate
+waiting=$(at_gate NOT)
 check_eq "both purges wait at the gate, A has expired" "2 3000" "$waiting $(expired a)"
 kill "$gate_pid" 2>/dev/null
 psql_q -d $DB -c "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = $GATE AND granted AND mode = 'ExclusiveLock'" >/dev/null
