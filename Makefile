@@ -12,6 +12,7 @@ OBJS = \
 	src/idem_args.o \
 	src/idem_funcs.o \
 	src/idem_hash.o \
+	src/idem_hint.o \
 	src/idem_lock.o \
 	src/idem_ops.o \
 	src/idem_owner.o \

@@ -21,7 +21,11 @@
 # (inclusive).  Needs valgrind (apt-get install valgrind).
 #
 # Settings: INSTR_SMALL=200 INSTR_BIG=1200, BENCH_INSTALL=1 (build and
-# install the extension first; 0: the installed one), BENCH_TMP=bench/tmp.
+# install the extension first; 0: the installed one), BENCH_TMP=bench/tmp;
+# INSTR_PRELOAD=1 (the server preloads the module, as README.md installs
+# it; 0: not), INSTR_NKEYS=100000 (the keys the scripts draw from) and
+# INSTR_WARM=0 (transactions of each script run first and not counted: with
+# INSTR_NKEYS=1000 and INSTR_WARM=3000, every key has been looked up once).
 
 set -euo pipefail
 
@@ -35,6 +39,9 @@ OUT=$TMP/instructions
 CLUSTER=$TMP/instructions-cluster
 HASH=6d1f1b6bbf2f5a3c4a7e0a5f2b8c9d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708
 SCRIPTS=${*:-replay_ext replay_raw fresh_ext fresh_raw}
+PRELOAD=${INSTR_PRELOAD:-1}
+NKEYS=${INSTR_NKEYS:-100000}
+WARM=${INSTR_WARM:-0}
 
 die()
 {
@@ -72,7 +79,9 @@ trap cleanup EXIT
 
 rm -rf "$OUT"
 mkdir -p "$OUT"
-CLUSTER_OPTS="shared_buffers=128MB huge_pages=off fsync=on max_connections=20" \
+preload=
+[[ $PRELOAD == 0 ]] || preload="shared_preload_libraries=idempotency"
+CLUSTER_OPTS="shared_buffers=128MB huge_pages=off fsync=on max_connections=20 $preload" \
 	"$ROOT/tools/cluster.sh" start "$CLUSTER" >/dev/null
 # shellcheck disable=SC1091
 . "$CLUSTER/env"
@@ -99,7 +108,7 @@ run()
 {
 	local before f best=0 bestf= ir
 	before=$(ls "$OUT")
-	pgbench -n -M prepared -c 1 -j 1 -t "$2" -D hash="$HASH" -D nkeys=100000 \
+	pgbench -n -M prepared -c 1 -j 1 -t "$2" -D hash="$HASH" -D nkeys="$NKEYS" \
 		-D maxkey=10000000000 -f "$BENCH_DIR/scripts/$1.sql" >"$OUT/$1-$2.pgbench" 2>&1 ||
 		die "pgbench $1 failed: $(tail -n 1 "$OUT/$1-$2.pgbench")"
 	sleep 3
@@ -124,6 +133,7 @@ inclusive()
 }
 
 for s in $SCRIPTS; do
+	((WARM == 0)) || run "$s" "$WARM" >/dev/null
 	a=$(run "$s" "$SMALL")
 	b=$(run "$s" "$BIG")
 	printf '%-16s %9.0f instructions per transaction\n' "$s" "$(((b - a) / (BIG - SMALL)))"

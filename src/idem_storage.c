@@ -871,10 +871,50 @@ text_datum(const char *s, int len)
 	return PointerGetDatum(cstring_to_text_with_len(s, len));
 }
 
+static bool
+text_column_is(TupleTableSlot *slot, int attnum, const char *s, int len)
+{
+	text	   *t;
+
+	if (slot->tts_isnull[attnum - 1])
+		return false;
+	t = DatumGetTextPP(slot->tts_values[attnum - 1]);
+	return VARSIZE_ANY_EXHDR(t) == len && memcmp(VARDATA_ANY(t), s, len) == 0;
+}
+
+/* whether the tuple in slot (all its attributes deformed) is k's */
+static inline bool
+tuple_is_of(TupleTableSlot *slot, const IdemKey *k)
+{
+	return text_column_is(slot, Anum_key, k->key, k->key_len) &&
+		text_column_is(slot, Anum_scope, k->scope, k->scope_len);
+}
+
+/*
+ * Finds the row of k where its location hint says it is (idem_hint.c), as
+ * the latest snapshot sees it (plus the caller's own changes), and stores
+ * it in slot.  False when the hint does not lead to k's record.
+ */
+static bool
+fetch_hinted(Relation rel, const IdemKey *k, TupleTableSlot *slot)
+{
+	if (!idem_hint_fetch(rel, k, slot))
+		return false;
+	slot_getallattrs(slot);
+	if (tuple_is_of(slot, k))
+		return true;
+	ExecClearTuple(slot);
+	return false;
+}
+
 /*
  * Finds the row of k in the primary key, as the latest snapshot sees it
  * (plus the caller's own changes), and stores it in slot.  Returns whether
- * there is one.
+ * there is one, and leaves a location hint for the next look-up.
+ *
+ * index_getnext_slot() without the loop for non-MVCC snapshots, so as to
+ * know the tid the index entry points to: the root of the HOT chain, where
+ * the hint must point, while the slot gets the chain's visible member.
  */
 static bool
 probe(Relation rel, Relation idx, const IdemKey *k, TupleTableSlot *slot)
@@ -882,7 +922,9 @@ probe(Relation rel, Relation idx, const IdemKey *k, TupleTableSlot *slot)
 	ScanKeyData skey[2];
 	Snapshot	snapshot;
 	IndexScanDesc scan;
-	bool		found;
+	ItemPointer tid;
+	ItemPointerData root;
+	bool		found = false;
 
 	ScanKeyEntryInitialize(&skey[0], 0, 1, BTEqualStrategyNumber, InvalidOid,
 						   idx->rd_indcollation[0], F_TEXTEQ,
@@ -894,11 +936,22 @@ probe(Relation rel, Relation idx, const IdemKey *k, TupleTableSlot *slot)
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	scan = index_beginscan(rel, idx, snapshot, 2, 0);
 	index_rescan(scan, skey, 2, NULL, 0);
-	found = index_getnext_slot(scan, ForwardScanDirection, slot);
-	if (found)
-		slot_getallattrs(slot);
+	while ((tid = index_getnext_tid(scan, ForwardScanDirection)) != NULL)
+	{
+		root = *tid;
+		if (index_fetch_heap(scan, slot))
+		{
+			found = true;
+			break;
+		}
+	}
 	index_endscan(scan);
 	UnregisterSnapshot(snapshot);
+	if (found)
+	{
+		slot_getallattrs(slot);
+		idem_hint_set(rel, k, &root);
+	}
 	return found;
 }
 
@@ -1018,14 +1071,20 @@ idem_storage_read(const IdemKey *k, IdemRecord *rec)
 	}
 
 	rel = table_open(t->relid, AccessShareLock);
-	idx = index_open(t->pkey_relid, AccessShareLock);
 	slot = table_slot_create(rel, NULL);
 
-	if (probe(rel, idx, k, slot))
+	/* the index only when the hint does not lead to the record */
+	if (fetch_hinted(rel, k, slot))
 		fill_record(slot->tts_values, slot->tts_isnull, rec);
+	else
+	{
+		idx = index_open(t->pkey_relid, AccessShareLock);
+		if (probe(rel, idx, k, slot))
+			fill_record(slot->tts_values, slot->tts_isnull, rec);
+		index_close(idx, AccessShareLock);
+	}
 
 	ExecDropSingleTupleTableSlot(slot);
-	index_close(idx, AccessShareLock);
 	table_close(rel, AccessShareLock);
 }
 
@@ -1136,17 +1195,6 @@ remember_write(Relation rel, const IdemKey *k, ItemPointer tid)
 	memcpy(last_write.key, k->key, k->key_len);
 }
 
-static bool
-text_column_is(TupleTableSlot *slot, int attnum, const char *s, int len)
-{
-	text	   *t;
-
-	if (slot->tts_isnull[attnum - 1])
-		return false;
-	t = DatumGetTextPP(slot->tts_values[attnum - 1]);
-	return VARSIZE_ANY_EXHDR(t) == len && memcmp(VARDATA_ANY(t), s, len) == 0;
-}
-
 /*
  * probe() for a record this transaction wrote last: the tuple where it
  * wrote it, if the latest snapshot sees it there.
@@ -1173,8 +1221,7 @@ fetch_last_write(Relation rel, const IdemKey *k, TupleTableSlot *slot)
 	if (found)
 	{
 		slot_getallattrs(slot);
-		found = text_column_is(slot, Anum_scope, k->scope, k->scope_len) &&
-			text_column_is(slot, Anum_key, k->key, k->key_len);
+		found = tuple_is_of(slot, k);
 	}
 	if (!found)
 		ExecClearTuple(slot);
@@ -1204,6 +1251,7 @@ write_begin(RecordWrite *w, const IdemKey *k, const char *what, bool read)
 			return;
 		w->slot = table_slot_create(w->rel, NULL);
 		w->found = fetch_last_write(w->rel, k, w->slot) ||
+			fetch_hinted(w->rel, k, w->slot) ||
 			probe(w->rel, w->idx, k, w->slot);
 		w->old_values = w->slot->tts_values;
 		w->old_nulls = w->slot->tts_isnull;
@@ -1474,7 +1522,10 @@ write_insert(RecordWrite *w)
 		CommandCounterIncrement();
 	}
 	else
+	{
 		remember_write(w->rel, w->k, &tuple->t_self);
+		idem_hint_set(w->rel, w->k, &tuple->t_self);
+	}
 	heap_freetuple(tuple);
 	return inserted;
 }
@@ -1500,7 +1551,11 @@ write_update(RecordWrite *w)
 	ExecClearTuple(w->slot);
 	done = change_tuple(w, &oldtup->t_self, newtup);
 	if (done && !HeapTupleIsHeapOnly(newtup))
+	{
+		/* a chain of its own, which the hint follows */
 		(void) index_tuple(w->rel, w->idx, newtup, UNIQUE_CHECK_YES, true);
+		idem_hint_set(w->rel, w->k, &newtup->t_self);
+	}
 	if (done)
 		remember_write(w->rel, w->k, &newtup->t_self);
 	heap_freetuple(newtup);

@@ -221,6 +221,7 @@ _PG_init(void)
 
 		idem_stats_init();
 		idem_wake_shmem_init();
+		idem_hint_shmem_init();
 		idem_worker_register();
 	}
 

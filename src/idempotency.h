@@ -15,6 +15,7 @@
 #include "storage/lock.h"
 #include "access/tupdesc.h"
 #include "utils/jsonb.h"
+#include "utils/relcache.h"
 
 /* SQLSTATEs of the contract */
 #define ERRCODE_IDEM_HASH_MISMATCH	MAKE_SQLSTATE('I','K','4','2','2')
@@ -304,11 +305,19 @@ typedef struct IdemWaiter
 } IdemWaiter;
 
 extern void idem_wake_shmem_init(void);
+
 extern void idem_wake_init(void);
 extern void idem_waiter_init(IdemWaiter *w, const IdemKey *k);
 extern bool idem_waiter_prepare(IdemWaiter *w);
 extern void idem_waiter_sleep(IdemWaiter *w, int timeout_ms);
 extern void idem_waiter_done(IdemWaiter *w);
 extern void idem_wake_at_commit(const IdemKey *k);
+
+/* idem_hint.c: where records were last seen in the heap */
+struct TupleTableSlot;
+extern void idem_hint_shmem_init(void);
+extern void idem_hint_set(Relation rel, const IdemKey *k, ItemPointer tid);
+extern bool idem_hint_fetch(Relation rel, const IdemKey *k,
+							struct TupleTableSlot *slot);
 
 #endif							/* IDEMPOTENCY_H */
