@@ -30,7 +30,7 @@ DATA = $(wildcard sql/idempotency--*.sql)
 # pg_regress: scripts in sql/ (beside the install scripts), expected output
 # in expected/; results go to test/out
 REGRESS = init reserve commit release get_purge hashing errors transactions leases planning \
-	settings privileges tenants logged ops dba upgrade
+	settings privileges tenants logged ops dba hints upgrade
 REGRESS_OPTS = --outputdir=test/out
 
 # pg_isolation_regress: specs and expected output in test/isolation

@@ -57,7 +57,7 @@
 
 #define HINT_TAG(h)		((uint64) ((h) >> 48))
 
-static int	idem_location_hints = 65536;
+static int	idem_location_hints = 262144;
 
 static pg_atomic_uint64 *hints = NULL;
 static uint64 hint_mask = 0;
@@ -124,7 +124,7 @@ idem_hint_shmem_init(void)
 							"Entries of the shared table of where records were last seen.",
 							"A replay whose key is found there fetches its record without descending the primary key; each entry takes 8 bytes of shared memory. 0 turns the hints off.",
 							&idem_location_hints,
-							65536, 0, 64 * 1024 * 1024,
+							262144, 0, 64 * 1024 * 1024,
 							PGC_POSTMASTER, 0,
 							NULL, NULL, NULL);
 

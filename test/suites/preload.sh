@@ -70,6 +70,42 @@ wait "$owner" 2>/dev/null
 check_eq "the waiter took the key over with attempt 2" 2 "$(cat "$IDEM_TMP/c4")"
 check_eq "the takeover is counted" 1 "$(counter takeovers)"
 
+# location hints in shared memory: a key looked up on one connection is
+# found by the next connection without reading the primary key's index
+index_blocks()
+{
+	psql_q <<-SQL
+		BEGIN;
+		SELECT pg_stat_get_xact_blocks_fetched('idem_keys_pkey'::regclass) AS b \\gset
+		SELECT state FROM idem_reserve('$1', 'h');
+		SELECT pg_stat_get_xact_blocks_fetched('idem_keys_pkey'::regclass) - :b;
+		COMMIT;
+	SQL
+}
+psql_q -c "SELECT fresh FROM idem_reserve('h1', 'h')" \
+	-c "SELECT idem_commit('h1', 'h', 200, 'hinted'::bytea)" >/dev/null
+check_eq "hints: another connection replays without the index" "committed 0" \
+	"$(index_blocks h1 | tr '\n' ' ' | sed 's/ $//')"
+psql_q -c "DELETE FROM idem_keys WHERE key = 'h1'" >/dev/null
+check_eq "hints: a key deleted by SQL is fresh again, found in the index" "in_flight" \
+	"$(psql_q -c "SELECT state FROM idem_reserve('h1', 'h')" -c "SELECT idem_release('h1')" | head -n 1)"
+
+# hints past the end of the table after VACUUM cut it down, left by
+# connections that are gone: the look-ups go to the index
+psql_q -c "SELECT count(*) FROM generate_series(1, 2000) i,
+	LATERAL idem_reserve('ht-' || i, 'h') r, LATERAL idem_commit('ht-' || i, 'h', 200, 'x') c" >/dev/null
+size_before=$(psql_q -c "SELECT pg_relation_size('idem_keys')")
+psql_q -c "SELECT count(*) FROM generate_series(1, 2000) i, LATERAL idem_reserve('ht-' || i, 'h') r" >/dev/null
+psql_q -c "DELETE FROM idem_keys WHERE key LIKE 'ht-%'" -c "VACUUM (INDEX_CLEANUP ON) idem_keys" >/dev/null
+check_eq "hints: VACUUM truncated the table" t \
+	"$(psql_q -c "SELECT pg_relation_size('idem_keys') < $size_before / 4")"
+check_eq "hints: keys whose hints are past the end are absent" "0" \
+	"$(psql_q -c "SELECT count(*) FROM generate_series(1, 2000) i, LATERAL idem_get('ht-' || i) g
+		WHERE g.state IS NOT NULL" 2>&1)"
+check_eq "hints: one of them reserved again is fresh" "true 1" \
+	"$(psql_q -c "SELECT fresh || ' ' || attempt FROM idem_reserve('ht-2000', 'h')" -c "SELECT idem_release('ht-2000')" | head -n 1)"
+check_eq "hints: idem.location_hints is shown" 262144 "$(psql_q -c 'SHOW idem.location_hints')"
+
 # reset
 psql_q -c 'SELECT idem_stats_reset()' >/dev/null
 check_eq "reset zeroes the counters" "0 0 0" "$(counter "reserves || ' ' || replays || ' ' || takeovers")"
