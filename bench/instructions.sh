@@ -23,9 +23,11 @@
 # Settings: INSTR_SMALL=200 INSTR_BIG=1200, BENCH_INSTALL=1 (build and
 # install the extension first; 0: the installed one), BENCH_TMP=bench/tmp;
 # INSTR_PRELOAD=1 (the server preloads the module, as README.md installs
-# it; 0: not), INSTR_NKEYS=100000 (the keys the scripts draw from) and
-# INSTR_WARM=0 (transactions of each script run first and not counted: with
-# INSTR_NKEYS=1000 and INSTR_WARM=3000, every key has been looked up once).
+# it; 0: not), INSTR_NKEYS=1000 (the keys the scripts draw from, of the
+# 10^5 in each table) and INSTR_WARM=3000 (transactions of each script run
+# first and not counted, so that every key has been looked up once, as the
+# reserve that created a key has in real use; INSTR_NKEYS=100000
+# INSTR_WARM=0 counts first look-ups instead).
 
 set -euo pipefail
 
@@ -40,8 +42,8 @@ CLUSTER=$TMP/instructions-cluster
 HASH=6d1f1b6bbf2f5a3c4a7e0a5f2b8c9d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708
 SCRIPTS=${*:-replay_ext replay_raw fresh_ext fresh_raw}
 PRELOAD=${INSTR_PRELOAD:-1}
-NKEYS=${INSTR_NKEYS:-100000}
-WARM=${INSTR_WARM:-0}
+NKEYS=${INSTR_NKEYS:-1000}
+WARM=${INSTR_WARM:-3000}
 
 die()
 {

@@ -63,6 +63,9 @@
 #                           shared_buffers for the run (vm.nr_hugepages, given
 #                           back at the end); 0: leave the system's setting
 #                           alone (stock always runs with huge_pages = off)
+#   BENCH_PRELOAD=1         shared_preload_libraries = 'idempotency', as README.md
+#                           installs it (with idem.purge_interval = 0: no purge
+#                           worker beside the measured purge); 0: not preloaded
 #   BENCH_CLUSTER_OPTS=     more postgresql.conf settings, both configurations
 #                           (see tools/cluster.sh)
 #   BENCH_INSTALL=1         build and install the extension from the working
@@ -107,6 +110,7 @@ REPLAY_KEYS=${BENCH_REPLAY_KEYS:-$d_fresh_keys}
 HOT_WAITERS=${BENCH_HOT_WAITERS:-32}
 HOT_ROUNDS=${BENCH_HOT_ROUNDS:-$d_hot_rounds}
 PURGE_KEYS=${BENCH_PURGE_KEYS:-$d_purge_keys}
+PRELOAD=${BENCH_PRELOAD:-1}
 PURGE_BATCH=${BENCH_PURGE_BATCH:-10000}
 PURGE_IDLE=${BENCH_PURGE_IDLE:-$((SECS < 3 ? 3 : SECS))}
 PURGE_MAX=${BENCH_PURGE_MAX:-300}
@@ -292,6 +296,7 @@ start_config()
 			;;
 		*) die "unknown configuration $CONFIG (stock, tuned)" ;;
 	esac
+	[[ $PRELOAD == 0 ]] || opts="$opts shared_preload_libraries=idempotency idem.purge_interval=0"
 	log "configuration $CONFIG: starting a cluster in $CLUSTER (shared_buffers=$sb, $opts, max_connections=$MAX_CONNECTIONS, fsync on)"
 	start_cluster()
 	{
@@ -338,7 +343,7 @@ describe_config()
 				END {if (t - f + r > 0) printf "in huge pages (%d of %d kB in use or reserved; huge_pages = try)", t - f + r, z;
 					 else printf "in normal pages (no huge pages; huge_pages = try)"}' /proc/meminfo)"
 		fi
-		echo "settings	$(psql_q -F ' ' -c "SELECT string_agg(name || '=' || current_setting(name), ', ' ORDER BY name) FROM pg_settings WHERE name IN ('shared_buffers', 'huge_pages', 'max_connections', 'fsync', 'synchronous_commit', 'wal_level', 'max_wal_size', 'checkpoint_timeout', 'wal_sync_method', 'full_page_writes')")"
+		echo "settings	$(psql_q -F ' ' -c "SELECT string_agg(name || '=' || current_setting(name), ', ' ORDER BY name) FROM pg_settings WHERE name IN ('shared_buffers', 'huge_pages', 'max_connections', 'fsync', 'synchronous_commit', 'wal_level', 'max_wal_size', 'checkpoint_timeout', 'wal_sync_method', 'full_page_writes', 'shared_preload_libraries')")"
 		echo "ext	$(psql_q -c "SELECT extversion FROM pg_extension WHERE extname = 'idempotency'")"
 		case $INSTALL in
 			0) echo "commit	installed build, tree at $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)" ;;
@@ -594,6 +599,11 @@ w2()
 		redis-cli -p "$REDIS_PORT" flushall >/dev/null
 		"$IDEMBENCH" redis-load --redis-port "$REDIS_PORT" --nkeys "$REPLAY_KEYS"
 	fi
+	# the keys were loaded by SQL: look each up once, as the reserve that
+	# made a key would have, so that the location hints know where they are
+	if [[ $PRELOAD != 0 && " $pg_impls " == *" ext "* ]]; then
+		psql_q -c "SELECT count(*) FROM idem_keys k, LATERAL idem_get(k.key, k.scope) g" >/dev/null
+	fi
 	psql_q -c CHECKPOINT
 	for ((r = 1; r <= ROUNDS; r++)); do
 		for impl in $(impls_of_round "$r" "$all_impls"); do
@@ -819,7 +829,7 @@ case ${BENCH_INSTRUCTIONS:-auto} in
 	*)
 		if command -v valgrind >/dev/null && command -v callgrind_annotate >/dev/null; then
 			log "instructions per transaction (callgrind)"
-			BENCH_INSTALL=0 BENCH_TMP=$TMP "$BENCH_DIR/instructions.sh" \
+			INSTR_PRELOAD=$PRELOAD BENCH_INSTALL=0 BENCH_TMP=$TMP "$BENCH_DIR/instructions.sh" \
 				>"$DATA_ROOT/instructions.txt" 2>"$DATA_ROOT/instructions.err" ||
 				log "instructions.sh failed: $(tail -n 1 "$DATA_ROOT/instructions.err")"
 		elif [[ ${BENCH_INSTRUCTIONS:-auto} == 1 ]]; then
