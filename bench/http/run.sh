@@ -33,6 +33,8 @@
 #   HTTP_BENCH_IO_THREADS=2    service --io-threads
 #   HTTP_BENCH_WARMUP=2        seconds of unrecorded load before each round
 #   HTTP_BENCH_OUT=bench/http/results.md
+#   HTTP_BENCH_PRELOAD=1       the cluster preloads the module, as README.md
+#                              installs it (idem.purge_interval = 0); 0: not
 #   HTTP_BENCH_CLUSTER_OPTS=   more postgresql.conf settings for the cluster
 #
 # Needs the extension installed (make install) and wrk.
@@ -86,7 +88,9 @@ make -s --no-print-directory -C "$ROOT/examples/http" >&2
 
 if [[ -z ${PGHOST:-} ]]; then
 	cluster=$TMP/cluster
-	CLUSTER_OPTS=${HTTP_BENCH_CLUSTER_OPTS:-} bash "$ROOT/tools/cluster.sh" start "$cluster" >&2
+	opts=
+	[[ ${HTTP_BENCH_PRELOAD:-1} == 0 ]] || opts="shared_preload_libraries=idempotency idem.purge_interval=0"
+	CLUSTER_OPTS="$opts ${HTTP_BENCH_CLUSTER_OPTS:-}" bash "$ROOT/tools/cluster.sh" start "$cluster" >&2
 	# shellcheck disable=SC1091
 	. "$cluster/env"
 fi
@@ -229,7 +233,7 @@ cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 	echo "  MODE unprotected / unique / replay; $ROUNDS round(s), order alternating; figures are the means over rounds."
 	echo "  Latencies are wrk's, which corrects for coordinated omission (it adds samples for the"
 	echo "  requests a stalled connection did not send), so mean and p99 weigh stalls heavily; p50 is the steadiest."
-	echo "- service: \`examples/http/service --quiet --threads $WORKERS --io-threads $IO_THREADS\`; PostgreSQL $(psql -XAtq -c 'SHOW server_version'), default settings, fsync $(psql -XAtq -c 'SHOW fsync'), synchronous_commit $(psql -XAtq -c 'SHOW synchronous_commit'); everything on one machine over loopback."
+	echo "- service: \`examples/http/service --quiet --threads $WORKERS --io-threads $IO_THREADS\`; PostgreSQL $(psql -XAtq -c 'SHOW server_version'), default settings, shared_preload_libraries '$(psql -XAtq -c 'SHOW shared_preload_libraries')', fsync $(psql -XAtq -c 'SHOW fsync'), synchronous_commit $(psql -XAtq -c 'SHOW synchronous_commit'); everything on one machine over loopback."
 	echo "- machine: $(nproc) CPU ($cpu), $(free -g | awk '/^Mem:/ {print $2}') GB RAM; wrk, the service and PostgreSQL share it; load average before the runs: $load_before."
 	echo "- exactly once under load: the unique runs answered ${req_sum[unique]} requests and left $(cut -d'|' -f1 <<<"$unique_rows") charge rows for $(cut -d'|' -f2 <<<"$unique_rows") distinct keys (requests still in flight when wrk stopped are committed but not counted by wrk); the $ROUNDS replayed keys have $replay_rows charge rows in all."
 } >"$OUT"
