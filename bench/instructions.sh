@@ -27,7 +27,8 @@
 # 10^5 in each table) and INSTR_WARM=3000 (transactions of each script run
 # first and not counted, so that every key has been looked up once, as the
 # reserve that created a key has in real use; INSTR_NKEYS=100000
-# INSTR_WARM=0 counts first look-ups instead).
+# INSTR_WARM=0 counts first look-ups instead); INSTR_MODE=prepared (pgbench
+# -M: simple, extended, prepared).
 
 set -euo pipefail
 
@@ -110,7 +111,7 @@ run()
 {
 	local before f best=0 bestf= ir
 	before=$(ls "$OUT")
-	pgbench -n -M prepared -c 1 -j 1 -t "$2" -D hash="$HASH" -D nkeys="$NKEYS" \
+	pgbench -n -M "${INSTR_MODE:-prepared}" -c 1 -j 1 -t "$2" -D hash="$HASH" -D nkeys="$NKEYS" \
 		-D maxkey=10000000000 -f "$BENCH_DIR/scripts/$1.sql" >"$OUT/$1-$2.pgbench" 2>&1 ||
 		die "pgbench $1 failed: $(tail -n 1 "$OUT/$1-$2.pgbench")"
 	sleep 3
