@@ -63,6 +63,9 @@ static pg_atomic_uint64 *hints = NULL;
 static uint64 hint_mask = 0;
 static bool hints_shared = false;
 
+/* look-ups of this backend that probed the index and found the record */
+static uint32 lookups_probed = 0;
+
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
@@ -162,13 +165,21 @@ hint_hash(Relation rel, const IdemKey *k)
 }
 
 /*
- * Remembers that the HOT chain of k's record starts at tid.
+ * Remembers that the HOT chain of k's record starts at tid.  A write of the
+ * record (written) takes the slot whatever it held: the keys just written
+ * are the ones whose retries come next.  A look-up that had to probe the
+ * index takes it when it is empty or holds k's own hint (gone stale), and
+ * otherwise one time in eight: reading more keys than the table holds then
+ * writes a shared cache line on few look-ups and pushes few hints of
+ * others out, while hints of a dropped table or of keys long gone are still
+ * replaced in time.
  */
 void
-idem_hint_set(Relation rel, const IdemKey *k, ItemPointer tid)
+idem_hint_set(Relation rel, const IdemKey *k, ItemPointer tid, bool written)
 {
 	uint64		h;
 	uint64		word;
+	uint64		old;
 
 	if (!hint_table())
 		return;
@@ -176,8 +187,11 @@ idem_hint_set(Relation rel, const IdemKey *k, ItemPointer tid)
 	word = (HINT_TAG(h) << 48) |
 		((uint64) ItemPointerGetBlockNumberNoCheck(tid) << 16) |
 		ItemPointerGetOffsetNumberNoCheck(tid);
-	/* a hint already there costs no write to a shared cache line */
-	if (pg_atomic_read_u64(&hints[h & hint_mask]) != word)
+	old = pg_atomic_read_u64(&hints[h & hint_mask]);
+	if (old == word)
+		return;
+	if (written || old == 0 || (old >> 48) == HINT_TAG(h) ||
+		(++lookups_probed & 7) == 0)
 		pg_atomic_write_u64(&hints[h & hint_mask], word);
 }
 

@@ -950,7 +950,7 @@ probe(Relation rel, Relation idx, const IdemKey *k, TupleTableSlot *slot)
 	if (found)
 	{
 		slot_getallattrs(slot);
-		idem_hint_set(rel, k, &root);
+		idem_hint_set(rel, k, &root, false);
 	}
 	return found;
 }
@@ -1524,7 +1524,7 @@ write_insert(RecordWrite *w)
 	else
 	{
 		remember_write(w->rel, w->k, &tuple->t_self);
-		idem_hint_set(w->rel, w->k, &tuple->t_self);
+		idem_hint_set(w->rel, w->k, &tuple->t_self, true);
 	}
 	heap_freetuple(tuple);
 	return inserted;
@@ -1554,7 +1554,7 @@ write_update(RecordWrite *w)
 	{
 		/* a chain of its own, which the hint follows */
 		(void) index_tuple(w->rel, w->idx, newtup, UNIQUE_CHECK_YES, true);
-		idem_hint_set(w->rel, w->k, &newtup->t_self);
+		idem_hint_set(w->rel, w->k, &newtup->t_self, true);
 	}
 	if (done)
 		remember_write(w->rel, w->k, &newtup->t_self);

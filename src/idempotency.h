@@ -316,7 +316,8 @@ extern void idem_wake_at_commit(const IdemKey *k);
 /* idem_hint.c: where records were last seen in the heap */
 struct TupleTableSlot;
 extern void idem_hint_shmem_init(void);
-extern void idem_hint_set(Relation rel, const IdemKey *k, ItemPointer tid);
+extern void idem_hint_set(Relation rel, const IdemKey *k, ItemPointer tid,
+						  bool written);
 extern bool idem_hint_fetch(Relation rel, const IdemKey *k,
 							struct TupleTableSlot *slot);
 
