@@ -41,6 +41,7 @@
 #include "common/hashfn.h"
 #include "miscadmin.h"
 #include "port/atomics.h"
+#include "port/pg_bitutils.h"
 #include "storage/bufmgr.h"
 #include "storage/ipc.h"
 #include "storage/shmem.h"
@@ -55,13 +56,14 @@
 /* entries of a backend's own table, when not preloaded */
 #define LOCAL_HINTS		4096
 
+/* the 16 bits of a key's hash, or of a hint word, that a slot's index leaves */
 #define HINT_TAG(h)		((uint64) ((h) >> 48))
 
 static int	idem_location_hints = 262144;
 
 static pg_atomic_uint64 *hints = NULL;
 static uint64 hint_mask = 0;
-static bool hints_shared = false;
+static bool preloaded = false;	/* the shared table, or none, is decided */
 
 /* look-ups of this backend that probed the index and found the record */
 static uint32 lookups_probed = 0;
@@ -73,13 +75,9 @@ static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 static uint64
 shared_entries(void)
 {
-	uint64		n = 1;
-
 	if (idem_location_hints <= 0)
 		return 0;
-	while (n * 2 <= (uint64) idem_location_hints)
-		n *= 2;
-	return n;
+	return pg_prevpower2_64((uint64) idem_location_hints);
 }
 
 static void
@@ -98,11 +96,9 @@ hint_shmem_startup(void)
 
 	if (prev_shmem_startup_hook)
 		prev_shmem_startup_hook();
+	preloaded = true;
 	if (n == 0)
-	{
-		hints_shared = true;	/* off: no local table either */
-		return;
-	}
+		return;					/* off: no local table either */
 
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	hints = ShmemInitStruct("idempotency location hints",
@@ -114,7 +110,6 @@ hint_shmem_startup(void)
 	}
 	LWLockRelease(AddinShmemInitLock);
 	hint_mask = n - 1;
-	hints_shared = true;
 }
 
 /*
@@ -143,8 +138,8 @@ hint_table(void)
 {
 	if (hints != NULL)
 		return true;
-	if (hints_shared)
-		return false;			/* preloaded with idem.location_hints = 0 */
+	if (preloaded)
+		return false;			/* with idem.location_hints = 0 */
 
 	hints = MemoryContextAlloc(TopMemoryContext,
 							   sizeof(pg_atomic_uint64) * LOCAL_HINTS);
@@ -190,7 +185,7 @@ idem_hint_set(Relation rel, const IdemKey *k, ItemPointer tid, bool written)
 	old = pg_atomic_read_u64(&hints[h & hint_mask]);
 	if (old == word)
 		return;
-	if (written || old == 0 || (old >> 48) == HINT_TAG(h) ||
+	if (written || old == 0 || HINT_TAG(old) == HINT_TAG(h) ||
 		(++lookups_probed & 7) == 0)
 		pg_atomic_write_u64(&hints[h & hint_mask], word);
 }
@@ -238,7 +233,7 @@ idem_hint_fetch(Relation rel, const IdemKey *k, TupleTableSlot *slot)
 		return false;
 	h = hint_hash(rel, k);
 	word = pg_atomic_read_u64(&hints[h & hint_mask]);
-	if (word == 0 || (word >> 48) != HINT_TAG(h))
+	if (word == 0 || HINT_TAG(word) != HINT_TAG(h))
 		return false;
 	ItemPointerSet(&tid, (BlockNumber) ((word >> 16) & 0xFFFFFFFF),
 				   (OffsetNumber) (word & 0xFFFF));
