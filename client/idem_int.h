@@ -33,6 +33,8 @@ typedef enum idem_stmt
 	IDEM_STMT_PURGE,
 	IDEM_STMT_EXTEND,			/* 1.2 and later only */
 	IDEM_STMT_RESERVE_IN_BLOCK, /* 1.2 and later: without lease_left_ms */
+	IDEM_STMT_BEGIN,			/* a runner's block: BEGIN with the reserve */
+	IDEM_STMT_END,				/* and COMMIT with the commit */
 	IDEM_NSTMTS
 } idem_stmt;
 

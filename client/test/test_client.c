@@ -2238,9 +2238,12 @@ test_transaction(void)
 		CHECK(fresh == 5 && PQresultStatus(r1) == PGRES_TUPLES_OK &&
 			  PQresultStatus(r2) == PGRES_TUPLES_OK &&
 			  strstr(PQgetvalue(r1, 0, 0), "libidem1_owner_reserve_in_block") != NULL &&
+			  strstr(PQgetvalue(r1, 0, 0), "libidem1_begin ") != NULL &&
+			  strstr(PQgetvalue(r1, 0, 0), "libidem1_end ") != NULL &&
 			  strcmp(PQgetvalue(r1, 0, 0), PQgetvalue(r2, 0, 0)) == 0,
 			  "five more runs: the same prepared statements, prepared at the "
-			  "same times, the reserve's the one for blocks (%s)",
+			  "same times, the reserve's the one for blocks, BEGIN and "
+			  "COMMIT prepared too (%s)",
 			  PQgetvalue(r2, 0, 0));
 		PQclear(r1);
 		PQclear(r2);
