@@ -8,7 +8,8 @@
 #   bench/instructions.sh [SCRIPT...]   (or: make -C bench instructions)
 #
 # SCRIPT names a file of bench/scripts/ without .sql (default: replay_ext
-# replay_raw fresh_ext fresh_raw).  Starts a cluster with stock settings
+# replay_raw fresh_ext fresh_raw; http_unprotected and http_unique are the
+# statements of the HTTP example's requests, all prepared).  Starts a cluster with stock settings
 # (tools/cluster.sh: shared_buffers = 128MB, fsync on), loads 10^5 keys per
 # implementation, stops it and starts its postmaster again under valgrind
 # --tool=callgrind.  For each script, pgbench (-M prepared, one client)

@@ -61,3 +61,15 @@ BEGIN
 	RETURN n;
 END
 $$;
+
+-- http_charges: the HTTP example's table of charges (examples/http), for
+-- scripts/http_*.sql, the statements one of its requests runs
+CREATE TABLE http_charges (
+	id				bigserial	PRIMARY KEY,
+	tenant			text		NOT NULL,
+	idempotency_key	text,
+	amount			bigint		NOT NULL CHECK (amount > 0),
+	currency		text		NOT NULL,
+	description		text,
+	created_at		timestamptz	NOT NULL DEFAULT now()
+);
