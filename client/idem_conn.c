@@ -84,8 +84,11 @@ static const char *const stmt_name[2][IDEM_NSTMTS] = {
  * The lease's remaining length by the server's clock, for waiters and for
  * the renewal of a lease taken in autocommit.  Inside a transaction block
  * a reservation is not renewed (see idem_run.c), so the reserve made there
- * asks for the row as it is (RESERVE_IN_BLOCK): the computed column would
- * make the executor build a projection at every execution.
+ * (RESERVE_IN_BLOCK) asks for the function's value alone, one
+ * idem_reservation in its binary form (idem_decode.c): the executor calls
+ * the function from the target list instead of setting up a function scan
+ * and its tuplestore, which cost a replay more than idem_reserve itself
+ * (bench/results/profile.md).
  */
 #define OWNER_COLUMNS RECORD_COLUMNS ", r.owner, r.lease_expires_at, " \
 	"(extract(epoch FROM r.lease_expires_at - now()) * 1000)::int8 " \
@@ -120,8 +123,8 @@ static const char *const stmt_sql[2][IDEM_NSTMTS] = {
 		"SELECT " OWNER_COLUMNS " FROM %sidem_get($1::text, $2::text) r",
 		"SELECT %sidem_purge($1::integer)",
 		"SELECT %sidem_extend($1::text, $2::text, $3::interval, $4::text)",
-		"SELECT r.* FROM %sidem_reserve($1::text, $2::text, $3::interval, "
-		"$4::interval, $5::text, $6::text, $7::interval) r",
+		"SELECT %sidem_reserve($1::text, $2::text, $3::interval, "
+		"$4::interval, $5::text, $6::text, $7::interval)",
 		"BEGIN",
 		"COMMIT",
 	},

@@ -3,8 +3,9 @@
  * idem_decode.c
  *	  Decoding of the server's rows, which the calls ask for in binary
  *	  format: booleans, big-endian int4, int8 and timestamptz, bytea as
- *	  raw bytes, jsonb as a version byte followed by its text; the stored
- *	  headers' JSON read into (name, value) pairs with json-c.
+ *	  raw bytes, jsonb as a version byte followed by its text, a composite
+ *	  (idem_reservation) as its attributes' types, lengths and values; the
+ *	  stored headers' JSON read into (name, value) pairs with json-c.
  *
  * A server of another version, a proxy or a bug may send anything in
  * those columns: nothing here reads beyond what libpq says a value's
@@ -39,41 +40,6 @@ idem__be64(const unsigned char *p)
 	return ((uint64_t) be32(p) << 32) | be32(p + 4);
 }
 
-/* column of res by name, checked for length; -1 when absent or NULL */
-static int
-column(const PGresult *res, const char *name, int len)
-{
-	int			col = PQfnumber(res, name);
-
-	if (col < 0 || PQgetisnull(res, 0, col))
-		return -1;
-	if (len >= 0 && PQgetlength(res, 0, col) != len)
-		return -1;
-	return col;
-}
-
-static int
-get_int4(const PGresult *res, const char *name, int dflt)
-{
-	int			col = column(res, name, 4);
-
-	if (col < 0)
-		return dflt;
-	return (int) (int32_t) be32((const unsigned char *) PQgetvalue(res, 0, col));
-}
-
-/* an int8 column: 1 and *v, or 0 when absent or NULL */
-static int
-get_int8(const PGresult *res, const char *name, int64_t *v)
-{
-	int			col = column(res, name, 8);
-
-	if (col < 0)
-		return 0;
-	*v = (int64_t) idem__be64((const unsigned char *) PQgetvalue(res, 0, col));
-	return 1;
-}
-
 int64_t
 idem__timestamptz_value(const char *value)
 {
@@ -91,14 +57,174 @@ idem__timestamptz_value(const char *value)
 	return v + IDEM_PG_EPOCH_OFFSET_USEC;
 }
 
-static int64_t
-get_timestamptz(const PGresult *res, const char *name)
+/*
+ * The fields of a record, wherever the server put them: columns of the
+ * row by name (SELECT r.fresh, r.state, ... FROM idem_reserve(...) r), or
+ * the attributes of one idem_reservation value (SELECT idem_reserve(...),
+ * which the executor runs without a function scan).
+ */
+typedef enum field
 {
-	int			col = column(res, name, 8);
+	F_FRESH,
+	F_STATE,
+	F_STATUS,
+	F_HEADERS,
+	F_BODY,
+	F_ATTEMPT,
+	F_CREATED_AT,
+	F_EXPIRES_AT,
+	F_OWNER,					/* 1.2 and later */
+	F_LEASE_EXPIRES_AT,			/* 1.2 and later */
+	F_LEASE_LEFT_MS,			/* a column the statement computes */
+	NFIELDS
+} field;
 
-	if (col < 0)
+static const char *const field_name[NFIELDS] = {
+	"fresh", "state", "status", "headers", "body", "attempt", "created_at",
+	"expires_at", "owner", "lease_expires_at", "lease_left_ms",
+};
+
+/* idem_reservation's attributes in order, by the type OIDs of their values */
+#define BOOLOID			16
+#define BYTEAOID		17
+#define INT4OID			23
+#define TEXTOID			25
+#define TIMESTAMPTZOID	1184
+#define JSONBOID		3802
+static const uint32_t attr_type[F_LEASE_LEFT_MS] = {
+	BOOLOID, TEXTOID, INT4OID, JSONBOID, BYTEAOID, INT4OID, TIMESTAMPTZOID,
+	TIMESTAMPTZOID, TEXTOID, TIMESTAMPTZOID,
+};
+
+/* a field's value and length; value NULL when absent or SQL NULL */
+typedef struct fields
+{
+	const char *v[NFIELDS];
+	int			len[NFIELDS];
+} fields;
+
+/* the row's columns by name; 0, or -1 when it lacks state or body */
+static int
+fields_of_columns(const PGresult *res, fields *f)
+{
+	int			i;
+
+	memset(f, 0, sizeof(*f));
+	if (PQfnumber(res, "state") < 0 || PQfnumber(res, "body") < 0)
+		return -1;
+	for (i = 0; i < NFIELDS; i++)
+	{
+		int			col = PQfnumber(res, field_name[i]);
+
+		if (col >= 0 && !PQgetisnull(res, 0, col))
+		{
+			f->v[i] = PQgetvalue(res, 0, col);
+			f->len[i] = PQgetlength(res, 0, col);
+		}
+	}
+	return 0;
+}
+
+/*
+ * The attributes of a composite value in its binary form (record_send):
+ * their number, then for each its type OID, its length (-1 for NULL) and
+ * its bytes.  Attributes are matched by position, each checked for the
+ * type it has in idem_reservation; attributes a later version appends are
+ * skipped.  0, or -1 when the value is cut short, has fewer attributes
+ * than the first version's or one of another type.
+ */
+static int
+fields_of_record(const char *value, int length, fields *f)
+{
+	const unsigned char *p = (const unsigned char *) value;
+	const unsigned char *end = p + length;
+	uint32_t	natts;
+	uint32_t	i;
+
+	memset(f, 0, sizeof(*f));
+	if (length < 4)
+		return -1;
+	natts = be32(p);
+	p += 4;
+	if (natts < F_OWNER || natts > 1600)
+		return -1;
+	for (i = 0; i < natts; i++)
+	{
+		uint32_t	type;
+		int32_t		len;
+
+		if (end - p < 8)
+			return -1;
+		type = be32(p);
+		len = (int32_t) be32(p + 4);
+		p += 8;
+		if (len < -1 || (len > 0 && end - p < len))
+			return -1;
+		if (i < F_LEASE_LEFT_MS)
+		{
+			if (type != attr_type[i])
+				return -1;
+			if (len >= 0)
+			{
+				f->v[i] = (const char *) p;
+				f->len[i] = len;
+			}
+		}
+		if (len > 0)
+			p += len;
+	}
+	return 0;
+}
+
+/* a field checked for length: its value, or NULL when absent or NULL */
+static const char *
+get(const fields *f, field i, int len)
+{
+	if (f->v[i] == NULL || (len >= 0 && f->len[i] != len))
+		return NULL;
+	return f->v[i];
+}
+
+static int
+get_int4(const fields *f, field i, int dflt)
+{
+	const char *v = get(f, i, 4);
+
+	return v ? (int) (int32_t) be32((const unsigned char *) v) : dflt;
+}
+
+/* an int8 field: 1 and *v, or 0 when absent or NULL */
+static int
+get_int8(const fields *f, field i, int64_t *v)
+{
+	const char *p = get(f, i, 8);
+
+	if (p == NULL)
 		return 0;
-	return idem__timestamptz_value(PQgetvalue(res, 0, col));
+	*v = (int64_t) idem__be64((const unsigned char *) p);
+	return 1;
+}
+
+static int64_t
+get_timestamptz(const fields *f, field i)
+{
+	const char *v = get(f, i, 8);
+
+	return v ? idem__timestamptz_value(v) : 0;
+}
+
+/* a text field copied with its terminator: 0, or -1 when out of memory */
+static int
+get_text(const fields *f, field i, char **out)
+{
+	*out = NULL;
+	if (f->v[i] == NULL)
+		return 0;
+	if ((*out = malloc((size_t) f->len[i] + 1)) == NULL)
+		return -1;
+	memcpy(*out, f->v[i], (size_t) f->len[i]);
+	(*out)[f->len[i]] = '\0';
+	return 0;
 }
 
 /* ---- the stored headers ------------------------------------------------ */
@@ -399,19 +525,32 @@ nomem:
 }
 
 /*
- * Builds a record from the one row of a reserve/get result; returns NULL
- * with the error set on the handle when out of memory or malformed.  A row
- * whose state is NULL (idem_get of an absent key) gives a record whose
- * state is NULL.
+ * Builds a record from the one row of a reserve/get result: its columns,
+ * or its one idem_reservation value; returns NULL with the error set on
+ * the handle when out of memory or malformed.  A row whose state is NULL
+ * (idem_get of an absent key) gives a record whose state is NULL.
  */
 idem_record *
 idem__record_from_result(idem_conn *conn, const PGresult *res)
 {
 	idem_record *rec;
-	int			col;
+	fields		f;
+	const char *v;
 	int			rc;
 
-	if (PQfnumber(res, "state") < 0 || PQfnumber(res, "body") < 0)
+	if (PQnfields(res) == 1 && PQfformat(res, 0) == 1)
+	{
+		if (PQgetisnull(res, 0, 0) ||
+			fields_of_record(PQgetvalue(res, 0, 0), PQgetlength(res, 0, 0),
+							 &f) < 0)
+		{
+			idem__set_error(conn, IDEM_ERR_PROTOCOL,
+							"the server's idem_reservation is not of the "
+							"expected shape");
+			return NULL;
+		}
+	}
+	else if (fields_of_columns(res, &f) < 0)
 	{
 		idem__set_error(conn, IDEM_ERR_PROTOCOL,
 						"the server's idem_reservation lacks expected columns");
@@ -421,60 +560,48 @@ idem__record_from_result(idem_conn *conn, const PGresult *res)
 	if (rec == NULL)
 		goto nomem;
 
-	col = column(res, "fresh", 1);
-	rec->fresh = col >= 0 && PQgetvalue(res, 0, col)[0] != 0;
+	v = get(&f, F_FRESH, 1);
+	rec->fresh = v != NULL && v[0] != 0;
+	if (get_text(&f, F_STATE, &rec->state) < 0)
+		goto nomem;
+	rec->status = get_int4(&f, F_STATUS, -1);
+	rec->attempt = get_int4(&f, F_ATTEMPT, 0);
+	rec->created_at = get_timestamptz(&f, F_CREATED_AT);
+	rec->expires_at = get_timestamptz(&f, F_EXPIRES_AT);
+	rec->lease_expires_at = get_timestamptz(&f, F_LEASE_EXPIRES_AT);
+	rec->has_lease_left = get_int8(&f, F_LEASE_LEFT_MS, &rec->lease_left_ms);
+	if (get_text(&f, F_OWNER, &rec->owner) < 0)
+		goto nomem;
 
-	col = column(res, "state", -1);
-	if (col >= 0)
+	if (f.v[F_BODY] != NULL)
 	{
-		rec->state = idem__strdup(PQgetvalue(res, 0, col));
-		if (rec->state == NULL)
-			goto nomem;
-	}
-	rec->status = get_int4(res, "status", -1);
-	rec->attempt = get_int4(res, "attempt", 0);
-	rec->created_at = get_timestamptz(res, "created_at");
-	rec->expires_at = get_timestamptz(res, "expires_at");
-	rec->lease_expires_at = get_timestamptz(res, "lease_expires_at");
-	rec->has_lease_left = get_int8(res, "lease_left_ms", &rec->lease_left_ms);
-
-	col = column(res, "owner", -1);
-	if (col >= 0)
-	{
-		rec->owner = idem__strdup(PQgetvalue(res, 0, col));
-		if (rec->owner == NULL)
-			goto nomem;
-	}
-
-	col = column(res, "body", -1);
-	if (col >= 0)
-	{
-		size_t		len = (size_t) PQgetlength(res, 0, col);
+		size_t		len = (size_t) f.len[F_BODY];
 
 		rec->body = malloc(len + 1);
 		if (rec->body == NULL)
 			goto nomem;
-		memcpy(rec->body, PQgetvalue(res, 0, col), len);
+		memcpy(rec->body, f.v[F_BODY], len);
 		rec->body[len] = '\0';
 		rec->body_len = len;
 	}
 
 	/* jsonb's binary form: a version byte (1), then the text */
-	col = column(res, "headers", -1);
-	if (col >= 0)
+	if (f.v[F_HEADERS] != NULL)
 	{
-		const char *v = PQgetvalue(res, 0, col);
+		size_t		len = (size_t) f.len[F_HEADERS];
 
-		if (PQgetlength(res, 0, col) < 1 || v[0] != 1)
+		if (len < 1 || f.v[F_HEADERS][0] != 1)
 		{
 			idem_record_free(rec);
 			idem__set_error(conn, IDEM_ERR_PROTOCOL,
 							"unknown jsonb binary version in headers");
 			return NULL;
 		}
-		rec->headers_json = idem__strdup(v + 1);
+		rec->headers_json = malloc(len);
 		if (rec->headers_json == NULL)
 			goto nomem;
+		memcpy(rec->headers_json, f.v[F_HEADERS] + 1, len - 1);
+		rec->headers_json[len - 1] = '\0';
 		rc = idem__decode_headers(rec->headers_json,
 								  strlen(rec->headers_json),
 								  &rec->hdrs, &rec->nhdrs);

@@ -24,7 +24,7 @@ set -uo pipefail
 
 FUZZ_DIR=$IDEM_ROOT/client/fuzz
 FUZZ_SECONDS=${FUZZ_SECONDS:-10}
-HARNESSES=(http headers hash record conninfo)
+HARNESSES=(http headers hash record reservation conninfo)
 
 # ---- the replay ------------------------------------------------------------------
 

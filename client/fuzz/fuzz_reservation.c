@@ -1,0 +1,206 @@
+/*-------------------------------------------------------------------------
+ *
+ * fuzz_reservation.c
+ *	  libFuzzer harness: the decoding of one idem_reservation value.
+ *
+ * The reserve inside a transaction block asks for the function's value
+ * alone (SELECT idem_reserve(...)): one column, a composite in the binary
+ * form of record_send: the number of attributes (int4), then for each its
+ * type OID (int4), its length (int4, -1 for NULL) and that many bytes.
+ * idem__record_from_result (idem_decode.c) matches the attributes by
+ * position against idem_reservation's (fresh bool, state text, status
+ * int4, headers jsonb, body bytea, attempt int4, created_at and
+ * expires_at timestamptz, then owner text and lease_expires_at
+ * timestamptz from 1.2 on), each of its type, and skips attributes a
+ * later version appends.
+ *
+ * Input: the value itself.  Checked against a reference reading of the
+ * same bytes written here: a value it finds cut short, with fewer than
+ * eight attributes or one of another type must be refused with
+ * IDEM_ERR_PROTOCOL (as must headers of an unknown jsonb version); any
+ * other must give a record whose fields are exactly the bytes sent.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "idem_int.h"
+#include "fuzz.h"
+
+#define NATTS 10
+
+static const uint32_t att_type[NATTS] = {16, 25, 23, 3802, 17, 23, 1184, 1184, 25, 1184};
+
+typedef struct att
+{
+	int			present;		/* among the value's attributes, not NULL */
+	const uint8_t *v;
+	int32_t		len;
+} att;
+
+static uint32_t
+rd32(const uint8_t *p)
+{
+	return (uint32_t) p[0] << 24 | (uint32_t) p[1] << 16 | (uint32_t) p[2] << 8 | p[3];
+}
+
+/* the reference reading: 1 and atts, or 0 when the value must be refused */
+static int
+reference(const uint8_t *data, size_t size, att *atts)
+{
+	size_t		pos = 4;
+	uint32_t	n,
+				i;
+
+	memset(atts, 0, sizeof(att) * NATTS);
+	if (size < 4)
+		return 0;
+	n = rd32(data);
+	if (n < 8 || n > 1600)
+		return 0;
+	for (i = 0; i < n; i++)
+	{
+		uint32_t	type;
+		int32_t		len;
+
+		if (size - pos < 8)
+			return 0;
+		type = rd32(data + pos);
+		len = (int32_t) rd32(data + pos + 4);
+		pos += 8;
+		if (len < -1 || (len > 0 && (size_t) len > size - pos))
+			return 0;
+		if (i < NATTS && type != att_type[i])
+			return 0;
+		if (i < NATTS && len >= 0)
+		{
+			atts[i].present = 1;
+			atts[i].v = data + pos;
+			atts[i].len = len;
+		}
+		if (len > 0)
+			pos += (size_t) len;
+	}
+	return 1;
+}
+
+static int64_t
+timestamptz_of(const att *a)
+{
+	int64_t		pg;
+
+	if (!a->present || a->len != 8)
+		return 0;
+	pg = (int64_t) ((uint64_t) rd32(a->v) << 32 | rd32(a->v + 4));
+	if (pg == INT64_MIN)
+		return INT64_MIN;
+	if (pg > INT64_MAX - IDEM_PG_EPOCH_OFFSET_USEC)
+		return INT64_MAX;
+	return pg + IDEM_PG_EPOCH_OFFSET_USEC;
+}
+
+/* a text attribute read as the library keeps it: up to its first NUL */
+static int
+same_text(const char *got, const att *a)
+{
+	size_t		n;
+
+	if (!a->present)
+		return got == NULL;
+	n = strnlen((const char *) a->v, (size_t) a->len);
+	return got != NULL && strlen(got) == n && memcmp(got, a->v, n) == 0;
+}
+
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	att			atts[NATTS];
+	PGresAttDesc attr;
+	PGresult   *res;
+	idem_conn  *conn;
+	idem_record *rec;
+	int			ok;
+	json_object *headers = NULL;
+	int			headers_ok = 0;
+	const att  *h = &atts[3];
+
+	if (size > INT32_MAX)
+		return 0;
+	ok = reference(data, size, atts);
+
+	res = PQmakeEmptyPGresult(NULL, PGRES_TUPLES_OK);
+	FUZZ_CHECK(res != NULL, "PQmakeEmptyPGresult");
+	memset(&attr, 0, sizeof(attr));
+	attr.name = "idem_reserve";
+	attr.format = 1;
+	attr.typlen = -1;
+	attr.atttypmod = -1;
+	FUZZ_CHECK(PQsetResultAttrs(res, 1, &attr), "PQsetResultAttrs");
+	FUZZ_CHECK(PQsetvalue(res, 0, 0, (char *) (size ? (const char *) data : ""), (int) size),
+			   "PQsetvalue");
+
+	conn = idem__conn_new(NULL, 0);
+	FUZZ_CHECK(conn != NULL, "conn_new");
+	rec = idem__record_from_result(conn, res);
+
+	if (!ok)
+		FUZZ_CHECK(rec == NULL && conn->err == IDEM_ERR_PROTOCOL,
+				   "a value the reference refuses was accepted");
+	else if (h->present && (h->len < 1 || h->v[0] != 1))
+		FUZZ_CHECK(rec == NULL && conn->err == IDEM_ERR_PROTOCOL,
+				   "headers in an unknown jsonb version must be refused");
+	else if (h->present &&
+			 !(headers_ok = fuzz_json((const char *) h->v + 1,
+									  strnlen((const char *) h->v + 1, (size_t) h->len - 1),
+									  &headers)))
+		FUZZ_CHECK(rec == NULL && conn->err == IDEM_ERR_PROTOCOL,
+				   "headers that are not JSON must be refused");
+	else
+	{
+		const void *body;
+		size_t		blen;
+
+		FUZZ_CHECK(rec != NULL, "a well-formed value was refused: %s", conn->errmsg);
+		FUZZ_CHECK(rec->fresh == (atts[0].present && atts[0].len == 1 && atts[0].v[0] != 0),
+				   "fresh");
+		FUZZ_CHECK(same_text(idem_record_state(rec), &atts[1]), "state differs");
+		FUZZ_CHECK(idem_record_status(rec) ==
+				   (atts[2].present && atts[2].len == 4 ? (int) (int32_t) rd32(atts[2].v) : -1),
+				   "status");
+		FUZZ_CHECK(idem_record_attempt(rec) ==
+				   (atts[5].present && atts[5].len == 4 ? (int) (int32_t) rd32(atts[5].v) : 0),
+				   "attempt");
+		FUZZ_CHECK(idem_record_created_at(rec) == timestamptz_of(&atts[6]), "created_at");
+		FUZZ_CHECK(idem_record_expires_at(rec) == timestamptz_of(&atts[7]), "expires_at");
+		FUZZ_CHECK(same_text(idem_record_owner(rec), &atts[8]), "owner differs");
+		FUZZ_CHECK(idem_record_lease_expires_at(rec) == timestamptz_of(&atts[9]),
+				   "lease_expires_at");
+		FUZZ_CHECK(!rec->has_lease_left, "no lease_left_ms in an idem_reservation");
+		body = idem_record_body(rec, &blen);
+		if (!atts[4].present)
+			FUZZ_CHECK(body == NULL && blen == 0, "NULL body");
+		else
+			FUZZ_CHECK(body != NULL && blen == (size_t) atts[4].len &&
+					   (blen == 0 || memcmp(body, atts[4].v, blen) == 0) &&
+					   ((const char *) body)[blen] == '\0', "body differs");
+		if (!h->present)
+			FUZZ_CHECK(idem_record_headers_json(rec) == NULL &&
+					   idem_record_header_count(rec) == 0, "no headers");
+		else
+		{
+			const char *json = idem_record_headers_json(rec);
+			size_t		n = strnlen((const char *) h->v + 1, (size_t) h->len - 1);
+
+			FUZZ_CHECK(headers_ok, "headers json-c refuses were accepted");
+			FUZZ_CHECK(json != NULL && strlen(json) == n && memcmp(json, h->v + 1, n) == 0,
+					   "headers_json differs");
+			FUZZ_CHECK(idem_record_header_count(rec) == fuzz_json_header_count(headers),
+					   "%zu headers, json-c reads %zu", idem_record_header_count(rec),
+					   fuzz_json_header_count(headers));
+		}
+	}
+	if (headers)
+		json_object_put(headers);
+	idem_record_free(rec);
+	idem_free(conn);
+	PQclear(res);
+	return 0;
+}
