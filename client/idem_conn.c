@@ -43,7 +43,9 @@
 /*
  * Statement names carry the library's major version, so that two versions
  * of the library sharing a wrapped connection do not run each other's SQL;
- * the forms with owners have names of their own.  Form 0 is for extension
+ * the forms with owners have names of their own, and a statement whose
+ * result changes shape gets a new name (reserve2, get2: one composite
+ * column instead of the record's columns).  Form 0 is for extension
  * 1.0 and 1.1, form 1 for 1.2 and later.
  */
 static const char *const stmt_name[2][IDEM_NSTMTS] = {
@@ -59,13 +61,13 @@ static const char *const stmt_name[2][IDEM_NSTMTS] = {
 		"libidem1_end",
 	},
 	{
-		"libidem1_owner_reserve",
+		"libidem1_owner_reserve2",
 		"libidem1_owner_commit",
 		"libidem1_owner_release",
-		"libidem1_owner_get",
+		"libidem1_owner_get2",
 		"libidem1_purge",
 		"libidem1_owner_extend",
-		"libidem1_owner_reserve_in_block",
+		"libidem1_owner_reserve_in_block2",
 		"libidem1_begin",
 		"libidem1_end",
 	},
@@ -81,18 +83,19 @@ static const char *const stmt_name[2][IDEM_NSTMTS] = {
 	"r.created_at, r.expires_at"
 
 /*
- * The lease's remaining length by the server's clock, for waiters and for
- * the renewal of a lease taken in autocommit.  Inside a transaction block
- * a reservation is not renewed (see idem_run.c), so the reserve made there
- * (RESERVE_IN_BLOCK) asks for the function's value alone, one
- * idem_reservation in its binary form (idem_decode.c): the executor calls
- * the function from the target list instead of setting up a function scan
- * and its tuplestore, which cost a replay more than idem_reserve itself
- * (bench/results/profile.md).
+ * From 1.2 on, the reserve and the get ask for the function's value alone,
+ * one idem_reservation in its binary form (idem_decode.c): the executor
+ * calls the function from the target list instead of setting up a
+ * function scan and its tuplestore, which cost a replay more than
+ * idem_reserve itself (bench/results/profile.md).  Beside it, the
+ * server's now(), from which the library has the lease's remaining length
+ * by the server's clock, for waiters and for the renewal of a lease taken
+ * in autocommit.  Inside a transaction block a reservation is not renewed
+ * (see idem_run.c), so the reserve made there (RESERVE_IN_BLOCK) asks for
+ * the value alone.
  */
-#define OWNER_COLUMNS RECORD_COLUMNS ", r.owner, r.lease_expires_at, " \
-	"(extract(epoch FROM r.lease_expires_at - now()) * 1000)::int8 " \
-	"AS lease_left_ms"
+#define RESERVATION " AS reservation"
+#define WITH_NOW RESERVATION ", pg_catalog.now() AS server_now"
 
 /*
  * The statements' text, each with one %s where the extension's schema
@@ -114,17 +117,16 @@ static const char *const stmt_sql[2][IDEM_NSTMTS] = {
 		"COMMIT",
 	},
 	{
-		"SELECT " OWNER_COLUMNS " FROM %sidem_reserve($1::text, "
-		"$2::text, $3::interval, $4::interval, $5::text, $6::text, "
-		"$7::interval) r",
+		"SELECT %sidem_reserve($1::text, $2::text, $3::interval, "
+		"$4::interval, $5::text, $6::text, $7::interval)" WITH_NOW,
 		"SELECT %sidem_commit($1::text, $2::text, $3::integer, $4::bytea, "
 		"$5::jsonb, $6::text, $7::text)",
 		"SELECT %sidem_release($1::text, $2::text, $3::text)",
-		"SELECT " OWNER_COLUMNS " FROM %sidem_get($1::text, $2::text) r",
+		"SELECT %sidem_get($1::text, $2::text)" WITH_NOW,
 		"SELECT %sidem_purge($1::integer)",
 		"SELECT %sidem_extend($1::text, $2::text, $3::interval, $4::text)",
 		"SELECT %sidem_reserve($1::text, $2::text, $3::interval, "
-		"$4::interval, $5::text, $6::text, $7::interval)",
+		"$4::interval, $5::text, $6::text, $7::interval)" RESERVATION,
 		"BEGIN",
 		"COMMIT",
 	},

@@ -227,6 +227,42 @@ get_text(const fields *f, field i, char **out)
 	return 0;
 }
 
+/*
+ * The lease's remaining length in milliseconds by the server's clock, as
+ * (extract(epoch FROM lease_expires_at - now()) * 1000)::int8 would give
+ * it (rounded half away from zero): from lease_expires_at and the
+ * server_now column beside the reservation.  1 and *ms, or 0 when either
+ * is absent, NULL or infinite.
+ */
+static int
+lease_left(const fields *f, const PGresult *res, int64_t *ms)
+{
+	const char *until = get(f, F_LEASE_EXPIRES_AT, 8);
+	int			col = PQfnumber(res, "server_now");
+	int64_t		a,
+				b,
+				d,
+				q;
+
+	if (until == NULL || col < 0 || PQgetisnull(res, 0, col) ||
+		PQgetlength(res, 0, col) != 8)
+		return 0;
+	a = (int64_t) idem__be64((const unsigned char *) until);
+	b = (int64_t) idem__be64((const unsigned char *) PQgetvalue(res, 0, col));
+	if (a == INT64_MIN || a == INT64_MAX || b == INT64_MIN || b == INT64_MAX)
+		return 0;
+	if ((b > 0 && a < INT64_MIN + b) || (b < 0 && a > INT64_MAX + b))
+		return 0;
+	d = a - b;
+	q = d / 1000;
+	if (d % 1000 >= 500)
+		q++;
+	else if (d % 1000 <= -500)
+		q--;
+	*ms = q;
+	return 1;
+}
+
 /* ---- the stored headers ------------------------------------------------ */
 
 /*
@@ -536,13 +572,18 @@ idem__record_from_result(idem_conn *conn, const PGresult *res)
 	idem_record *rec;
 	fields		f;
 	const char *v;
+	int			col;
 	int			rc;
 
-	if (PQnfields(res) == 1 && PQfformat(res, 0) == 1)
+	col = PQfnumber(res, "reservation");
+	if (col >= 0)
 	{
-		if (PQgetisnull(res, 0, 0) ||
-			fields_of_record(PQgetvalue(res, 0, 0), PQgetlength(res, 0, 0),
-							 &f) < 0)
+		/* idem_get of an absent key is NULL: a record without state */
+		if (PQgetisnull(res, 0, col))
+			memset(&f, 0, sizeof(f));
+		else if (PQfformat(res, col) != 1 ||
+				 fields_of_record(PQgetvalue(res, 0, col),
+								  PQgetlength(res, 0, col), &f) < 0)
 		{
 			idem__set_error(conn, IDEM_ERR_PROTOCOL,
 							"the server's idem_reservation is not of the "
@@ -569,7 +610,10 @@ idem__record_from_result(idem_conn *conn, const PGresult *res)
 	rec->created_at = get_timestamptz(&f, F_CREATED_AT);
 	rec->expires_at = get_timestamptz(&f, F_EXPIRES_AT);
 	rec->lease_expires_at = get_timestamptz(&f, F_LEASE_EXPIRES_AT);
-	rec->has_lease_left = get_int8(&f, F_LEASE_LEFT_MS, &rec->lease_left_ms);
+	if (col >= 0)
+		rec->has_lease_left = lease_left(&f, res, &rec->lease_left_ms);
+	else
+		rec->has_lease_left = get_int8(&f, F_LEASE_LEFT_MS, &rec->lease_left_ms);
 	if (get_text(&f, F_OWNER, &rec->owner) < 0)
 		goto nomem;
 

@@ -14,11 +14,20 @@
  * timestamptz from 1.2 on), each of its type, and skips attributes a
  * later version appends.
  *
- * Input: the value itself.  Checked against a reference reading of the
- * same bytes written here: a value it finds cut short, with fewer than
- * eight attributes or one of another type must be refused with
- * IDEM_ERR_PROTOCOL (as must headers of an unknown jsonb version); any
- * other must give a record whose fields are exactly the bytes sent.
+ * The reserve and the get made outside a block also ask for the server's
+ * now() beside it (server_now), from which the library has the lease's
+ * remaining length.
+ *
+ * Input: a byte of flags (1: a server_now column, 2: which is NULL, 4:
+ * the reservation is NULL, as idem_get's of an absent key), then the 8
+ * bytes of server_now when it is there and not NULL, then the value.
+ * Checked against a reference reading of the same bytes written here: a
+ * value it finds cut short, with fewer than eight attributes or one of
+ * another type must be refused with IDEM_ERR_PROTOCOL (as must headers of
+ * an unknown jsonb version); any other must give a record whose fields
+ * are exactly the bytes sent, and whose lease_left_ms is
+ * lease_expires_at - server_now in milliseconds, rounded half away from
+ * zero, when both are there and finite.
  *
  *-------------------------------------------------------------------------
  */
@@ -109,11 +118,44 @@ same_text(const char *got, const att *a)
 	return got != NULL && strlen(got) == n && memcmp(got, a->v, n) == 0;
 }
 
+/* the reference lease_left_ms: 1 and *ms, or 0 when there is none */
+static int
+reference_left(const att *until, const uint8_t *now, int64_t *ms)
+{
+	int64_t		a,
+				b;
+	__int128	d,
+				r;
+
+	if (!until->present || until->len != 8 || now == NULL)
+		return 0;
+	a = (int64_t) ((uint64_t) rd32(until->v) << 32 | rd32(until->v + 4));
+	b = (int64_t) ((uint64_t) rd32(now) << 32 | rd32(now + 4));
+	if (a == INT64_MIN || a == INT64_MAX || b == INT64_MIN || b == INT64_MAX)
+		return 0;
+	/* in 128 bits: no overflow to guard against but the result's */
+	d = (__int128) a - (__int128) b;
+	if (d > INT64_MAX || d < INT64_MIN)
+		return 0;
+	r = d % 1000;
+	d /= 1000;
+	if (r >= 500)
+		d++;
+	else if (r <= -500)
+		d--;
+	*ms = (int64_t) d;
+	return 1;
+}
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	att			atts[NATTS];
-	PGresAttDesc attr;
+	PGresAttDesc attr[2];
+	const uint8_t *now = NULL;
+	uint8_t		flags;
+	int64_t		want_left = 0;
+	int			i;
 	PGresult   *res;
 	idem_conn  *conn;
 	idem_record *rec;
@@ -122,20 +164,43 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	int			headers_ok = 0;
 	const att  *h = &atts[3];
 
-	if (size > INT32_MAX)
+	if (size < 1 || size > INT32_MAX)
 		return 0;
-	ok = reference(data, size, atts);
+	flags = data[0];
+	data++;
+	size--;
+	if ((flags & 1) && !(flags & 2))
+	{
+		if (size < 8)
+			return 0;
+		now = data;
+		data += 8;
+		size -= 8;
+	}
+	ok = (flags & 4) ? 1 : reference(data, size, atts);
+	if (flags & 4)
+		memset(atts, 0, sizeof(atts));
 
 	res = PQmakeEmptyPGresult(NULL, PGRES_TUPLES_OK);
 	FUZZ_CHECK(res != NULL, "PQmakeEmptyPGresult");
-	memset(&attr, 0, sizeof(attr));
-	attr.name = "idem_reserve";
-	attr.format = 1;
-	attr.typlen = -1;
-	attr.atttypmod = -1;
-	FUZZ_CHECK(PQsetResultAttrs(res, 1, &attr), "PQsetResultAttrs");
-	FUZZ_CHECK(PQsetvalue(res, 0, 0, (char *) (size ? (const char *) data : ""), (int) size),
-			   "PQsetvalue");
+	memset(attr, 0, sizeof(attr));
+	attr[0].name = "reservation";
+	attr[1].name = "server_now";
+	for (i = 0; i < 2; i++)
+	{
+		attr[i].format = 1;
+		attr[i].typlen = -1;
+		attr[i].atttypmod = -1;
+	}
+	FUZZ_CHECK(PQsetResultAttrs(res, (flags & 1) ? 2 : 1, attr), "PQsetResultAttrs");
+	if (flags & 4)
+		FUZZ_CHECK(PQsetvalue(res, 0, 0, NULL, -1), "PQsetvalue");
+	else
+		FUZZ_CHECK(PQsetvalue(res, 0, 0, (char *) (size ? (const char *) data : ""), (int) size),
+				   "PQsetvalue");
+	if (flags & 1)
+		FUZZ_CHECK(PQsetvalue(res, 0, 1, now ? (char *) now : NULL, now ? 8 : -1),
+				   "PQsetvalue");
 
 	conn = idem__conn_new(NULL, 0);
 	FUZZ_CHECK(conn != NULL, "conn_new");
@@ -173,7 +238,10 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		FUZZ_CHECK(same_text(idem_record_owner(rec), &atts[8]), "owner differs");
 		FUZZ_CHECK(idem_record_lease_expires_at(rec) == timestamptz_of(&atts[9]),
 				   "lease_expires_at");
-		FUZZ_CHECK(!rec->has_lease_left, "no lease_left_ms in an idem_reservation");
+		FUZZ_CHECK(rec->has_lease_left == reference_left(&atts[9], now, &want_left) &&
+				   (!rec->has_lease_left || rec->lease_left_ms == want_left),
+				   "lease_left_ms %lld, want %lld", (long long) rec->lease_left_ms,
+				   (long long) want_left);
 		body = idem_record_body(rec, &blen);
 		if (!atts[4].present)
 			FUZZ_CHECK(body == NULL && blen == 0, "NULL body");

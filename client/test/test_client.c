@@ -2237,7 +2237,7 @@ test_transaction(void)
 		r2 = PQexec(idem_pgconn(c), q);
 		CHECK(fresh == 5 && PQresultStatus(r1) == PGRES_TUPLES_OK &&
 			  PQresultStatus(r2) == PGRES_TUPLES_OK &&
-			  strstr(PQgetvalue(r1, 0, 0), "libidem1_owner_reserve_in_block") != NULL &&
+			  strstr(PQgetvalue(r1, 0, 0), "libidem1_owner_reserve_in_block2") != NULL &&
 			  strstr(PQgetvalue(r1, 0, 0), "libidem1_begin ") != NULL &&
 			  strstr(PQgetvalue(r1, 0, 0), "libidem1_end ") != NULL &&
 			  strcmp(PQgetvalue(r1, 0, 0), PQgetvalue(r2, 0, 0)) == 0,
@@ -2256,7 +2256,7 @@ test_transaction(void)
 	{
 		PGresult   *r = PQexec(idem_pgconn(c),
 							   "EXPLAIN (VERBOSE, COSTS OFF) EXECUTE "
-							   "libidem1_owner_reserve_in_block('tx-plan', NULL, "
+							   "libidem1_owner_reserve_in_block2('tx-plan', NULL, "
 							   "NULL, NULL, '', NULL, NULL)");
 		int			ok = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) >= 2;
 		int			i;
