@@ -11,10 +11,11 @@
  * transaction block of its own (idem_set_transaction) sends its BEGIN with
  * the reserve and its COMMIT with the commit, in pipeline mode: still one
  * round trip each.  BEGIN and COMMIT are prepared statements too: sent
- * unnamed, each is parsed and analysed again, which costs the server
- * two thirds more than running it prepared.  A statement that vanished (DISCARD ALL by a pooler, a
- * reset of a wrapped PGconn) is prepared again and the call retried, when
- * no transaction is open (or only the one its own BEGIN opened).
+ * unnamed, each is parsed and analysed again, which costs the server two
+ * thirds more than running it prepared.  A statement that vanished
+ * (DISCARD ALL by a pooler, a reset of a wrapped PGconn) is prepared again
+ * and the call retried, when no transaction is open (or only the one its
+ * own BEGIN opened).
  *
  * The first call on a connection probes the server once (probe()): the
  * extension's version (1.2 and later take owner and lease arguments, older
