@@ -2057,6 +2057,41 @@ test_old_extension(void)
 	CHECK(idem_reserve(c, "old-l", NULL, NULL) == IDEM_FRESH,
 		  "a lease of \"0\" (session owners) works on 1.1");
 	idem_free(c);
+
+	/*
+	 * Updated to 1.2, the first version with owners: the reserve and the
+	 * get return its idem_reservation as one composite value, the
+	 * attributes 1.2 has, read by position.
+	 */
+	c = idem_connect(dsn);
+	{
+		PGresult   *res = PQexec(idem_pgconn(c),
+								 "ALTER EXTENSION idempotency UPDATE TO '1.2'");
+
+		CHECK(PQresultStatus(res) == PGRES_COMMAND_OK, "updated to 1.2 (%s)",
+			  PQresultErrorMessage(res));
+		PQclear(res);
+	}
+	idem_set_lease(c, "30s");
+	o = idem_reserve(c, "v12-l", NULL, &rec);
+	CHECK(o == IDEM_FRESH && idem_record_owner(rec) != NULL &&
+		  idem_record_lease_expires_at(rec) > idem_record_created_at(rec) &&
+		  idem_record_attempt(rec) == 1 &&
+		  strcmp(idem_record_state(rec), "in_flight") == 0,
+		  "version 1.2: a leased reserve, decoded from the composite (%s)",
+		  idem_errmsg(c));
+	idem_record_free(rec);
+	rec = NULL;
+	CHECK(idem_commit(c, "v12-l", NULL, 201, "v12", 3, NULL) == IDEM_FRESH &&
+		  idem_get(c, "v12-l", NULL, &rec) == IDEM_REPLAY && body_is(rec, "v12", 3) &&
+		  idem_record_status(rec) == 201 && idem_record_owner(rec) == NULL,
+		  "version 1.2: committed, got back as stored (%s)", idem_errmsg(c));
+	idem_record_free(rec);
+	rec = NULL;
+	CHECK(idem_get(c, "v12-absent", NULL, &rec) == IDEM_NOT_FOUND && rec == NULL,
+		  "version 1.2: an absent key (a NULL composite) is not found (%s)",
+		  idem_errmsg(c));
+	idem_free(c);
 	snprintf(sql, sizeof(sql), "DROP DATABASE \"%s-v11\" WITH (FORCE)", prefix);
 	admin_exec(sql);
 }
