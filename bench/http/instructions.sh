@@ -51,15 +51,11 @@ if [[ -z $SERVICE ]]; then
 fi
 [[ -x $SERVICE ]] || die "no service binary at $SERVICE"
 
+# shellcheck source=SCRIPTDIR/../../tools/lib.sh
+. "$ROOT/tools/lib.sh"
 USER_OF_SERVER=$("$ROOT/tools/cluster.sh" user)
-as_server()
-{
-	if [[ $(id -un) == "$USER_OF_SERVER" ]]; then
-		"$@"
-	else
-		runuser -u "$USER_OF_SERVER" -- "$@"
-	fi
-}
+# the server's programs as the cluster's user (paths here are absolute)
+as_server() { run_as "$USER_OF_SERVER" "$@"; }
 
 svc_pid=
 stop_service()

@@ -104,6 +104,33 @@ fuzz_free_lines(fuzz_lines *l)
 	free(l->len);
 }
 
+/* a big-endian int4 of the server's binary format */
+static inline uint32_t
+fuzz_rd32(const uint8_t *p)
+{
+	return (uint32_t) p[0] << 24 | (uint32_t) p[1] << 16 | (uint32_t) p[2] << 8 | p[3];
+}
+
+/*
+ * The 8 bytes of a binary timestamptz as the library gives it: Unix
+ * microseconds (PostgreSQL's epoch is 2000-01-01, 946684800 s after
+ * Unix's); +-infinity are the int64 ends, values that close to them
+ * saturate.
+ */
+#define FUZZ_PG_EPOCH_USEC INT64_C(946684800000000)
+
+static inline int64_t
+fuzz_timestamptz(const uint8_t *p)
+{
+	int64_t		pg = (int64_t) ((uint64_t) fuzz_rd32(p) << 32 | fuzz_rd32(p + 4));
+
+	if (pg == INT64_MIN)
+		return INT64_MIN;
+	if (pg > INT64_MAX - FUZZ_PG_EPOCH_USEC)
+		return INT64_MAX;
+	return pg + FUZZ_PG_EPOCH_USEC;
+}
+
 /* ASCII case-insensitive equality, written independently of the library */
 static inline int
 fuzz_caseeq(const char *a, const char *b)

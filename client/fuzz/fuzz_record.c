@@ -40,12 +40,6 @@ typedef struct colval
 	int			len;
 } colval;
 
-static uint32_t
-rd32(const uint8_t *p)
-{
-	return (uint32_t) p[0] << 24 | (uint32_t) p[1] << 16 | (uint32_t) p[2] << 8 | p[3];
-}
-
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -164,11 +158,11 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 							  strlen(idem_record_state(rec))) == 0,
 					   "state differs");
 		if (cv[2].present && !cv[2].isnull && cv[2].len == 4)
-			want_status = (int) (int32_t) rd32(cv[2].v);
+			want_status = (int) (int32_t) fuzz_rd32(cv[2].v);
 		FUZZ_CHECK(idem_record_status(rec) == want_status, "status %d, want %d",
 				   idem_record_status(rec), want_status);
 		if (cv[5].present && !cv[5].isnull && cv[5].len == 4)
-			want_attempt = (int) (int32_t) rd32(cv[5].v);
+			want_attempt = (int) (int32_t) fuzz_rd32(cv[5].v);
 		FUZZ_CHECK(idem_record_attempt(rec) == want_attempt, "attempt");
 		for (i = 6; i < 8; i++)
 		{
@@ -176,17 +170,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 						got = i == 6 ? idem_record_created_at(rec) : idem_record_expires_at(rec);
 
 			if (cv[i].present && !cv[i].isnull && cv[i].len == 8)
-			{
-				/* PostgreSQL's epoch is 2000-01-01; +-infinity are the int64 ends */
-				int64_t		pg = (int64_t) ((uint64_t) rd32(cv[i].v) << 32 | rd32(cv[i].v + 4));
-
-				if (pg == INT64_MIN)
-					want = INT64_MIN;
-				else if (pg > INT64_MAX - IDEM_PG_EPOCH_OFFSET_USEC)
-					want = INT64_MAX;
-				else
-					want = pg + IDEM_PG_EPOCH_OFFSET_USEC;
-			}
+				want = fuzz_timestamptz(cv[i].v);
 			FUZZ_CHECK(got == want, "%s", col_names[i]);
 		}
 		body = idem_record_body(rec, &blen);

@@ -45,12 +45,6 @@ typedef struct att
 	int32_t		len;
 } att;
 
-static uint32_t
-rd32(const uint8_t *p)
-{
-	return (uint32_t) p[0] << 24 | (uint32_t) p[1] << 16 | (uint32_t) p[2] << 8 | p[3];
-}
-
 /* the reference reading: 1 and atts, or 0 when the value must be refused */
 static int
 reference(const uint8_t *data, size_t size, att *atts)
@@ -62,7 +56,7 @@ reference(const uint8_t *data, size_t size, att *atts)
 	memset(atts, 0, sizeof(att) * NATTS);
 	if (size < 4)
 		return 0;
-	n = rd32(data);
+	n = fuzz_rd32(data);
 	if (n < 8 || n > 1600)
 		return 0;
 	for (i = 0; i < n; i++)
@@ -72,8 +66,8 @@ reference(const uint8_t *data, size_t size, att *atts)
 
 		if (size - pos < 8)
 			return 0;
-		type = rd32(data + pos);
-		len = (int32_t) rd32(data + pos + 4);
+		type = fuzz_rd32(data + pos);
+		len = (int32_t) fuzz_rd32(data + pos + 4);
 		pos += 8;
 		if (len < -1 || (len > 0 && (size_t) len > size - pos))
 			return 0;
@@ -94,16 +88,7 @@ reference(const uint8_t *data, size_t size, att *atts)
 static int64_t
 timestamptz_of(const att *a)
 {
-	int64_t		pg;
-
-	if (!a->present || a->len != 8)
-		return 0;
-	pg = (int64_t) ((uint64_t) rd32(a->v) << 32 | rd32(a->v + 4));
-	if (pg == INT64_MIN)
-		return INT64_MIN;
-	if (pg > INT64_MAX - IDEM_PG_EPOCH_OFFSET_USEC)
-		return INT64_MAX;
-	return pg + IDEM_PG_EPOCH_OFFSET_USEC;
+	return a->present && a->len == 8 ? fuzz_timestamptz(a->v) : 0;
 }
 
 /* a text attribute read as the library keeps it: up to its first NUL */
@@ -129,8 +114,8 @@ reference_left(const att *until, const uint8_t *now, int64_t *ms)
 
 	if (!until->present || until->len != 8 || now == NULL)
 		return 0;
-	a = (int64_t) ((uint64_t) rd32(until->v) << 32 | rd32(until->v + 4));
-	b = (int64_t) ((uint64_t) rd32(now) << 32 | rd32(now + 4));
+	a = (int64_t) ((uint64_t) fuzz_rd32(until->v) << 32 | fuzz_rd32(until->v + 4));
+	b = (int64_t) ((uint64_t) fuzz_rd32(now) << 32 | fuzz_rd32(now + 4));
 	if (a == INT64_MIN || a == INT64_MAX || b == INT64_MIN || b == INT64_MAX)
 		return 0;
 	/* in 128 bits: no overflow to guard against but the result's */
@@ -228,10 +213,10 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				   "fresh");
 		FUZZ_CHECK(same_text(idem_record_state(rec), &atts[1]), "state differs");
 		FUZZ_CHECK(idem_record_status(rec) ==
-				   (atts[2].present && atts[2].len == 4 ? (int) (int32_t) rd32(atts[2].v) : -1),
+				   (atts[2].present && atts[2].len == 4 ? (int) (int32_t) fuzz_rd32(atts[2].v) : -1),
 				   "status");
 		FUZZ_CHECK(idem_record_attempt(rec) ==
-				   (atts[5].present && atts[5].len == 4 ? (int) (int32_t) rd32(atts[5].v) : 0),
+				   (atts[5].present && atts[5].len == 4 ? (int) (int32_t) fuzz_rd32(atts[5].v) : 0),
 				   "attempt");
 		FUZZ_CHECK(idem_record_created_at(rec) == timestamptz_of(&atts[6]), "created_at");
 		FUZZ_CHECK(idem_record_expires_at(rec) == timestamptz_of(&atts[7]), "expires_at");
